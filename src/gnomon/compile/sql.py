@@ -1,0 +1,52 @@
+"""SQL expressions: transpiling from the repo's dialect to an engine's, and finding column references."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+
+from gnomon.errors import DefinitionError
+
+_DIALECTS = {"duckdb": "duckdb", "spark": "spark"}
+
+
+@lru_cache(maxsize=4096)
+def transpile(expression: str, read: str = "duckdb", write: str = "duckdb") -> str:
+    """One SQL expression rewritten for ``write``; identical text when the dialects match.
+
+    >>> transpile("IF(x = 1, 1, 0)", read="spark")
+    'CASE WHEN x = 1 THEN 1 ELSE 0 END'
+    """
+    if read == write:
+        parse(expression, read)  # still reject malformed SQL early
+        return expression
+    return sqlglot.transpile(expression, read=_DIALECTS[read], write=_DIALECTS[write])[0]
+
+
+@lru_cache(maxsize=4096)
+def parse(expression: str, dialect: str = "duckdb") -> exp.Expression:
+    try:
+        return sqlglot.parse_one(expression, read=_DIALECTS[dialect])
+    except sqlglot.errors.ParseError as error:
+        raise DefinitionError(f"cannot parse SQL {expression!r}: {error.errors[0]['description'] if error.errors else error}",
+                              fix="check the expression's syntax") from None
+
+
+def referenced_columns(expression: str, dialect: str = "duckdb") -> set[str]:
+    """Bare column names an expression reads (lambda parameters and struct fields excluded)."""
+    tree = parse(expression, dialect)
+    lambda_params = {p.name for node in tree.find_all(exp.Lambda) for p in node.expressions}
+    names = set()
+    for column in tree.find_all(exp.Column):
+        if column.table:  # a.b: a struct field or a qualified column; check the root only
+            names.add(column.parts[0].name)
+        else:
+            names.add(column.name)
+    return names - lambda_params
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,582 @@
+"""The embedded offline engine: point-in-time correct aggregation on DuckDB, fully vectorised.
+
+One relational core serves GroupBy backfills, Join backfills and notebook training data:
+
+1. a *query set* (``__qid``, the GroupBy's keys, ``__q`` = the time the value is wanted at);
+2. the GroupBy's *events* (its sources read through their Queries, with ``ts`` and a source-order
+   ``__seq``);
+3. a range join of the two on the keys with ``window_start <= ts < __q`` and, per feature, an
+   aggregate with a ``FILTER`` for its window. Operations without an exact SQL twin are folded by
+   the shared IR code in ``gnomon.aggregation`` over the window's rows.
+
+Work is split into key-hash shards (``offline.shards``), so memory is bounded by a shard, and the
+same per-shard SQL can run inside a Spark task later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from gnomon.compile.plan import FeaturePlan, GroupByPlan, JoinPlan, Plan, SourcePlan
+from gnomon.compile.sql import quote
+from gnomon.compile.validate import check_source
+from gnomon.config import OfflineConfig
+from gnomon.errors import DefinitionError, ExecutionError, WarehouseError
+from gnomon.offline.engines.sql_forms import IR_FOLDED, check_input_type, sql_form
+from gnomon.offline.progress import progress
+from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, ms_to_ds, shift_ds
+
+log = logging.getLogger("gnomon.offline")
+
+_ORDER_FREE = frozenset({"first", "last", "first_k", "last_k"})  # a list input is one value for these
+
+
+def window_start_sql(q: str, window_ms: int, hop_ms: int) -> str:
+    """floor(q - W, hop) in SQL, right for negative numbers too (DuckDB's % truncates)."""
+    shifted = f"({q} - {window_ms})"
+    return f"({shifted} - ((({shifted} % {hop_ms}) + {hop_ms}) % {hop_ms}))"
+
+
+def earliest_start_sql(group_by: GroupByPlan, q: str) -> str | None:
+    """The earliest ts any feature of the GroupBy reads at q (None: unbounded)."""
+    if group_by.max_window_ms is None:
+        return None
+    windows = sorted({(f.window_ms, f.hop_ms) for f in group_by.features})
+    starts = [window_start_sql(q, w, h) for w, h in windows]  # type: ignore[arg-type]
+    return starts[0] if len(starts) == 1 else f"LEAST({', '.join(starts)})"
+
+
+def element_type(duck_type: str) -> str:
+    """The scalar type inside a LIST or the value type of a MAP."""
+    if duck_type.endswith("[]"):
+        return duck_type[:-2]
+    if duck_type.startswith("MAP("):
+        inner = duck_type[4:-1]
+        depth = 0
+        for index, char in enumerate(inner):
+            depth += char == "("
+            depth -= char == ")"
+            if char == "," and depth == 0:
+                return inner[index + 1:].strip()
+    return duck_type
+
+
+def python_type(duck_type: str) -> str:
+    """The aggregation library's input type name for a DuckDB scalar type."""
+    if duck_type == "BOOLEAN":
+        return "bool"
+    if duck_type.startswith(("FLOAT", "DOUBLE", "DECIMAL")):
+        return "float"
+    if duck_type.startswith(("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "U")):
+        return "int"
+    return "str"
+
+
+class DuckDBEngine:
+    """Runs compiled plans over a Parquet warehouse in an in-process DuckDB."""
+
+    def __init__(self, warehouse: Warehouse, plan: Plan, config: OfflineConfig | None = None) -> None:
+        self.warehouse = warehouse
+        self.plan = plan
+        self.config = config or OfflineConfig()
+        self.con = duckdb.connect()
+        self._tmp = tempfile.TemporaryDirectory(prefix="gnomon-duckdb-")
+        self.con.execute(f"SET temp_directory = '{self._tmp.name}'")
+        self.con.execute("SET preserve_insertion_order = false")
+        if self.config.memory_limit:
+            self.con.execute(f"SET memory_limit = '{self.config.memory_limit}'")
+        if self.config.threads:
+            self.con.execute(f"SET threads = {int(self.config.threads)}")
+        self._counter = 0
+
+    def close(self) -> None:
+        self.con.close()
+        self._tmp.cleanup()
+
+    def _name(self, stem: str) -> str:
+        self._counter += 1
+        return f"__{stem}_{self._counter}"
+
+    # ------------------------------------------------------------------ sources
+
+    def _files(self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()) -> list[str]:
+        table = source.table
+        self.warehouse.require_table(table)
+        if strict:
+            self.warehouse.require_partitions(table, strict)
+        if source.start_partition and (start_ds is None or source.start_partition > start_ds):
+            start_ds = source.start_partition
+        if source.end_partition and (end_ds is None or source.end_partition < end_ds):
+            end_ds = source.end_partition
+        if source.cumulative:  # every partition holds the full history: read the latest only
+            partitions = [p for p in self.warehouse.partitions(table) if end_ds is None or p <= end_ds]
+            return self.warehouse.partition_files(table, partitions[-1], partitions[-1]) if partitions else []
+        return self.warehouse.partition_files(table, start_ds, end_ds)
+
+    def _table_columns(self, files: list[str]) -> list[str]:
+        import pyarrow.parquet as pq
+
+        return [c for c in pq.read_schema(files[-1]).names if c != "ds"]
+
+    def source_sql(self, owner: str, sources: Sequence[SourcePlan], start_ds: str | None, end_ds: str | None,
+                   needed: Sequence[str] | None = None, strict: Sequence[str] = ()) -> str | None:
+        """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
+
+        ``__seq`` orders rows as the SPEC's source order: (ds, source index, file name, row number).
+        Returns None when no partition is in range.
+        """
+        reads = []
+        file_rows = []
+        for index, source in enumerate(sources):
+            files = self._files(source, start_ds, end_ds, strict)
+            if not files:
+                continue
+            check_source(owner, source, self.warehouse, None)
+            columns = self._table_columns(files)
+            time_expr = source.time_column
+            if source.kind == "entities" and time_expr not in columns and time_expr == "ts":
+                # a snapshot row without a time is known as of the end of its day
+                time_expr = "((CAST(ds AS DATE) - DATE '1970-01-01' + 1) * 86400000 - 1)"
+            if source.selects is not None:
+                select_list = [f"{expr} AS {quote(name)}" for name, expr in source.selects.items() if name != "ts"]
+            else:
+                select_list = [quote(c) for c in columns if c != "ts" and (needed is None or c in needed)]
+            for file in files:
+                file_rows.append((file.split("/ds=")[-1].split("/")[0], index, file))
+            where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
+            file_list = ", ".join(f"'{f}'" for f in files)
+            reads.append(
+                f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
+                f"ds AS __ds, '{source.kind}' AS __kind, "
+                f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
+                f"FROM read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
+                f"filename = true, file_row_number = true, union_by_name = true) AS __r "
+                f"JOIN {{files}} AS __files ON __r.filename = __files.__filename WHERE {where}")
+        if not reads:
+            return None
+        files_table = self._name("files")
+        ordered = sorted(file_rows)
+        self.con.execute(f"CREATE TEMP TABLE {files_table} (__filename VARCHAR, __ordinal BIGINT)")
+        self.con.executemany(f"INSERT INTO {files_table} VALUES (?, ?)",
+                             [(file, ordinal) for ordinal, (_, _, file) in enumerate(ordered)])
+        return " UNION ALL BY NAME ".join(f"({r.replace('{files}', files_table)})" for r in reads)
+
+    def _materialize(self, stem: str, sql: str, owner: str) -> str:
+        name = self._name(stem)
+        try:
+            self.con.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+        except duckdb.Error as error:
+            raise ExecutionError(f"{owner}: {type(error).__name__}: {error}") from error
+        return name
+
+    def column_types(self, table: str) -> dict[str, str]:
+        return {row[0]: row[1] for row in self.con.execute(f"DESCRIBE {table}").fetchall()}
+
+    # ------------------------------------------------------------------ the aggregation core
+
+    def aggregate(self, group_by: GroupByPlan, queries: str, events: str) -> str:
+        """A temp table (``__qid`` + raw feature columns) with the GroupBy's values per query row."""
+        owner = f"GroupBy({group_by.name!r})"
+        types = self.column_types(events)
+        for column in [*group_by.keys, *(f.input_column for f in group_by.features)]:
+            if column not in types:
+                raise DefinitionError(f"the sources do not yield column {column!r}; they yield "
+                                      f"{', '.join(c for c in types if not c.startswith('__'))}",
+                                      obj=owner, field="sources", fix="select it in every source's Query")
+        key_match = " AND ".join(f"q.{quote(k)} = e.{quote(k)}" for k in group_by.keys)
+        conditions = [key_match, "e.ts < q.__q"]
+        earliest = earliest_start_sql(group_by, "q.__q")
+        if earliest:
+            conditions.append(f"e.ts >= {earliest}")
+        if any(s.kind == "entities" for s in group_by.sources):
+            conditions.append("(e.__kind <> 'entities' OR e.__ds = q.__snap_ds)")
+        joined = f"SELECT q.__qid, q.__q, e.* FROM {queries} AS q JOIN {events} AS e ON {' AND '.join(conditions)}"
+        if not group_by.features:
+            return self._latest_rows(group_by, queries, joined)
+        groups: dict[tuple[str, str | None], list[FeaturePlan]] = {}
+        for feature in group_by.features:
+            groups.setdefault(self._group_key(feature, types[feature.input_column], owner), []).append(feature)
+        joined_table = self._materialize("joined", joined, owner)
+        pieces = [self._aggregate_group(mode, sub, features, joined_table, types, owner)
+                  for (mode, sub), features in groups.items()]
+        select = ", ".join(f"{p}.{quote(f.name)}" for p, features in zip(pieces, groups.values(), strict=True)
+                           for f in features)
+        joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p in pieces)
+        result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
+        for table in [joined_table, *pieces]:
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        return result
+
+    def _group_key(self, feature: FeaturePlan, input_type: str, owner: str) -> tuple[str, str | None]:
+        """How rows are shaped before aggregating: plain, or unpacked / sub-grouped by a column."""
+        is_list, is_map = input_type.endswith("[]"), input_type.startswith("MAP(")
+        if feature.element_wise:
+            if not is_list:
+                raise DefinitionError(f"element_wise needs a list input, but {feature.input_column!r} is {input_type}",
+                                      obj=owner, field=f"aggregations[{feature.name}]", fix="remove element_wise=True")
+            if feature.bucket:
+                raise DefinitionError("element_wise with buckets is not supported", obj=owner,
+                                      field=f"aggregations[{feature.name}]", fix="use one or the other")
+            return ("element_wise", feature.input_column)
+        if is_map:
+            if feature.bucket:
+                raise DefinitionError("a map input with buckets is not supported", obj=owner,
+                                      field=f"aggregations[{feature.name}]", fix="use one or the other")
+            return ("map", feature.input_column)
+        if is_list and feature.operation not in _ORDER_FREE:
+            return ("list", f"{feature.input_column}|{feature.bucket or ''}")
+        return ("bucket", feature.bucket) if feature.bucket else ("plain", None)
+
+    def _aggregate_group(self, mode: str, sub: str | None, features: list[FeaturePlan], joined: str,
+                         types: dict[str, str], owner: str) -> str:
+        base_columns = "__qid, __q, ts, __seq"
+        sub_column: str | None = None
+        if mode == "plain":
+            rows = joined
+        elif mode == "bucket":
+            rows = f"(SELECT *, CAST({quote(sub)} AS VARCHAR) AS __sub FROM {joined} WHERE {quote(sub)} IS NOT NULL)"  # type: ignore[arg-type]
+            sub_column = "__sub"
+        elif mode == "list":
+            column, _, bucket = sub.partition("|")  # type: ignore[union-attr]
+            extra = f", CAST({quote(bucket)} AS VARCHAR) AS __sub" if bucket else ""
+            where = f" WHERE {quote(bucket)} IS NOT NULL" if bucket else ""
+            rows = f"(SELECT {base_columns}{extra}, UNNEST({quote(column)}) AS {quote(column)} FROM {joined}{where})"
+            sub_column = "__sub" if bucket else None
+        elif mode == "map":
+            rows = (f"(SELECT {base_columns}, UNNEST(map_keys({quote(sub)})) AS __sub, "  # type: ignore[arg-type]
+                    f"UNNEST(map_values({quote(sub)})) AS {quote(sub)} FROM {joined})")  # type: ignore[arg-type]
+            sub_column = "__sub"
+        else:  # element_wise
+            rows = (f"(SELECT {base_columns}, UNNEST({quote(sub)}) AS {quote(sub)}, "  # type: ignore[arg-type]
+                    f"UNNEST(generate_series(1, len({quote(sub)}))) AS __sub FROM {joined})")  # type: ignore[arg-type]
+            sub_column = "__sub"
+        aggregates = []
+        folded = []
+        for feature in features:
+            column = quote(feature.input_column)
+            scalar_type = types[feature.input_column] if mode in ("plain", "bucket") else element_type(
+                types[feature.input_column])
+            check_input_type(feature, owner, scalar_type)
+            condition = f"{column} IS NOT NULL"
+            if feature.window_ms is not None:
+                condition += f" AND ts >= {window_start_sql('__q', feature.window_ms, feature.hop_ms)}"  # type: ignore[arg-type]
+            form = sql_form(feature, column, scalar_type, condition)
+            if form is None:
+                folded.append((feature, scalar_type))
+                if feature.operation == "approx_unique_count":
+                    form = f"list(DISTINCT {column}) FILTER (WHERE {condition})"
+                else:
+                    form = (f"list(struct_pack(v := {column}, t := ts, s := __seq) ORDER BY ts, __seq) "
+                            f"FILTER (WHERE {condition})")
+            aggregates.append(f"{form} AS {quote(feature.name)}")
+        group_columns = "__qid" + (f", {sub_column}" if sub_column else "")
+        inner_sql = f"SELECT {group_columns}, {', '.join(aggregates)} FROM {rows} GROUP BY {group_columns}"
+        inner = self._materialize("inner", inner_sql, owner)
+        if folded:
+            inner = self._fold_with_ir(inner, folded)
+        if sub_column is None:
+            return inner
+        outer = []
+        for feature in features:
+            name = quote(feature.name)
+            if mode == "element_wise":
+                outer.append(f"CASE WHEN count({name}) = 0 THEN NULL ELSE list({name} ORDER BY __sub) END AS {name}")
+            else:
+                outer.append(f"NULLIF(map_from_entries(list({{'key': __sub, 'value': {name}}}) "
+                             f"FILTER (WHERE {name} IS NOT NULL)), MAP {{}}) AS {name}")
+        result = self._materialize("grouped", f"SELECT __qid, {', '.join(outer)} FROM {inner} GROUP BY __qid", owner)
+        self.con.execute(f"DROP TABLE IF EXISTS {inner}")
+        return result
+
+    def _fold_with_ir(self, table: str, folded: list[tuple[FeaturePlan, str]]) -> str:
+        """Replace each folded feature's row lists by the IR's finalized value."""
+        from gnomon.aggregation import make_aggregator
+
+        arrow = self.con.sql(f"SELECT * FROM {table}").to_arrow_table()
+        for feature, scalar_type in folded:
+            aggregator = make_aggregator(feature.operation, feature.params, python_type(scalar_type))
+            lists = arrow.column(feature.name).to_pylist()
+            values = []
+            for rows in lists:
+                if not rows:
+                    values.append(None)
+                    continue
+                if feature.operation == "approx_unique_count":
+                    ir = aggregator.prepare(rows[0], 0, 0)
+                    for position in range(1, len(rows)):
+                        ir = aggregator.update(ir, rows[position], 0, position)
+                else:
+                    first = rows[0]
+                    ir = aggregator.prepare(first["v"], first["t"], first["s"])
+                    for row in rows[1:]:
+                        ir = aggregator.update(ir, row["v"], row["t"], row["s"])
+                values.append(aggregator.finalize(ir))
+            index = arrow.column_names.index(feature.name)
+            arrow = arrow.set_column(index, feature.name, _to_arrow(values))
+        self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        name = self._name("folded")
+        self.con.register(f"{name}_view", arrow)
+        self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_view")
+        self.con.unregister(f"{name}_view")
+        return name
+
+    def _latest_rows(self, group_by: GroupByPlan, queries: str, joined: str) -> str:
+        """GroupBys without aggregations: the value is the key's row in the snapshot."""
+        columns = ", ".join(quote(c) for c in group_by.value_columns)
+        picked = (f"SELECT __qid, {columns} FROM ({joined}) QUALIFY row_number() OVER "
+                  f"(PARTITION BY __qid ORDER BY ts DESC, __seq) = 1")
+        return self._materialize("values", f"SELECT q.__qid, {', '.join(f'p.{quote(c)}' for c in group_by.value_columns)} "
+                                 f"FROM {queries} AS q LEFT JOIN ({picked}) AS p USING (__qid)",
+                                 f"GroupBy({group_by.name!r})")
+
+    # ------------------------------------------------------------------ per-GroupBy values for a query set
+
+    def values_for(self, group_by: GroupByPlan, queries: str, strict: Sequence[str] = ()) -> str:
+        """Read the events a query set needs (shard by shard) and aggregate them."""
+        owner = f"GroupBy({group_by.name!r})"
+        low, high = self.con.execute(f"SELECT min(__q), max(__q) FROM {queries}").fetchone()  # type: ignore[misc]
+        result = self._name("result")
+        if low is None:
+            columns = self._empty_columns(group_by)
+            self.con.execute(f"CREATE TEMP TABLE {result} AS SELECT __qid{columns} FROM {queries} WHERE FALSE")
+            return result
+        span = group_by.max_window_ms
+        start_ds = None if span is None else ms_to_ds(low - span - DAY_MS)
+        end_ds = ms_to_ds(high - 1)
+        if any(s.kind == "entities" for s in group_by.sources):
+            start_ds = ms_to_ds(low - DAY_MS) if span is None or start_ds is None else min(start_ds, ms_to_ds(low - DAY_MS))
+        keys = [k for k in group_by.keys]
+        needed = [*keys, *(f.input_column for f in group_by.features), *(f.bucket for f in group_by.features if f.bucket),
+                  *group_by.value_columns]
+        events_sql = self.source_sql(owner, group_by.sources, start_ds, end_ds, needed, strict)
+        shards = max(1, self.config.shards)
+        created = False
+        for shard in range(shards):
+            shard_filter = "TRUE" if shards == 1 else f"hash({', '.join(quote(k) for k in keys)}) % {shards} = {shard}"
+            if events_sql is None:
+                events = None
+                values = self._materialize("values", f"SELECT __qid{self._empty_columns(group_by)} FROM {queries}", owner)
+            else:
+                events = self._materialize("events", f"SELECT * FROM ({events_sql}) WHERE {shard_filter} "
+                                           f"AND ts < {high}", owner)
+                shard_queries = self._materialize("queries", f"SELECT * FROM {queries} WHERE {shard_filter}", owner)
+                values = self.aggregate(group_by, shard_queries, events)
+                self.con.execute(f"DROP TABLE IF EXISTS {shard_queries}")
+            if created:
+                self.con.execute(f"INSERT INTO {result} SELECT * FROM {values}")
+            else:
+                self.con.execute(f"CREATE TEMP TABLE {result} AS SELECT * FROM {values}")
+                created = True
+            self.con.execute(f"DROP TABLE IF EXISTS {values}")
+            if events is None:
+                break
+            self.con.execute(f"DROP TABLE IF EXISTS {events}")
+        return result
+
+    def _empty_columns(self, group_by: GroupByPlan) -> str:
+        return "".join(f", NULL AS {quote(c)}" for c in group_by.raw_columns)
+
+    def with_derivations(self, group_by_or_join: GroupByPlan | JoinPlan, table: str, base: list[str],
+                         raw: list[str]) -> tuple[str, list[str]]:
+        """Apply derivations: SQL over the raw columns; returns (SQL, output feature columns)."""
+        derivations = group_by_or_join.derivations
+        if not derivations:
+            return f"SELECT * FROM {table}", raw
+        keep_raw = any(name == "*" for name, _ in derivations)
+        derived = [(name, expr) for name, expr in derivations if name != "*"]
+        selects = [quote(c) for c in base] + ([quote(c) for c in raw] if keep_raw else [])
+        selects += [f"({expr}) AS {quote(name)}" for name, expr in derived]
+        out = (raw if keep_raw else []) + [name for name, _ in derived]
+        return f"SELECT {', '.join(selects)} FROM {table}", out
+
+    # ------------------------------------------------------------------ GroupBy backfill
+
+    def backfill_group_by(self, group_by: GroupByPlan, days: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
+        """Snapshot partition D = values at D+1 00:00 for keys with input in any window."""
+        owner = f"GroupBy({group_by.name!r})"
+        for day in progress(days, f"backfill {group_by.name}"):
+            q = ds_to_ms(day) + DAY_MS
+            span = group_by.max_window_ms
+            start_ds = None if span is None else ms_to_ds(q - span - DAY_MS)
+            if any(s.kind == "entities" for s in group_by.sources):
+                start_ds = day if start_ds is None else min(start_ds, day)
+            events_sql = self.source_sql(owner, group_by.sources, start_ds, day, None, strict=[day])
+            keys = ", ".join(quote(k) for k in group_by.keys)
+            condition = f"ts < {q}"
+            earliest = earliest_start_sql(group_by, str(q))
+            if earliest:
+                condition += f" AND ts >= {earliest}"
+            if any(s.kind == "entities" for s in group_by.sources):
+                condition += f" AND (__kind <> 'entities' OR __ds = '{day}')"
+            queries = self._materialize(
+                "queries",
+                f"SELECT row_number() OVER () AS __qid, *, {q}::BIGINT AS __q, '{day}' AS __snap_ds FROM "
+                f"(SELECT DISTINCT {keys} FROM ({events_sql}) WHERE {condition} AND "
+                + " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys) + ")", owner)
+            values = self.values_for(group_by, queries)
+            joined = self._name("gb_out")
+            self.con.execute(f"CREATE TEMP VIEW {joined} AS SELECT q.* EXCLUDE (__qid, __q, __snap_ds), v.* EXCLUDE (__qid) "
+                             f"FROM {queries} AS q JOIN {values} AS v USING (__qid)")
+            sql, _ = self.with_derivations(group_by, joined, list(group_by.keys), group_by.raw_columns)
+            table = self.con.sql(sql).to_arrow_table()
+            table = table.sort_by([(k, "ascending") for k in group_by.keys])
+            yield day, table
+            for name in (queries, values):
+                self.con.execute(f"DROP TABLE IF EXISTS {name}")
+            self.con.execute(f"DROP VIEW IF EXISTS {joined}")
+
+    # ------------------------------------------------------------------ Join backfill and training data
+
+    def join_left(self, join: JoinPlan, left: str) -> pa.Table:
+        """Every left row (table ``left``: ``__rid``, left columns, ``ts``, maybe ``__ds``) with its features."""
+        owner = f"Join({join.name!r})"
+        left_types = self.column_types(left)
+        feature_tables = []
+        feature_columns: list[str] = []
+        for part in progress(join.parts, f"join {join.name}"):
+            group_by = self.plan.group_bys[part.group_by]
+            for key, column in part.key_columns.items():
+                if column not in left_types:
+                    raise DefinitionError(f"GroupBy {part.group_by!r} needs key {key!r} from left column {column!r}, "
+                                          f"which the left rows lack (they have "
+                                          f"{', '.join(c for c in left_types if not c.startswith('__'))})",
+                                          obj=owner, field="right_parts", fix="add the column or set key_mapping")
+            q = self._query_time_sql(join, group_by)
+            keys = ", ".join(f"{quote(column)} AS {quote(key)}" for key, column in part.key_columns.items())
+            queries = self._materialize(
+                "queries", f"SELECT __rid AS __qid, {keys}, {q} AS __q, "
+                f"strftime(CAST(epoch_ms({q}) AS DATE) - 1, '%Y-%m-%d') AS __snap_ds FROM {left} WHERE {q} IS NOT NULL",
+                owner)
+            values = self.values_for(group_by, queries)
+            with_keys = self._name("part")
+            self.con.execute(f"CREATE TEMP VIEW {with_keys} AS SELECT q.__qid, "
+                             + "".join(f"q.{quote(k)}, " for k in part.key_columns)
+                             + f"v.* EXCLUDE (__qid) FROM {queries} AS q JOIN {values} AS v USING (__qid)")
+            sql, out = self.with_derivations(group_by, with_keys, ["__qid", *part.key_columns], group_by.raw_columns)
+            renamed = ", ".join(f"{quote(c)} AS {quote(part.column_prefix + c)}" for c in out)
+            part_table = self._materialize("part_values", f"SELECT __qid AS __rid, {renamed} FROM ({sql})", owner)
+            feature_tables.append(part_table)
+            feature_columns.extend(part.column_prefix + c for c in out)
+        left_columns = [c for c in left_types if not c.startswith("__")]
+        select = ", ".join([*(f"l.{quote(c)}" for c in left_columns),
+                            *(f"{t}.{quote(c)}" for t in feature_tables
+                              for c in self.column_types(t) if c != "__rid")])
+        joins = " ".join(f"LEFT JOIN {t} ON l.__rid = {t}.__rid" for t in feature_tables)
+        extra = ", l.__ds" if "__ds" in left_types else ""
+        assembled = self._materialize("assembled", f"SELECT {select}{extra}, l.__rid FROM {left} AS l {joins}", owner)
+        sql, _ = self.with_derivations(join, assembled, [*left_columns, *(["__ds"] if extra else []), "__rid"],
+                                       feature_columns)
+        try:
+            table = self.con.sql(f"SELECT * FROM ({sql}) ORDER BY __rid").to_arrow_table()
+        except duckdb.Error as error:
+            raise ExecutionError(f"{owner}: derivations failed: {error}") from error
+        for name in [*feature_tables, assembled]:
+            self.con.execute(f"DROP TABLE IF EXISTS {name}")
+        return table.drop(["__rid"])
+
+    def _query_time_sql(self, join: JoinPlan, group_by: GroupByPlan) -> str:
+        """SPEC §2's table: the time q each left row asks a GroupBy for."""
+        if join.left.kind == "entities":
+            return "((CAST(__ds AS DATE) - DATE '1970-01-01' + 1) * 86400000)::BIGINT"
+        if group_by.accuracy == "snapshot":
+            return f"(ts - (((ts % {DAY_MS}) + {DAY_MS}) % {DAY_MS}))"
+        return "ts"
+
+    def backfill_join(self, join: JoinPlan, days: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
+        """One output partition per left partition in ``days``."""
+        owner = f"Join({join.name!r})"
+        left_sql = self.source_sql(owner, [join.left], days[0], days[-1], None, strict=list(days))
+        wanted = ", ".join(f"'{d}'" for d in days)
+        left = self._materialize("left", f"SELECT row_number() OVER (ORDER BY __seq) AS __rid, * EXCLUDE (__kind, __seq) "
+                                 f"FROM ({left_sql}) WHERE __ds IN ({wanted})", owner)
+        table = self.join_left(join, left)
+        self.con.execute(f"DROP TABLE IF EXISTS {left}")
+        ds_column = table.column("__ds")
+        table = table.drop(["__ds"])
+        import pyarrow.compute as pc
+
+        for day in days:
+            yield day, table.filter(pc.equal(ds_column, day))
+
+    def training_data(self, join: JoinPlan, left: pa.Table) -> pa.Table:
+        """Features for a user's own left rows (they must hold the left columns and ``ts``)."""
+        owner = f"Join({join.name!r})"
+        if join.left.kind == "entities":
+            if "ds" not in left.column_names:
+                raise DefinitionError("the left rows need a 'ds' column (the Join's left is an entity source)",
+                                      obj=owner, field="left", fix="add ds (YYYY-MM-DD) to the frame")
+        elif "ts" not in left.column_names:
+            raise DefinitionError("the left rows need a 'ts' column (epoch milliseconds)", obj=owner, field="left",
+                                  fix="add ts = the time each row asks for features, as int64 epoch ms")
+        view = self._name("user_left")
+        self.con.register(view, left)
+        rename = ", ds AS __ds" if join.left.kind == "entities" else ""
+        cast_ts = "* REPLACE (CAST(ts AS BIGINT) AS ts)" if "ts" in left.column_names else "*"
+        table_name = self._materialize("left", f"SELECT row_number() OVER () AS __rid, {cast_ts}{rename} FROM {view}",
+                                       owner)
+        self.con.unregister(view)
+        result = self.join_left(join, table_name)
+        self.con.execute(f"DROP TABLE IF EXISTS {table_name}")
+        if "__ds" in result.column_names:
+            result = result.drop(["__ds"])
+        return result
+
+    # ------------------------------------------------------------------ StagingQuery
+
+    @contextmanager
+    def warehouse_views(self) -> Iterator[None]:
+        """Every warehouse table as a view ``ns.table`` (with its ``ds`` column)."""
+        schemas = set()
+        for table in self.warehouse.tables():
+            files = self.warehouse.partition_files(table)
+            if not files:
+                continue
+            namespace, name = table.split(".")
+            if namespace not in schemas:
+                self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(namespace)}")
+                schemas.add(namespace)
+            file_list = ", ".join(f"'{f}'" for f in files)
+            self.con.execute(f"CREATE OR REPLACE VIEW {quote(namespace)}.{quote(name)} AS SELECT * FROM "
+                             f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
+                             "union_by_name = true)")
+        yield
+
+    def run_staging_query(self, sql: str, days: Sequence[str], owner: str) -> Iterator[tuple[str, pa.Table]]:
+        with self.warehouse_views():
+            try:
+                table = self.con.sql(sql).to_arrow_table()
+            except duckdb.Error as error:
+                raise ExecutionError(f"{owner}: the query failed: {error}") from error
+        if "ds" not in table.column_names:
+            raise DefinitionError("the query must select a 'ds' column (the output partition)", obj=owner,
+                                  field="query", fix="add e.g. `ds` or `'{{ end_date }}' AS ds` to the SELECT")
+        import pyarrow.compute as pc
+
+        ds_column = pc.cast(table.column("ds"), pa.string())
+        body = table.drop(["ds"])
+        for day in days:
+            yield day, body.filter(pc.equal(ds_column, day))
+
+
+def _to_arrow(values: list[Any]) -> pa.Array:
+    """An Arrow array from finalized IR values (maps as list of pairs, NaN already nulled)."""
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, dict):
+        value_sample = next((x for v in values if v for x in v.values() if x is not None), 0)
+        value_type = pa.float64() if isinstance(value_sample, float) else pa.int64()
+        return pa.array([None if v is None else list(v.items()) for v in values], pa.map_(pa.string(), value_type))
+    if isinstance(sample, float) or (isinstance(sample, int) and any(isinstance(v, float) for v in values)):
+        return pa.array([None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+                         for v in values], pa.float64())
+    return pa.array(values)
+
+
+__all__ = ["DuckDBEngine", "WarehouseError", "shift_ds"]

@@ -1,0 +1,181 @@
+"""`gnomon.Project`: the Python API for notebooks and pipelines (SPEC §6)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from gnomon.compile.plan import Plan, build_plan
+from gnomon.compile.repo import LoadedRepo, load_repo
+from gnomon.compile.validate import validate
+from gnomon.config import Config
+from gnomon.definitions import GroupBy, Join, StagingQuery
+from gnomon.definitions.join import Definition
+from gnomon.errors import ConfigError, ExecutionError, UnknownObjectError
+from gnomon.offline.warehouse import Warehouse, as_arrow, ds_range
+
+log = logging.getLogger("gnomon")
+PLAN_FILE = Path("compiled") / "plan.json"
+
+
+class Project:
+    """A feature repo: its configuration, definitions, warehouse and offline engine.
+
+    ``objects`` adds definitions by name (handy in notebooks and tests)::
+
+        project = gnomon.Project("my_repo")
+        project.backfill("user_item_training", "2026-10-01", "2026-10-30")
+    """
+
+    def __init__(self, repo: str | Path = ".", objects: Mapping[str, Definition] | None = None) -> None:
+        self.root = Path(repo).resolve()
+        if not self.root.is_dir():
+            raise ConfigError(f"repo folder {self.root} does not exist; create one with `gnomon init {repo}`")
+        self.config = Config.load(self.root)
+        self.warehouse = Warehouse(self.config.warehouse)
+        self._objects = dict(objects or {})
+        self._loaded: LoadedRepo | None = None
+        self._plan: Plan | None = None
+
+    # -------------------------------------------------------------- compile
+
+    def compile(self, write: bool = True) -> Plan:
+        """Load and validate every definition; write ``compiled/plan.json`` when ``write``."""
+        self._loaded = load_repo(self.root, self._objects)
+        plan = build_plan(self._loaded, self.config.dialect)
+        validate(plan, self._loaded, self.warehouse)
+        self._plan = plan
+        if write and (self.root / "gnomon.yaml").exists():
+            path = self.root / PLAN_FILE
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(plan.to_json())
+        return plan
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan if self._plan is not None else self.compile(write=False)
+
+    @property
+    def definitions(self) -> dict[str, Definition]:
+        if self._loaded is None:
+            self.compile(write=False)
+        return dict(self._loaded.objects)  # type: ignore[union-attr]
+
+    def output_table(self, name: str) -> str:
+        """The warehouse table a GroupBy, Join or StagingQuery backfills into."""
+        node = self._node(name)
+        return node.output_table  # type: ignore[no-any-return]
+
+    def _node(self, name: str) -> Any:
+        plan = self.plan
+        node = plan.group_bys.get(name) or plan.joins.get(name) or plan.staging_queries.get(name)
+        if node is None:
+            raise UnknownObjectError("GroupBy, Join or StagingQuery", name, plan.names())
+        return node
+
+    def _engine(self) -> Any:
+        if self.config.offline.engine != "duckdb":
+            raise ConfigError(f"offline engine {self.config.offline.engine!r} is not available in this release; "
+                              "set `offline: {engine: duckdb}` in gnomon.yaml")
+        from gnomon.offline.engines.duckdb import DuckDBEngine
+
+        return DuckDBEngine(self.warehouse, self.plan, self.config.offline)
+
+    # -------------------------------------------------------------- offline jobs
+
+    def backfill(self, name: str, start_ds: str, end_ds: str, force: bool = False) -> list[str]:
+        """Compute partitions [start_ds, end_ds] of a GroupBy, Join or StagingQuery's output table.
+
+        Only missing partitions are computed unless ``force``. Partitions are committed together
+        at the end: a failure leaves the output table as it was. Returns the partitions written.
+        """
+        node = self._node(name)
+        if end_ds < start_ds:
+            raise ConfigError(f"end_ds {end_ds} is before start_ds {start_ds}")
+        days = ds_range(start_ds, end_ds)
+        start_limit = getattr(node, "backfill_start_date", None) or getattr(node, "start_partition", None)
+        if start_limit:
+            days = [d for d in days if d >= start_limit]
+        if not force:
+            have = set(self.warehouse.partitions(node.output_table))
+            days = [d for d in days if d not in have]
+        if not days:
+            log.info("%s: every partition in [%s, %s] exists; use force=True to recompute", name, start_ds, end_ds)
+            return []
+        engine = self._engine()
+        try:
+            if name in self.plan.group_bys:
+                produced = engine.backfill_group_by(node, days)
+            elif name in self.plan.joins:
+                produced = engine.backfill_join(node, days)
+            else:
+                produced = engine.run_staging_query(self._render_staging(node.query, days), days, f"StagingQuery({name!r})")
+            return self._write_all(node.output_table, produced)
+        finally:
+            engine.close()
+
+    def _write_all(self, table: str, produced: Any) -> list[str]:
+        import pyarrow.parquet as pq
+
+        self.warehouse.table_path(table).mkdir(parents=True, exist_ok=True)
+        with self.warehouse.staging(table) as stage:
+            written = []
+            for day, data in produced:  # a failure here leaves only the staging folder, which is removed
+                folder = stage / f"ds={day}"
+                folder.mkdir()
+                pq.write_table(data, folder / "part-0.parquet")
+                written.append(day)
+            for day in written:
+                self.warehouse.commit_partition(table, day, stage / f"ds={day}")
+        return written
+
+    def _render_staging(self, sql: str, days: list[str]) -> str:
+        import re
+
+        def max_date(match: re.Match[str]) -> str:
+            table = match.group(1).strip()
+            partitions = self.warehouse.partitions(table)
+            if not partitions:
+                raise ExecutionError(f"max_date(table={table}): the table has no partitions")
+            return partitions[-1]
+
+        rendered = re.sub(r"\{\{\s*max_date\(\s*table\s*=\s*([\w.]+)\s*\)\s*\}\}", max_date, sql)
+        values = {"start_date": days[0], "end_date": days[-1], "latest_date": days[-1]}
+        rendered = re.sub(r"\{\{\s*(start_date|end_date|latest_date)\s*\}\}", lambda m: values[m.group(1)], rendered)
+        leftover = re.search(r"\{\{.*?\}\}", rendered)
+        if leftover:
+            raise ExecutionError(f"unknown template variable {leftover.group(0)}; use start_date, end_date, "
+                                 "latest_date or max_date(table=ns.t)")
+        return rendered
+
+    def training_data(self, join: str | Join, left: Any) -> pa.Table:
+        """Point-in-time correct features for your own left rows (pandas, Polars or Arrow; needs ``ts``)."""
+        if isinstance(join, Join):
+            if self._loaded is None:
+                self.compile(write=False)
+            if id(join) not in self._loaded.names_by_id:  # type: ignore[union-attr]
+                self._objects[join.name or "__notebook_join"] = join
+                self.compile(write=False)
+            name = self._loaded.name_of(join)  # type: ignore[union-attr]
+        else:
+            name = join
+        if name not in self.plan.joins:
+            raise UnknownObjectError("Join", name, self.plan.joins)
+        engine = self._engine()
+        try:
+            return engine.training_data(self.plan.joins[name], as_arrow(left))  # type: ignore[no-any-return]
+        finally:
+            engine.close()
+
+    def read_table(self, name_or_table: str, start_ds: str | None = None, end_ds: str | None = None) -> pa.Table:
+        """Read a warehouse table, or the output table of a definition by its name."""
+        plan = self.plan
+        node = plan.group_bys.get(name_or_table) or plan.joins.get(name_or_table) or plan.staging_queries.get(name_or_table)
+        return self.warehouse.read_table(node.output_table if node else name_or_table, start_ds, end_ds)
+
+
+__all__ = ["GroupBy", "Join", "Project", "StagingQuery"]
