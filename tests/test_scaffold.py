@@ -153,3 +153,22 @@ def test_accepts_empty_existing_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert create_example_repo(tmp_path / "empty") == (tmp_path / "empty").absolute()
     assert (tmp_path / "empty" / "gnomon.yaml").is_file()
+
+
+def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
+    """The README's commands, through the Python API: compile, backfill, and Bob's hand-checked row."""
+    repo = create_example_repo(tmp_path / "quickstart")
+    project = gnomon.Project(repo)
+    plan = project.compile()
+    assert (repo / "compiled" / "plan.json").is_file()
+    assert set(plan.joins) == {"user_item_training"}
+    written = project.backfill("user_item_training", "2026-10-01", "2026-10-30")
+    assert written == DAYS
+    table = project.read_table("user_item_training", "2026-10-04", "2026-10-04")
+    bob = [r for r in table.to_pylist() if r["user"] == "bob" and r["ts"] == 1791141100174]
+    assert len(bob) == 1
+    assert bob[0]["user_item_views_view_count_5h"] == 7
+    assert bob[0]["item_ratings_rating_average_90d"] == pytest.approx(7 / 3)
+    assert bob[0]["views_per_rating"] == pytest.approx(3.0)
+    watches = ds.dataset(_table(repo, "user_activity.watches"), format="parquet").to_table()
+    assert project.read_table("user_item_training").num_rows == watches.num_rows  # one row per left row
