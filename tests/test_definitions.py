@@ -42,7 +42,7 @@ def test_malformed_window_string_is_a_definition_error(text: str) -> None:
 
 
 def test_parametric_operations_bare_or_called() -> None:
-    assert Operation.HISTOGRAM == Operation.HISTOGRAM()
+    assert Operation.HISTOGRAM() == Operation.HISTOGRAM
     assert Operation.APPROX_UNIQUE_COUNT.param_dict == {"lg_k": 8}
     assert Operation.LAST_K(3).output_name == "last3"
     assert Operation.TOP_K(5).output_name == "top5"

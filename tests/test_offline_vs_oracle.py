@@ -333,7 +333,9 @@ CASES = [
     Case("unique_count", Operation.UNIQUE_COUNT, ("s", "i", "x", "xn", "tags")),
     Case("bounded_unique_count", Operation.BOUNDED_UNIQUE_COUNT(3), ("s", "i", "tags")),
     Case("approx_unique_count", Operation.APPROX_UNIQUE_COUNT, ("s_wide", "i", "tags")),
+    Case("approx_unique_count_lg4", Operation.APPROX_UNIQUE_COUNT(lg_k=4), ("s_wide",)),  # past k: estimating
     Case("approx_percentile", Operation.APPROX_PERCENTILE([0.1, 0.5, 0.99]), ("x", "i")),
+    Case("approx_percentile_k16", Operation.APPROX_PERCENTILE([0.25, 0.5, 0.9], k=16), ("x",)),  # compacting
     Case("histogram", Operation.HISTOGRAM, ("s", "tags")),
     Case("histogram_k", Operation.HISTOGRAM(2), ("s", "tags")),
     Case("approx_histogram_k", Operation.APPROX_HISTOGRAM_K, ("s", "tags")),

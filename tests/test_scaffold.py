@@ -35,15 +35,21 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def features(repo: Path) -> Iterator[dict[str, object]]:
     """Import the repo's definition modules as a user's `features` package, then forget them."""
+    _forget_features_package()  # another test's repo may have left its own `features` imported
     sys.path.insert(0, str(repo))
+    importlib.invalidate_caches()
     try:
         modules = {name: importlib.import_module(f"features.{name}")
                    for name in ("user_activity", "item_ratings", "training")}
         yield modules
     finally:
         sys.path.remove(str(repo))
-        for name in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
-            del sys.modules[name]
+        _forget_features_package()
+
+
+def _forget_features_package() -> None:
+    for name in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
+        del sys.modules[name]
 
 
 def _table(repo: Path, table: str) -> Path:

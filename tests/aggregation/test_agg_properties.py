@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from datasketches import frequent_items_error_type, frequent_strings_sketch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,16 @@ from gnomon.aggregation import Aggregator, decode_ir, encode_ir, make_aggregator
 
 from .naive import CASES, REVERSIBLE_KINDS, Case, Row, assert_matches, expected, rows_strategy
 
-PROPERTY = settings(max_examples=50, deadline=None)
+PROPERTY = settings(max_examples=35, deadline=None, database=None)
+
+
+def is_frequent_items_sketch(ir: Any) -> bool:
+    return isinstance(ir, frequent_strings_sketch)
+
+
+def sketch_contents(sketch: Any) -> tuple[Any, ...]:
+    items = sorted(sketch.get_frequent_items(frequent_items_error_type.NO_FALSE_NEGATIVES))
+    return items, sketch.total_weight, sketch.num_active_items
 
 
 def aggregator(case: Case) -> Aggregator:
@@ -97,7 +107,10 @@ def test_codec_round_trip(case: Case, data: st.DataObject) -> None:
     encoded = encode_ir(agg, ir)
     assert encoded[0] == 1
     decoded = decode_ir(agg, encoded)
-    assert encode_ir(agg, decoded) == encoded
+    if is_frequent_items_sketch(ir):  # re-serialising rehashes the sketch's map: compare contents
+        assert sketch_contents(decoded) == sketch_contents(ir)
+    else:
+        assert encode_ir(agg, decoded) == encoded
     assert agg.finalize(decoded) == agg.finalize(ir)
     # the decoded IR keeps working exactly like the original (e.g. NaN stays one distinct value)
     for value, ts, seq in more:

@@ -80,7 +80,8 @@ def to_key(value: Any) -> str:
     """The string a value becomes as a histogram or bucket key.
 
     Bools become ``"true"``/``"false"`` (what SQL's ``CAST(b AS VARCHAR)`` gives, so offline SQL and
-    this code agree); everything else is ``str(value)``.
+    this code agree); everything else is ``str(value)``, which for ints and floats is exactly DuckDB's
+    ``CAST(x AS VARCHAR)`` too (shortest round-trip repr: ``1e+16``, ``-0.0``, ``nan``, ``inf``).
 
     >>> to_key(True), to_key(3), to_key(2.5), to_key("x")
     ('true', '3', '2.5', 'x')
@@ -112,7 +113,8 @@ class Aggregator:
     - ``update(ir, value, ts, seq)`` folds one more input; it may mutate ``ir`` and returns the IR
       (``ir`` may be None, meaning empty).
     - ``merge(a, b)`` combines two IRs; it may mutate and return ``a`` but never mutates ``b`` and never
-      returns an object aliased with ``b`` (so folding stored tiles never corrupts them). When ``a`` and
+      returns a mutable object aliased with ``b`` (so folding stored tiles never corrupts them; immutable
+      IRs such as FIRST's tuple or MIN's value may be shared). When ``a`` and
       ``b`` hold rows with the same ``(ts, seq)``, ``a``'s rows count as seen first.
     - ``delete(ir, value, ts, seq)`` removes one input; only when ``reversible``. ``ir`` may be None:
       the result is then a "delta" IR (negative counts) that is meaningful once merged.

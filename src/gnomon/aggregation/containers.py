@@ -2,7 +2,8 @@
 
 - `BucketedAggregator` (``buckets=["col"]``): IR ``dict[str, inner IR]`` keyed by the row's bucket
   value (`to_key`); a row with a null bucket is ignored. Output ``map[str, inner output]``.
-- `MapAggregator` (map inputs): the same IR keyed by the input map's keys; null map values are skipped.
+- `MapAggregator` (map inputs, a dict or Arrow's list of (key, value) pairs): the same IR keyed by the
+  input map's keys; null map values are skipped.
 - `ElementWiseAggregator` (``element_wise=True``): IR ``list[inner IR | None]``, one per position;
   every row's list must have the window's length, else ValueError naming both lengths.
 
@@ -15,6 +16,7 @@ whole exactly as they would be without the container.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gnomon.aggregation.base import IR, Aggregator, to_key
@@ -111,7 +113,7 @@ class MapAggregator(_KeyedAggregator):
         return self.update(None, value, ts, seq)
 
     def update(self, ir: IR, value: Any, ts: int, seq: int) -> IR:
-        for key, element in value.items():
+        for key, element in _entries(value):
             if element is not None and key is not None:
                 ir = self._fold_into(ir, key, element, ts, seq, delete=False)
         return ir
@@ -119,10 +121,15 @@ class MapAggregator(_KeyedAggregator):
     def delete(self, ir: IR, value: Any, ts: int, seq: int) -> IR:
         if not self.reversible:
             return self.inner.delete(ir, value, ts, seq)
-        for key, element in value.items():
+        for key, element in _entries(value):
             if element is not None and key is not None:
                 ir = self._fold_into(ir, key, element, ts, seq, delete=True)
         return ir
+
+
+def _entries(value: Any) -> Iterable[tuple[Any, Any]]:
+    """A map input's entries: a dict, or the ``[(key, value), …]`` list Arrow's ``to_pylist`` gives."""
+    return value.items() if isinstance(value, Mapping) else value
 
 
 class ElementWiseAggregator(Aggregator):

@@ -136,6 +136,7 @@ class FirstK(_ValueAggregator):
 
     kind = "first_k"
     unpacks_lists = False
+    newest_first = False
     _key = staticmethod(_oldest_first)
 
     def __init__(self, params: dict[str, Any], input_type: tuple[Any, ...], output_type: str,
@@ -150,6 +151,11 @@ class FirstK(_ValueAggregator):
         if ir is None:
             return self.prepare(value, ts, seq)
         entry = (ts, seq, float(value) if self.is_float else value)
+        if self.newest_first and ts > ir[0][0]:  # the common stream case: a new newest row
+            ir.insert(0, entry)
+            if len(ir) > self.k:
+                ir.pop()
+            return ir
         key = self._key
         if len(ir) < self.k:
             insort(ir, entry, key=key)
@@ -177,6 +183,7 @@ class LastK(FirstK):
     """LAST_K(k): the values of the k latest rows, newest first (ts ties: first-seen row first)."""
 
     kind = "last_k"
+    newest_first = True
     _key = staticmethod(_newest_first)
 
 

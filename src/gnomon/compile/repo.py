@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gnomon.definitions import GroupBy, Join, StagingQuery
+from gnomon.definitions import GroupBy, Join, JoinSource, StagingQuery
 from gnomon.definitions.join import Definition
 from gnomon.errors import DefinitionError
 
@@ -93,4 +93,22 @@ def load_repo(root: str | Path, extra: Mapping[str, Definition] | None = None) -
     # An object imported into several modules is named after the module that built it.
     for module_name, var, obj, file in sorted(candidates, key=lambda c: c[0] != c[2].defined_in):
         loaded.add(obj.name or f"{module_name}.{var}", obj, file)
+    _add_named_dependencies(loaded)
     return loaded
+
+
+def _add_named_dependencies(loaded: LoadedRepo) -> None:
+    """A Join may use a GroupBy (or a JoinSource a Join) that has a name but no module variable."""
+    pending = list(loaded.objects.items())
+    while pending:
+        name, obj = pending.pop()
+        used: list[Definition] = []
+        if isinstance(obj, Join):
+            used.extend(part.group_by for part in obj.right_parts)
+            used.extend(s.join for s in [obj.left] if isinstance(s, JoinSource))
+        if isinstance(obj, GroupBy):
+            used.extend(s.join for s in obj.sources if isinstance(s, JoinSource))
+        for dependency in used:
+            if id(dependency) not in loaded.names_by_id and dependency.name:
+                loaded.add(dependency.name, dependency, loaded.files.get(name, "<objects>"))
+                pending.append((dependency.name, dependency))

@@ -30,7 +30,7 @@ from gnomon.compile.sql import quote
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError
-from gnomon.offline.engines.sql_forms import IR_FOLDED, check_input_type, sql_form
+from gnomon.offline.engines.sql_forms import check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, ms_to_ds, shift_ds
 
@@ -207,8 +207,10 @@ class DuckDBEngine:
         joined_table = self._materialize("joined", joined, owner)
         pieces = [self._aggregate_group(mode, sub, features, joined_table, types, owner)
                   for (mode, sub), features in groups.items()]
-        select = ", ".join(f"{p}.{quote(f.name)}" for p, features in zip(pieces, groups.values(), strict=True)
-                           for f in features)
+        piece_types = {p: self.column_types(p) for p in pieces}
+        select = ", ".join(
+            f"{null_non_finite(f'{p}.{quote(f.name)}', piece_types[p][f.name])} AS {quote(f.name)}"
+            for p, features in zip(pieces, groups.values(), strict=True) for f in features)
         joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p in pieces)
         result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
         for table in [joined_table, *pieces]:

@@ -30,6 +30,20 @@ def finite(expr: str) -> str:
     return f"(CASE WHEN isfinite({expr}) THEN {expr} END)"
 
 
+def null_non_finite(column: str, duck_type: str) -> str:
+    """NaN and ±Inf become null in any float output: scalars, list elements and map values."""
+    if duck_type in ("DOUBLE", "FLOAT"):
+        return finite(column)
+    if duck_type in ("DOUBLE[]", "FLOAT[]"):
+        return f"list_transform({column}, lambda e: {finite('e')})"
+    if duck_type.startswith("MAP(") and duck_type.endswith(("DOUBLE)", "FLOAT)")):
+        return f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': {finite('e.value')}}}))"
+    if duck_type.startswith("MAP(") and duck_type.endswith(("DOUBLE[])", "FLOAT[])")):
+        return (f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': "
+                f"list_transform(e.value, lambda v: {finite('v')})}}))")
+    return column
+
+
 def _sum(x: str, input_type: str, f: str) -> str:
     if input_type == "BOOLEAN":
         return f"CAST(SUM(CAST({x} AS BIGINT)){f} AS BIGINT)"
@@ -39,12 +53,12 @@ def _sum(x: str, input_type: str, f: str) -> str:
 
 
 def _histogram(x: str, k: int | None, f: str) -> str:
-    counts = f"histogram(CAST({x} AS VARCHAR)){f}"
+    counts = f"CAST(histogram(CAST({x} AS VARCHAR)){f} AS MAP(VARCHAR, BIGINT))"
     if k is None:
         return counts
     # keep the k largest counts, ties broken by key ascending
-    ranked = f"list_sort(list_transform(map_entries({counts}), e -> {{'n': -e.value, 'k': e.key}}))"
-    kept = f"list_transform(list_slice({ranked}, 1, {k}), e -> {{'key': e.k, 'value': -e.n}})"
+    ranked = f"list_sort(list_transform(map_entries({counts}), lambda e: {{'n': -e.value, 'k': e.key}}))"
+    kept = f"list_transform(list_slice({ranked}, 1, {k}), lambda e: {{'key': e.k, 'value': -e.n}})"
     return f"map_from_entries({kept})"
 
 
@@ -54,7 +68,8 @@ _FORMS: dict[str, Callable[[str, str, dict[str, Any], str], str]] = {
     "count": lambda x, t, p, f: f"NULLIF(COUNT({x}){f}, 0)",
     "sum": lambda x, t, p, f: _sum(x, t, f),
     "average": lambda x, t, p, f: finite(f"AVG(CAST({x} AS DOUBLE)){f}"),
-    "variance": lambda x, t, p, f: finite(f"VAR_POP(CAST({x} AS DOUBLE)){f}"),
+    # DuckDB's VAR_POP of a lone NaN is 0; adding 0 * SUM makes any NaN or ±Inf input poison it
+    "variance": lambda x, t, p, f: finite(f"(VAR_POP(CAST({x} AS DOUBLE)){f} + 0 * SUM(CAST({x} AS DOUBLE)){f})"),
     "min": lambda x, t, p, f: f"MIN({x}){f}",
     "max": lambda x, t, p, f: f"MAX({x}){f}",
     "first": lambda x, t, p, f: f"arg_min({x}, {ORDER_KEY_ASC}){f}",
