@@ -95,3 +95,22 @@ def test_compile_command_reports_errors_without_a_traceback(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["compile", "--repo", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_an_error_in_an_imported_module_names_that_module(tmp_path: Path) -> None:
+    make_repo(tmp_path)
+    prices = tmp_path / "features" / "prices.py"
+    prices.write_text(prices.read_text().replace('windows=["5h"]', 'windows=["5x"]'))
+    (tmp_path / "features" / "aa_first.py").write_text("from features.prices import user_prices\n")
+    with pytest.raises(DefinitionError) as error:  # aa_first.py is imported first, and imports prices.py
+        Project(tmp_path).compile()
+    assert "prices.py" in str(error.value) and "malformed window" in str(error.value)
+
+
+def test_two_repos_with_the_same_package_name_do_not_shadow_each_other(tmp_path: Path) -> None:
+    first, second = make_repo(tmp_path / "a"), make_repo(tmp_path / "b")
+    (second / "features" / "extra.py").write_text(
+        "from gnomon import StagingQuery\nextra = StagingQuery(name='extra', query='select 1', start_partition='2026-01-01')\n")
+    assert "extra" not in Project(first).compile().staging_queries
+    assert "extra" in Project(second).compile().staging_queries
+    assert "extra" not in Project(first).compile().staging_queries

@@ -58,6 +58,18 @@ def _module_files(root: Path) -> list[Path]:
     return files
 
 
+def _failing_file(error: BaseException, root: Path) -> str | None:
+    """The innermost repo file in the traceback: the module that really failed, not its importer."""
+    found = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename
+        if filename.startswith(str(root)):
+            found = filename
+        traceback = traceback.tb_next
+    return found
+
+
 def load_repo(root: str | Path, extra: Mapping[str, Definition] | None = None) -> LoadedRepo:
     """Import every module of the repo and collect GroupBys, Joins and StagingQueries.
 
@@ -68,8 +80,9 @@ def load_repo(root: str | Path, extra: Mapping[str, Definition] | None = None) -
     loaded = LoadedRepo()
     for name, obj in (extra or {}).items():
         loaded.add(getattr(obj, "name", None) or name, obj, "<objects>")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if str(root) in sys.path:  # first on the path, so this repo's packages win over another repo's
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
     module_names = [".".join(p.relative_to(root).with_suffix("").parts) for p in _module_files(root)]
     module_names = [m.removesuffix(".__init__") for m in module_names]
     for module_name in module_names:  # re-import, so a second compile sees edited files
@@ -81,10 +94,11 @@ def load_repo(root: str | Path, extra: Mapping[str, Definition] | None = None) -
         try:
             module = importlib.import_module(module_name)
         except DefinitionError as error:
-            raise DefinitionError(str(error), file=file) from None
+            raise DefinitionError(str(error), file=_failing_file(error, root) or file) from None
         except Exception as error:  # a user's module failed to import: say which, keep the cause
+            failing = _failing_file(error, root) or file
             raise DefinitionError(f"importing {module_name} failed: {type(error).__name__}: {error}",
-                                  file=file, fix="fix the module so that `python -c 'import "
+                                  file=failing, fix="fix the module so that `python -c 'import "
                                   f"{module_name}'` works from the repo folder") from error
         file = getattr(module, "__file__", file) or file
         for var, obj in vars(module).items():
