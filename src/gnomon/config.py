@@ -35,6 +35,7 @@ class Config:
     dialect: str = "duckdb"
     offline: OfflineConfig = OfflineConfig()
     online: str = "sqlite:///online.db"
+    online_horizon_ms: int = 2 * 86_400_000  # how long after its batch end an upload may be served
     stream: str = "embedded"
 
     @classmethod
@@ -76,12 +77,29 @@ class Config:
         if offline.shards < 1:
             raise ConfigError(f"{path}: offline.shards must be at least 1, got {offline.shards}")
         warehouse = Path(raw.get("warehouse", "./warehouse"))
+        online_raw = raw.get("online", "sqlite:///online.db")
+        horizon_ms = 2 * 86_400_000
+        if isinstance(online_raw, dict):
+            unknown = set(online_raw) - {"url", "horizon"}
+            if unknown:
+                raise ConfigError(f"{path}: unknown online setting(s) {sorted(unknown)}; use url and horizon")
+            if "horizon" in online_raw:
+                from gnomon.definitions.windows import Window
+                from gnomon.errors import DefinitionError
+
+                try:
+                    horizon_ms = Window.parse(str(online_raw["horizon"])).millis
+                except DefinitionError:
+                    raise ConfigError(f"{path}: online.horizon must look like 2d, 36h or 90m, "
+                                      f"got {online_raw['horizon']!r}") from None
+            online_raw = online_raw.get("url", "sqlite:///online.db")
         return cls(
             root=root,
             project=str(raw.get("project", root.name)),
             warehouse=warehouse if warehouse.is_absolute() else (root / warehouse).resolve(),
             dialect=dialect,
             offline=offline,
-            online=str(raw.get("online", "sqlite:///online.db")),
+            online=str(online_raw),
+            online_horizon_ms=horizon_ms,
             stream=str(raw.get("stream", "embedded")),
         )

@@ -171,6 +171,61 @@ class Project:
         finally:
             engine.close()
 
+    # -------------------------------------------------------------- online
+
+    def store(self) -> Any:
+        """The online store of ``online:`` in gnomon.yaml (SQLite by default)."""
+        from gnomon.online.stores import open_store
+
+        return open_store(self.config.online, self.root)
+
+    def broker(self) -> Any:
+        """The stream broker of ``stream:`` in gnomon.yaml (the embedded log by default)."""
+        from gnomon.streaming.brokers import open_broker
+
+        return open_broker(self.config.stream, self.root)
+
+    def online_group_bys(self, name: str) -> list[str]:
+        """The GroupBy itself, or every online GroupBy of a Join."""
+        plan = self.plan
+        if name in plan.group_bys:
+            return [name]
+        if name in plan.joins:
+            return [p.group_by for p in plan.joins[name].parts if plan.group_bys[p.group_by].online]
+        raise UnknownObjectError("GroupBy or Join", name, [*plan.group_bys, *plan.joins])
+
+    def upload(self, name: str, ds: str) -> dict[str, int]:
+        """Write the state as of ``ds + 1 day`` of a GroupBy (or a Join's online GroupBys) online."""
+        from gnomon.online.upload import upload_group_by
+
+        store = self.store()
+        engine = self._engine()
+        try:
+            return {group_by: upload_group_by(engine, self.plan.group_bys[group_by], ds, store)
+                    for group_by in self.online_group_bys(name)}
+        finally:
+            engine.close()
+            store.close()
+
+    def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
+        """Run the stream worker of a GroupBy (or of each streamed GroupBy of a Join) in this process."""
+        from gnomon.streaming.worker import StreamWorker
+
+        stats = {}
+        store, broker = self.store(), self.broker()
+        try:
+            for group_by in self.online_group_bys(name):
+                plan = self.plan.group_bys[group_by]
+                if not any(s.topic for s in plan.sources):
+                    continue
+                worker = StreamWorker(plan, store, broker, **{k: v for k, v in options.items() if k in ("group", "name")})
+                stats[group_by] = worker.run(until_caught_up=until_caught_up,
+                                             **{k: v for k, v in options.items() if k not in ("group", "name")})
+        finally:
+            store.close()
+            broker.close()
+        return stats
+
     def read_table(self, name_or_table: str, start_ds: str | None = None, end_ds: str | None = None) -> pa.Table:
         """Read a warehouse table, or the output table of a definition by its name."""
         plan = self.plan

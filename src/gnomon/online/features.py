@@ -1,0 +1,56 @@
+"""A GroupBy's features as the online path sees them: aggregators built from the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gnomon.aggregation import Aggregator, make_aggregator
+from gnomon.compile.plan import FeaturePlan, GroupByPlan
+
+
+def row_columns(group_by: GroupByPlan) -> list[str]:
+    """The columns a streamed row keeps: every aggregation input and bucket, sorted."""
+    columns = {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
+    return sorted(columns)
+
+
+def aggregation_type(duck_type: str) -> str:
+    """The aggregation library's type name for a DuckDB column type."""
+    from gnomon.offline.engines.duckdb import element_type, python_type
+
+    if duck_type.endswith("[]"):
+        return f"list<{aggregation_type(duck_type[:-2])}>"
+    if duck_type.startswith("MAP("):
+        return f"map<str,{aggregation_type(element_type(duck_type))}>"
+    return python_type(duck_type)
+
+
+@dataclass
+class OnlineFeature:
+    """One output column: its plan, aggregator, and where its inputs sit in a stream row."""
+
+    plan: FeaturePlan
+    aggregator: Aggregator
+    input_index: int
+    bucket_index: int | None
+
+    def accumulate(self, ir: Any, values: list[Any], ts: int, seq: int) -> Any:
+        value = values[self.input_index]
+        if self.bucket_index is None:
+            return self.aggregator.accumulate(ir, value, ts, seq)
+        bucket = values[self.bucket_index]
+        if bucket is None:
+            return ir
+        return self.aggregator.accumulate(ir, value, ts, seq, bucket)  # type: ignore[call-arg]
+
+
+def online_features(group_by: GroupByPlan, input_types: dict[str, str]) -> list[OnlineFeature]:
+    columns = row_columns(group_by)
+    features = []
+    for feature in group_by.features:
+        aggregator = make_aggregator(feature.operation, feature.params, input_types[feature.input_column],
+                                     bucketed=feature.bucket is not None, element_wise=feature.element_wise)
+        features.append(OnlineFeature(feature, aggregator, columns.index(feature.input_column),
+                                      columns.index(feature.bucket) if feature.bucket else None))
+    return features

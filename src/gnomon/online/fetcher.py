@@ -1,0 +1,221 @@
+"""The fetcher (SPEC §5): batch state + streamed rows, finalized, then derivations.
+
+The value at q of a TEMPORAL feature = the upload's suffix IR for ``window_start(q, W)`` (the
+events before the batch end) merged with the streamed rows in ``[window_start(q, W), q)``. A
+streamed row with ``ts`` before the batch end counts only if it arrived after the upload (a late
+event); earlier ones were in the warehouse the upload read. A fetch the store cannot answer exactly
+— no upload yet, q before the batch end, or an upload older than the horizon — gets a non-success
+status saying why, never a silently wrong value.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gnomon.aggregation import decode_ir
+from gnomon.aggregation.codec import decode_value
+from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
+from gnomon.definitions.windows import window_start
+from gnomon.errors import UnknownObjectError
+from gnomon.online.derive import Deriver
+from gnomon.online.features import OnlineFeature, online_features
+from gnomon.online.records import StreamRow, UploadMeta, batch_key, entity_key, meta_key, rows_key
+from gnomon.online.stores.base import OnlineStore
+
+SUCCESS = "Success"
+DEFAULT_HORIZON_MS = 2 * 86_400_000
+
+
+@dataclass
+class FetchResult:
+    """One key's answer: ``status`` is "Success" or names the failure, with ``error`` saying why."""
+
+    status: str
+    entity_keys: dict[str, Any]
+    features: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status, "entityKeys": self.entity_keys, "features": self.features}
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+class FetchError(Exception):
+    """A key the store cannot answer exactly; becomes a non-success result, not an exception."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class _GroupByState:
+    plan: GroupByPlan
+    meta: UploadMeta
+    features: list[OnlineFeature]
+    deriver: Deriver | None
+    read_at: float
+
+
+class Fetcher:
+    """Answers fetches for the online GroupBys and Joins of a plan from one store."""
+
+    def __init__(self, plan: Plan, store: OnlineStore, horizon_ms: int = DEFAULT_HORIZON_MS,
+                 meta_ttl_s: float = 0.5) -> None:
+        self.plan = plan
+        self.store = store
+        self.horizon_ms = horizon_ms
+        self.meta_ttl_s = meta_ttl_s
+        self._states: dict[str, _GroupByState] = {}
+        self._join_derivers: dict[str, Deriver | None] = {}
+
+    # -------------------------------------------------------------- public
+
+    def fetch_group_by(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+        group_by = self.plan.group_bys.get(name)
+        if group_by is None:
+            raise UnknownObjectError("GroupBy", name, self.plan.group_bys)
+        q = _now_ms() if at is None else int(at)
+        return self._fetch(group_by, [dict(k) for k in keys], q, prefix="")
+
+    def fetch_join(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+        join = self.plan.joins.get(name)
+        if join is None:
+            raise UnknownObjectError("Join", name, self.plan.joins)
+        q = _now_ms() if at is None else int(at)
+        requests = [dict(k) for k in keys]
+        results = [FetchResult(SUCCESS, k) for k in requests]
+        for part in join.parts:
+            group_by = self.plan.group_bys[part.group_by]
+            mapped = []
+            for request in requests:
+                mapped.append({key: request.get(column) for key, column in part.key_columns.items()})
+            for result, part_result in zip(results, self._fetch(group_by, mapped, q, part.column_prefix), strict=True):
+                if part_result.status != SUCCESS and result.status == SUCCESS:
+                    result.status, result.error = part_result.status, part_result.error
+                result.features.update(part_result.features)
+        deriver = self._join_deriver(join)
+        for result, request in zip(results, requests, strict=True):
+            if result.status == SUCCESS and deriver is not None:
+                try:
+                    result.features = deriver.apply({**request, **result.features}, result.features)
+                except Exception as error:  # noqa: BLE001 — a bad derivation is that key's failure
+                    result.status, result.error = "DerivationFailed", str(error)
+            if result.status != SUCCESS:
+                result.features = {}
+        return results
+
+    # -------------------------------------------------------------- internals
+
+    def _state(self, group_by: GroupByPlan) -> _GroupByState:
+        state = self._states.get(group_by.name)
+        now = time.monotonic()
+        if state is not None and now - state.read_at < self.meta_ttl_s:
+            return state
+        raw = self.store.get([meta_key(group_by.name)])[0]
+        if raw is None:
+            raise FetchError("NotUploaded", f"GroupBy {group_by.name!r} has no upload yet; run "
+                             f"`gnomon upload {group_by.name} --ds <day>`")
+        meta = UploadMeta.decode(raw)
+        if state is not None and state.meta == meta:
+            state.read_at = now
+            return state
+        features = online_features(group_by, meta.input_types) if meta.accuracy == "temporal" else []
+        deriver = Deriver(group_by.derivations, group_by.keys, group_by.raw_columns) if group_by.derivations else None
+        state = _GroupByState(group_by, meta, features, deriver, now)
+        self._states[group_by.name] = state
+        return state
+
+    def _fetch(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> list[FetchResult]:
+        try:
+            state = self._state(group_by)
+        except FetchError as error:
+            return [FetchResult(error.status, r, error=str(error)) for r in requests]
+        meta = state.meta
+        if q < meta.batch_end:
+            message = (f"q={q} is before the batch end {meta.batch_end} of {group_by.name!r}'s upload; "
+                       "values before it come from the offline backfill")
+            return [FetchResult("BeforeBatchEnd", r, error=message) for r in requests]
+        if q - meta.batch_end > self.horizon_ms:
+            message = (f"{group_by.name!r}'s upload (batch end {meta.batch_end}) is older than the horizon of "
+                       f"{self.horizon_ms} ms at q={q}; upload a newer day")
+            return [FetchResult("StaleUpload", r, error=message) for r in requests]
+        results: list[FetchResult | None] = [None] * len(requests)
+        wanted: list[tuple[int, bytes]] = []
+        for index, request in enumerate(requests):
+            missing = [k for k in group_by.keys if request.get(k) is None]
+            if missing:
+                results[index] = FetchResult("MissingKey", request, error=f"key {missing[0]!r} is missing or null")
+            else:
+                wanted.append((index, entity_key([request[k] for k in group_by.keys])))
+        store_keys = [batch_key(group_by.name, meta.batch_end, key) for _, key in wanted]
+        temporal = meta.accuracy == "temporal"
+        if temporal:
+            store_keys += [rows_key(group_by.name, key) for _, key in wanted]
+        values = self.store.get(store_keys) if not temporal else None
+        if temporal:
+            batch_values = self.store.get(store_keys[: len(wanted)])
+            row_lists = self.store.get_rows(store_keys[len(wanted):])
+        for position, (index, _) in enumerate(wanted):
+            request = requests[index]
+            try:
+                if temporal:
+                    raw = self._temporal_values(state, batch_values[position], row_lists[position], q)
+                else:
+                    raw = self._snapshot_values(group_by, values[position])  # type: ignore[index]
+                if state.deriver is not None:
+                    raw = state.deriver.apply({**request, **raw}, raw)
+                results[index] = FetchResult(SUCCESS, request, {prefix + k: v for k, v in raw.items()})
+            except Exception as error:  # noqa: BLE001 — one bad key must not fail the others
+                results[index] = FetchResult("Error", request, error=f"{type(error).__name__}: {error}")
+        return results  # type: ignore[return-value]
+
+    def _snapshot_values(self, group_by: GroupByPlan, raw: bytes | None) -> dict[str, Any]:
+        if raw is None:
+            return {c: None for c in group_by.raw_columns}
+        _, values = decode_value(raw)
+        return dict(values)
+
+    def _temporal_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
+        meta = state.meta
+        batch = decode_value(raw)[1] if raw is not None else None
+        rows = [StreamRow.decode(blob) for blob in row_blobs]
+        rows = [r for r in rows if r.ts < q and (r.ts >= meta.batch_end or r.arrived_at > meta.uploaded_at)]
+        rows.sort(key=lambda r: (r.ts, r.seq))
+        out = {}
+        for index, feature in enumerate(state.features):
+            plan = feature.plan
+            start = window_start(q, plan.window_ms)
+            ir = None
+            if batch is not None:
+                starts, suffixes = batch[index]
+                if starts:
+                    if starts[0] is None:  # unbounded: one collapsed IR
+                        ir = decode_ir(feature.aggregator, suffixes[0])
+                    else:
+                        position = bisect.bisect_left(starts, start)
+                        if position < len(starts):
+                            ir = decode_ir(feature.aggregator, suffixes[position])
+            for row in rows:
+                if start is None or row.ts >= start:
+                    ir = feature.accumulate(ir, row.values, row.ts, row.seq)
+            out[plan.name] = feature.aggregator.finalize(ir)
+        return out
+
+    def _join_deriver(self, join: JoinPlan) -> Deriver | None:
+        if join.name not in self._join_derivers:
+            from gnomon.compile.validate import join_feature_columns
+
+            columns = join_feature_columns(join, self.plan)
+            self._join_derivers[join.name] = Deriver(join.derivations, [], columns) if join.derivations else None
+        return self._join_derivers[join.name]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

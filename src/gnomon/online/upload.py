@@ -1,0 +1,127 @@
+"""Upload (SPEC §5): a GroupBy's state as of batch end ``D+1 00:00`` written to the online store.
+
+SNAPSHOT GroupBys store final values. TEMPORAL GroupBys store, per key and feature, the *suffix
+IRs* of the hop tiles before the batch end: entry ``i`` is the merge of every tile starting at or
+after ``starts[i]``. A fetch at any ``q >= batch_end`` needs exactly one of them — the first whose
+start is at or after ``window_start(q, W)`` — plus the streamed rows, so it decodes one IR per
+feature however long the window.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from gnomon.aggregation import encode_ir
+from gnomon.aggregation.codec import encode_value
+from gnomon.compile.plan import GroupByPlan
+from gnomon.compile.sql import quote
+from gnomon.definitions.windows import floor_to
+from gnomon.offline.engines.duckdb import DuckDBEngine
+from gnomon.offline.warehouse import DAY_MS, ds_to_ms, ms_to_ds
+from gnomon.online.features import aggregation_type, online_features, row_columns
+from gnomon.online.records import RECORD_VERSION, UploadMeta, batch_key, entity_key, meta_key
+from gnomon.online.stores.base import OnlineStore
+
+_CHUNK = 5000
+
+
+def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store: OnlineStore) -> int:
+    """Write the state as of ``ds + 1 day`` for every key; returns the number of keys written."""
+    batch_end = ds_to_ms(ds) + DAY_MS
+    uploaded_at = int(time.time() * 1000)
+    if group_by.accuracy == "snapshot":
+        written, types = _upload_snapshot(engine, group_by, ds, batch_end, store)
+    else:
+        written, types = _upload_temporal(engine, group_by, ds, batch_end, store)
+    # the meta record goes last: until it is written, fetchers keep reading the previous upload
+    store.put([(meta_key(group_by.name), UploadMeta(batch_end, uploaded_at, group_by.accuracy, types).encode())])
+    return written
+
+
+def _upload_snapshot(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
+                     store: OnlineStore) -> tuple[int, dict[str, str]]:
+    _, table = next(iter(engine.backfill_group_by(group_by, [ds])))
+    columns = [c for c in table.column_names if c not in group_by.keys]
+    written = 0
+    for batch in table.to_batches(_CHUNK):
+        rows = batch.to_pylist()
+        items = [(batch_key(group_by.name, batch_end, entity_key([row[k] for k in group_by.keys])),
+                  encode_value([RECORD_VERSION, {c: row[c] for c in columns}])) for row in rows]
+        store.put(items)
+        written += len(items)
+    return written, {}
+
+
+def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
+                     store: OnlineStore) -> tuple[int, dict[str, str]]:
+    owner = f"GroupBy({group_by.name!r})"
+    span = group_by.max_window_ms
+    start_ds = None if span is None else ms_to_ds(batch_end - span - DAY_MS)
+    columns = row_columns(group_by)
+    events_sql = engine.source_sql(owner, group_by.sources, start_ds, ds, [*group_by.keys, *columns], strict=[ds])
+    keys = ", ".join(quote(k) for k in group_by.keys)
+    lower = "" if span is None else f" AND ts >= {batch_end - span}"
+    not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
+    selected = ", ".join(quote(c) for c in columns)
+    relation = engine.con.sql(f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
+                              f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq")
+    types = {name: aggregation_type(str(kind)) for name, kind in zip(relation.columns, relation.types, strict=True)}
+    input_types = {c: types[c] for c in columns}
+    features = online_features(group_by, input_types)
+    written = 0
+    items: list[tuple[bytes, bytes]] = []
+    key_count = len(group_by.keys)
+    for key, rows in itertools.groupby(_rows(relation), key=lambda row: row[:key_count]):
+        record = [RECORD_VERSION, _key_state(features, list(rows), key_count, batch_end)]
+        items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), encode_value(record)))
+        if len(items) >= _CHUNK:
+            store.put(items)
+            written += len(items)
+            items = []
+    if items:
+        store.put(items)
+        written += len(items)
+    return written, input_types
+
+
+def _rows(relation: Any) -> Iterator[tuple[Any, ...]]:
+    while True:
+        chunk = relation.fetchmany(10_000)
+        if not chunk:
+            return
+        yield from chunk
+
+
+def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int, batch_end: int) -> list[Any]:
+    """Per feature ``[starts, suffix IR bytes]`` for one key (``starts == [None]`` when unbounded)."""
+    state = []
+    for feature in features:
+        aggregator, window_ms, hop_ms = feature.aggregator, feature.plan.window_ms, feature.plan.hop_ms
+        if window_ms is None:
+            ir = None
+            for row in rows:
+                ir = feature.accumulate(ir, list(row[key_count + 2:]), row[key_count], row[key_count + 1])
+            state.append([[None], [encode_ir(aggregator, ir)]] if ir is not None else [[], []])
+            continue
+        earliest = floor_to(batch_end - window_ms, hop_ms)
+        tiles: dict[int, Any] = {}
+        for row in rows:
+            ts = row[key_count]
+            if ts < earliest:
+                continue
+            start = floor_to(ts, hop_ms)
+            ir = feature.accumulate(tiles.get(start), list(row[key_count + 2:]), ts, row[key_count + 1])
+            if ir is not None:
+                tiles[start] = ir
+        starts = sorted(tiles)
+        suffixes: list[bytes] = []
+        suffix = None
+        for start in reversed(starts):  # merge(earlier, later): the earlier tile's rows count first on ties
+            suffix = aggregator.merge(tiles[start], suffix)
+            suffixes.append(encode_ir(aggregator, suffix))
+        suffixes.reverse()
+        state.append([starts, suffixes])
+    return state
