@@ -185,6 +185,12 @@ class Project:
 
         return open_broker(self.config.stream, self.root)
 
+    def fetcher(self, store: Any = None) -> Any:
+        """A fetcher over this repo's plan and online store (horizon from gnomon.yaml)."""
+        from gnomon.online.fetcher import Fetcher
+
+        return Fetcher(self.plan, store if store is not None else self.store(), self.config.online_horizon_ms)
+
     def online_group_bys(self, name: str) -> list[str]:
         """The GroupBy itself, or every online GroupBy of a Join."""
         plan = self.plan

@@ -66,9 +66,11 @@ def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch
     lower = "" if span is None else f" AND ts >= {batch_end - span}"
     not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
     selected = ", ".join(quote(c) for c in columns)
-    relation = engine.con.sql(f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
-                              f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq")
-    types = {name: aggregation_type(str(kind)) for name, kind in zip(relation.columns, relation.types, strict=True)}
+    sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
+           f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq")
+    described = engine.con.sql(sql)
+    types = {name: aggregation_type(str(kind)) for name, kind in zip(described.columns, described.types, strict=True)}
+    relation = engine.con.execute(sql)
     input_types = {c: types[c] for c in columns}
     features = online_features(group_by, input_types)
     written = 0

@@ -70,12 +70,11 @@ def _as_list(keys: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict
 
 class _LocalTransport:
     def __init__(self, repo: Path) -> None:
-        from gnomon.online.fetcher import Fetcher
         from gnomon.project import Project
 
         self.project = Project(repo)
         self.store = self.project.store()
-        self.fetcher = Fetcher(self.project.plan, self.store, self.project.config.online_horizon_ms)
+        self.fetcher = self.project.fetcher(self.store)
         self._broker: Any = None
 
     def fetch(self, kind: str, name: str, keys: list[dict[str, Any]], at: int | None) -> list[dict[str, Any]]:

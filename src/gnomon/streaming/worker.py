@@ -61,7 +61,7 @@ class QueryEvaluator:
         table = pa.Table.from_pylist([{**event, "__index": index} for index, event in enumerate(events)])
         self.connection.register("__events", table)
         try:
-            return self.connection.execute(self.sql).fetch_arrow_table().to_pylist()  # type: ignore[no-any-return]
+            return self.connection.sql(self.sql).to_arrow_table().to_pylist()  # type: ignore[no-any-return]
         finally:
             self.connection.unregister("__events")
 

@@ -1,0 +1,51 @@
+"""The online store interface: a small key-value contract every store implements.
+
+Two kinds of records live in a store, both under opaque byte keys built by the caller:
+
+- **values** (``get`` / ``put``): whole records, replaced on write (batch uploads, metadata);
+- **rows** (``add_rows`` / ``get_rows``): per key, a set of rows identified by an event id. Adding a
+  row whose id the key already holds changes nothing, so replaying a stream is harmless.
+
+``add_rows`` also records the consumer's offsets in the same atomic step, so that a crash between
+"state written" and "offset committed" cannot happen.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+
+class OnlineStore(ABC):
+    """Multi-get, multi-put, and idempotent row sets committed atomically with consumer offsets."""
+
+    url: str
+
+    @abstractmethod
+    def get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The value of each key, None where missing, in order."""
+
+    @abstractmethod
+    def put(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write values (replacing), all or nothing."""
+
+    @abstractmethod
+    def delete(self, keys: Sequence[bytes]) -> None:
+        """Remove values and row sets of these keys."""
+
+    @abstractmethod
+    def add_rows(self, rows: Sequence[tuple[bytes, bytes, bytes]], consumer: str | None = None,
+                 offsets: Mapping[str, str] | None = None) -> None:
+        """Add (key, event_id, row) triples, ignoring ids a key already holds, and record ``offsets``
+        (partition -> last processed offset) for ``consumer`` — all in one atomic step."""
+
+    @abstractmethod
+    def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
+        """Every row each key holds (any order), in key order."""
+
+    @abstractmethod
+    def offsets(self, consumer: str) -> dict[str, str]:
+        """The offsets last recorded for ``consumer`` (empty when none)."""
+
+    def close(self) -> None:
+        """Release connections."""

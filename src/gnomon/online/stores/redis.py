@@ -1,0 +1,125 @@
+"""The Redis online store (``redis://host:port/db``, also ``rediss://`` for TLS).
+
+Layout, under a namespace (default ``gnomon``) so that values, row sets and other data sharing the
+database never collide — a value and a row set may use the same caller key:
+
+- a value is a plain string key ``<ns>:v:<key>``, read with MGET and written with SET in one
+  MULTI/EXEC (so ``put`` is all or nothing);
+- the rows of a key form one hash ``<ns>:r:<key>`` with field = event id; rows are added with HSETNX,
+  so replaying an event changes nothing;
+- a consumer's offsets are the hash ``<ns>:offsets:<consumer>`` (partition -> offset), written in the
+  same MULTI/EXEC as the rows they cover.
+
+Multi-key transactions mean a single Redis (or a proxy that keeps a transaction on one node); Redis
+Cluster is not supported. ``redis`` is imported lazily through :func:`import_redis`, which the Redis
+Streams broker uses too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from gnomon.errors import MissingExtraError
+from gnomon.online.stores.base import OnlineStore
+
+CHUNK = 500  # keys per MGET / MSET: bounded request size, few round trips
+
+
+def import_redis() -> ModuleType:
+    """The ``redis`` package, or a :class:`MissingExtraError` that says how to install it."""
+    try:
+        import redis
+    except ImportError as error:
+        raise MissingExtraError(
+            "the Redis online store and stream broker need the redis package: pip install 'gnomon[redis]'"
+        ) from error
+    return redis
+
+
+def connect(url: str) -> Any:
+    """A ``redis.Redis`` client for ``url`` (thread-safe, connection pool re-created after a fork)."""
+    return import_redis().Redis.from_url(url, decode_responses=False)
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start:start + CHUNK]
+
+
+class RedisStore(OnlineStore):
+    """The online store in Redis: values as string keys, row sets as hashes, offsets as hashes."""
+
+    def __init__(self, url: str, *, namespace: str = "gnomon") -> None:
+        self.url = url
+        self.namespace = namespace
+        self._value_prefix = f"{namespace}:v:".encode()
+        self._rows_prefix = f"{namespace}:r:".encode()
+        self._client = connect(url)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, namespace={self.namespace!r})"
+
+    def _offsets_key(self, consumer: str) -> str:
+        return f"{self.namespace}:offsets:{consumer}"
+
+    def get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        prefix = self._value_prefix
+        if len(keys) <= CHUNK:
+            values: list[bytes | None] = self._client.mget([prefix + key for key in keys])
+            return values
+        with self._client.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(keys):
+                pipe.mget([prefix + key for key in chunk])
+            return [value for values in pipe.execute() for value in values]
+
+    def put(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        if not items:
+            return
+        prefix = self._value_prefix
+        with self._client.pipeline(transaction=True) as pipe:
+            for chunk in _chunks(items):
+                pipe.mset({prefix + key: value for key, value in chunk})
+            pipe.execute()
+
+    def delete(self, keys: Sequence[bytes]) -> None:
+        if not keys:
+            return
+        with self._client.pipeline(transaction=True) as pipe:
+            for chunk in _chunks(keys):
+                pipe.delete(*[self._value_prefix + key for key in chunk],
+                            *[self._rows_prefix + key for key in chunk])
+            pipe.execute()
+
+    def add_rows(self, rows: Sequence[tuple[bytes, bytes, bytes]], consumer: str | None = None,
+                 offsets: Mapping[str, str] | None = None) -> None:
+        if offsets and consumer is None:
+            raise ValueError("add_rows: offsets need a consumer name to be recorded under")
+        if not rows and not offsets:
+            return
+        prefix = self._rows_prefix
+        # Commands are only buffered until execute(): an error while building sends nothing.
+        with self._client.pipeline(transaction=True) as pipe:
+            for key, event_id, row in rows:
+                pipe.hsetnx(prefix + key, event_id, row)
+            if offsets and consumer is not None:
+                pipe.hset(self._offsets_key(consumer), mapping=dict(offsets))
+            pipe.execute()
+
+    def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
+        if not keys:
+            return []
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hvals(self._rows_prefix + key)
+            return [list(rows) for rows in pipe.execute()]
+
+    def offsets(self, consumer: str) -> dict[str, str]:
+        stored = self._client.hgetall(self._offsets_key(consumer))
+        return {partition.decode(): offset.decode() for partition, offset in stored.items()}
+
+    def close(self) -> None:
+        self._client.close()
