@@ -25,10 +25,11 @@ from gnomon.errors import (
     WarehouseError,
 )
 from gnomon.project import Project
+from gnomon.serving.client import Client
 
 __version__ = "0.1.0"
 
-__all__ = ["Accuracy", "Aggregation", "ConfigError", "DefinitionError", "Derivation", "EntitySource",
+__all__ = ["Accuracy", "Aggregation", "Client", "ConfigError", "DefinitionError", "Derivation", "EntitySource",
            "EventSource", "ExecutionError", "GnomonError", "GroupBy", "Join", "JoinPart", "JoinSource",
            "Operation", "Project", "Query", "StagingQuery", "TimeUnit", "UnknownObjectError", "WarehouseError",
            "Window", "__version__"]

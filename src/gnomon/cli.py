@@ -85,5 +85,97 @@ def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, repo
             click.echo(json.dumps(row, default=str))
 
 
+@main.command()
+@click.argument("name")
+@click.option("--ds", required=True, help="Upload the state as of the end of this day (batch end = ds + 1 day).")
+@repo_option
+def upload(name: str, ds: str, repo: str) -> None:
+    """Write a GroupBy's (or a Join's online GroupBys') state as of DS+1 00:00 to the online store."""
+    from gnomon.project import Project
+
+    for group_by, keys in Project(repo).upload(name, ds).items():
+        click.echo(f"{group_by}: uploaded {keys} key(s) as of {ds} + 1 day")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--until-caught-up", is_flag=True, help="Stop once the topic's current end is processed.")
+@click.option("--group", default=None, help="Consumer group (default gnomon.<GroupBy name>).")
+@repo_option
+def stream(name: str, until_caught_up: bool, group: str | None, repo: str) -> None:
+    """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store."""
+    from gnomon.project import Project
+
+    options = {"group": group} if group else {}
+    try:
+        stats = Project(repo).stream(name, until_caught_up=until_caught_up, **options)
+    except KeyboardInterrupt:
+        return
+    for group_by, worker_stats in stats.items():
+        click.echo(f"{group_by}: {worker_stats.records} record(s), {worker_stats.rows} row(s) applied, "
+                   f"{worker_stats.filtered} filtered by the Query, {worker_stats.dead_letters} dead letter(s)")
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("file", type=click.File("r"))
+@click.option("--sync", is_flag=True, help="Also apply the events now, so they are servable on return.")
+@repo_option
+def push(topic: str, file: Any, sync: bool, repo: str) -> None:
+    """Publish the events in FILE (a JSON array, or one JSON object per line; - for stdin) to TOPIC."""
+    from gnomon.serving.client import Client
+
+    text = file.read().strip()
+    try:
+        events = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint="FILE") from None
+    with Client(repo) as client:
+        ids = client.push(topic, events, sync=sync)
+    click.echo(f"published {len(ids)} event(s) to {topic}" + (" (servable now)" if sync else ""))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--keys", required=True, help='One key object or an array, e.g. \'{"user": "bob", "item": "i42"}\'.')
+@click.option("--at", type=int, default=None, help="Epoch ms to fetch the values as of (default: now).")
+@click.option("--url", default=None, help="Ask a running `gnomon serve` instead of the repo's store.")
+@repo_option
+def fetch(name: str, keys: str, at: int | None, url: str | None, repo: str) -> None:
+    """Fetch a Join's (or GroupBy's) online values for keys; prints one JSON result per key."""
+    from gnomon.project import Project
+    from gnomon.serving.client import Client
+
+    try:
+        parsed = json.loads(keys)
+    except ValueError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint="--keys") from None
+    kind = "join"
+    if url is None:
+        project = Project(repo)
+        if name in project.plan.group_bys:
+            kind = "groupby"
+        elif name not in project.plan.joins:
+            from gnomon.errors import UnknownObjectError
+
+            raise UnknownObjectError("Join or GroupBy", name, [*project.plan.joins, *project.plan.group_bys])
+    with Client(url or repo) as client:
+        results = (client.fetch_join if kind == "join" else client.fetch_group_by)(name, parsed, at=at)
+    for result in results:
+        click.echo(json.dumps(result, default=str))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@repo_option
+def serve(host: str, port: int, repo: str) -> None:
+    """Serve the repo's online Joins and GroupBys over HTTP (Chronon's fetch contract)."""
+    from gnomon.serving.app import serve as run
+
+    click.echo(f"serving {Path(repo).resolve()} on http://{host}:{port} (docs at /docs)")
+    run(repo, host, port)
+
+
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from gnomon.online.stores.base import OnlineStore
@@ -166,17 +166,17 @@ def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connec
         raise
 
 
-@lru_cache(maxsize=None)
+@cache
 def _in_list(count: int) -> str:
     return ",".join("?" * count)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _select_values(count: int) -> str:
     return f"SELECT key, value FROM kv WHERE key IN ({_in_list(count)})"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _select_rows(count: int) -> str:
     return f"SELECT key, row FROM rows WHERE key IN ({_in_list(count)})"
 

@@ -126,7 +126,7 @@ class EmbeddedConsumer(Consumer):
             if records or remaining <= 0:
                 return records
             with published:
-                published.wait_for(lambda: self.broker._generation != generation,
+                published.wait_for(lambda seen=generation: self.broker._generation != seen,
                                    timeout=min(step, remaining))
             step = min(step * 2, MAX_WAIT_STEP_S)
 

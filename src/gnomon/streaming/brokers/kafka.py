@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from gnomon.errors import ConfigError, MissingExtraError
-from gnomon.streaming.brokers.base import Broker, Consumer, Record
 from gnomon.streaming.brokers import BrokerError
+from gnomon.streaming.brokers.base import Broker, Consumer, Record
 
 FLUSH_TIMEOUT_S = 30.0
 METADATA_TIMEOUT_S = 10.0

@@ -1,0 +1,175 @@
+"""The HTTP service (SPEC §5): Chronon's fetch contract, event ingestion, health and metrics.
+
+Routes:
+
+- ``POST /v1/features/join/{name}`` and ``POST /v1/features/groupby/{name}`` (``?at=MS`` optional):
+  body a JSON array of key objects; answer ``{"results": [{"status", "entityKeys", "features"}]}``
+  in request order. A key the store cannot answer gets a non-"Success" status and an ``error``.
+- ``POST /v1/events/{topic}`` (``?sync=true``: return once the events are servable).
+- ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``.
+
+Bad requests get a 4xx JSON ``{"error": ...}`` naming the field. Handlers are ``async`` and call the
+fetcher directly: a fetch is a few store reads, cheaper than a hop to a thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from gnomon.errors import MissingExtraError, UnknownObjectError
+from gnomon.serving.metrics import Metrics
+
+_KEYS_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}},
+                                     "example": [{"user": "bob", "item": "i42"}]}},
+}
+_EVENTS_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}},
+                                     "example": [{"user_id": "bob", "item_id": "i42", "ts": 1790812800000}]}},
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _parse_array(body: bytes, what: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"body: not valid JSON ({error})") from None
+    if not isinstance(data, list):
+        raise BadRequest(f"body: expected a JSON array of {what} objects, got {type(data).__name__}")
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise BadRequest(f"body[{index}]: expected a JSON object, got {type(item).__name__}")
+    return data
+
+
+def _parse_at(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"at: expected epoch milliseconds as an integer, got {value!r}") from None
+
+
+def create_app(repo: str | Path = ".") -> Any:
+    """The ASGI app serving one feature repo."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    except ImportError:
+        raise MissingExtraError("the HTTP server needs FastAPI and uvicorn: pip install 'gnomon[serve]'") from None
+    from gnomon.project import Project
+    from gnomon.serving.ingest import publish_and_apply
+
+    project = Project(repo)
+    plan = project.plan
+    store = project.store()
+    fetcher = project.fetcher(store)
+    metrics = Metrics()
+    state: dict[str, Any] = {"broker": None}
+
+    app = FastAPI(title="Gnomon feature server", version="1",
+                  description="Chronon's fetch contract over a Gnomon feature repo.")
+
+    def dumps(body: Any, status: int = 200) -> Response:
+        return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+    def required_keys(kind: str, name: str) -> list[str]:
+        if kind == "join":
+            join = plan.joins.get(name)
+            if join is None:
+                raise UnknownObjectError("Join", name, plan.joins)
+            return sorted({column for part in join.parts for column in part.key_columns.values()})
+        group_by = plan.group_bys.get(name)
+        if group_by is None:
+            raise UnknownObjectError("GroupBy", name, plan.group_bys)
+        return list(group_by.keys)
+
+    async def fetch(kind: str, name: str, request: Request) -> Response:
+        started = time.perf_counter()
+        route = f"/v1/features/{kind}"
+        try:
+            keys_needed = required_keys(kind, name)
+            keys = _parse_array(await request.body(), "key")
+            for index, key in enumerate(keys):
+                for field in keys_needed:
+                    if field not in key:
+                        raise BadRequest(f"body[{index}].{field}: missing key field (this {kind} needs "
+                                         f"{', '.join(keys_needed)})")
+            at = _parse_at(request.query_params.get("at"))
+            results = (fetcher.fetch_join if kind == "join" else fetcher.fetch_group_by)(name, keys, at)
+            for result in results:
+                metrics.results.inc(result.status)
+            response = dumps({"results": [result.to_json() for result in results]})
+        except UnknownObjectError as error:
+            response = dumps({"error": str(error)}, 404)
+        except BadRequest as error:
+            response = dumps({"error": str(error)}, error.status)
+        metrics.latency.observe(route, time.perf_counter() - started)
+        return response
+
+    @app.post("/v1/features/join/{name}", openapi_extra={"requestBody": _KEYS_BODY},
+              summary="Fetch a Join's feature vectors for a list of keys")
+    async def fetch_join(name: str, request: Request) -> Response:
+        return await fetch("join", name, request)
+
+    @app.post("/v1/features/groupby/{name}", openapi_extra={"requestBody": _KEYS_BODY},
+              summary="Fetch one GroupBy's values for a list of keys")
+    async def fetch_group_by(name: str, request: Request) -> Response:
+        return await fetch("groupby", name, request)
+
+    @app.post("/v1/events/{topic}", openapi_extra={"requestBody": _EVENTS_BODY},
+              summary="Ingest events into a topic (sync=true: return once servable)")
+    async def ingest(topic: str, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            events = _parse_array(await request.body(), "event")
+            sync = request.query_params.get("sync", "false").lower() in ("1", "true", "yes")
+            if not any(s.topic == topic for g in plan.group_bys.values() for s in g.sources):
+                known = sorted({s.topic for g in plan.group_bys.values() for s in g.sources if s.topic})
+                raise UnknownObjectError("topic", topic, known)
+            if state["broker"] is None:
+                state["broker"] = project.broker()
+            ids = publish_and_apply(plan, state["broker"], store, topic, events, sync)
+            metrics.events.inc(topic, len(events))
+            if sync:
+                metrics.freshness.observe(topic, time.perf_counter() - started)
+            response = dumps({"eventIds": ids, "servable": sync})
+        except UnknownObjectError as error:
+            response = dumps({"error": str(error)}, 404)
+        except BadRequest as error:
+            response = dumps({"error": str(error)}, error.status)
+        metrics.latency.observe("/v1/events", time.perf_counter() - started)
+        return response
+
+    @app.get("/health", summary="Liveness and what is served")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "joins": sorted(j for j, p in plan.joins.items() if p.online),
+                             "groupBys": sorted(g for g, p in plan.group_bys.items() if p.online)})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.state.metrics = metrics
+    return app
+
+
+def serve(repo: str | Path = ".", host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the service with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MissingExtraError("the HTTP server needs uvicorn: pip install 'gnomon[serve]'") from None
+    uvicorn.run(create_app(repo), host=host, port=port, log_level="warning", access_log=False)
