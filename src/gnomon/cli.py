@@ -37,11 +37,13 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-def init(directory: str) -> None:
+@click.option("--last-ds", default=None, help="End the sample month on this day (default 2026-10-30), e.g. "
+              "yesterday, to fetch values ending now.")
+def init(directory: str, last_ds: str | None) -> None:
     """Create a runnable example repo (definitions and sample data) in DIRECTORY."""
     from gnomon.scaffold import create_example_repo
 
-    path = create_example_repo(directory)
+    path = create_example_repo(directory, last_ds=last_ds)
     click.echo(f"created the example repo in {path}")
     click.echo(f"next: gnomon compile --repo {directory}")
 

@@ -37,7 +37,7 @@ class FolderNotEmptyError(GnomonError, FileExistsError):
                          f"files. Pick a new folder, e.g. `gnomon init {suggestion}`.")
 
 
-def create_example_repo(path: str | Path, *, seed: int = 7) -> Path:
+def create_example_repo(path: str | Path, *, seed: int = 7, last_ds: str | None = None) -> Path:
     """Write the quickstart repo (config, three definition modules, README, sample warehouse) at ``path``.
 
     ``path`` must not exist or be an empty folder. The sample data depends only on ``seed``: the same
@@ -53,7 +53,7 @@ def create_example_repo(path: str | Path, *, seed: int = 7) -> Path:
         destination.parent.mkdir(parents=True, exist_ok=True)
         text = templates.joinpath(template).read_text(encoding="utf-8") if template else ""
         destination.write_text(text, encoding="utf-8")
-    write_sample_data(repo / "warehouse", seed=seed)
+    write_sample_data(repo / "warehouse", seed=seed, **({"last_ds": last_ds} if last_ds else {}))
     return repo
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gnomon.definitions.windows import DAY_MS, HOUR_MS, MINUTE_MS
@@ -46,8 +47,13 @@ _TABLES = {
 }
 
 
-def write_sample_data(warehouse: Path, seed: int = 7) -> dict[str, int]:
-    """Write the three sample tables under ``warehouse``; returns the row count of each table."""
+def write_sample_data(warehouse: Path, seed: int = 7, last_ds: str = LAST_DS) -> dict[str, int]:
+    """Write the three sample tables under ``warehouse``; returns the row count of each table.
+
+    ``last_ds`` moves the whole month by whole days so that it ends on that day (the quickstart ends
+    it yesterday, to fetch values "ending now"); whole days keep every ds and hop boundary the same.
+    """
+    shift_days = (dt.date.fromisoformat(last_ds) - dt.date.fromisoformat(LAST_DS)).days
     rng = np.random.RandomState(seed)
     item_popularity = _zipf_weights(N_ITEMS, 0.8)
     user_activity = _zipf_weights(N_USERS, 0.6)
@@ -60,7 +66,7 @@ def write_sample_data(warehouse: Path, seed: int = 7) -> dict[str, int]:
     counts = {}
     for table, columns in (("user_activity.user_views", views), ("item_info.ratings", ratings),
                            ("user_activity.watches", watches)):
-        counts[table] = _write_partitioned(warehouse, table, columns)
+        counts[table] = _write_partitioned(warehouse, table, columns, shift_days)
     return counts
 
 
@@ -139,7 +145,7 @@ def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray) -> dict[st
     return {"item_id": ITEMS[item], "rating": rating, "ts": ts}
 
 
-def _write_partitioned(warehouse: Path, table: str, columns: dict[str, np.ndarray]) -> int:
+def _write_partitioned(warehouse: Path, table: str, columns: dict[str, np.ndarray], shift_days: int = 0) -> int:
     """One ``ds=`` folder per UTC day, rows sorted by ts; returns the number of rows written."""
     order = np.argsort(columns["ts"], kind="stable")
     schema = _TABLES[table]
@@ -150,7 +156,10 @@ def _write_partitioned(warehouse: Path, table: str, columns: dict[str, np.ndarra
         raise AssertionError(f"{table}: sample ts outside {FIRST_DS} .. {LAST_DS}")
     bounds = np.searchsorted(day, np.arange(DAYS + 1))
     namespace, name = table.split(".")
-    first = dt.date.fromisoformat(FIRST_DS)
+    first = dt.date.fromisoformat(FIRST_DS) + dt.timedelta(days=shift_days)
+    if shift_days:
+        shifted = pc.add(arrow.column("ts"), pa.scalar(shift_days * DAY_MS, pa.int64()))
+        arrow = arrow.set_column(arrow.schema.get_field_index("ts"), "ts", shifted)
     for index in range(DAYS):
         ds = (first + dt.timedelta(days=index)).isoformat()
         folder = warehouse / namespace / name / f"ds={ds}"
