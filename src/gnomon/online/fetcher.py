@@ -139,12 +139,12 @@ class Fetcher:
             return [FetchResult(error.status, r, error=str(error)) for r in requests]
         meta = state.meta
         if q < meta.batch_end:
-            message = (f"q={q} is before the batch end {meta.batch_end} of {group_by.name!r}'s upload; "
-                       "values before it come from the offline backfill")
+            message = (f"GroupBy {group_by.name!r}: q={q} is before the batch end {meta.batch_end} of its upload; "
+                       "values before a batch end come from the offline backfill")
             return [FetchResult("BeforeBatchEnd", r, error=message) for r in requests]
         if q - meta.batch_end > self.horizon_ms:
-            message = (f"{group_by.name!r}'s upload (batch end {meta.batch_end}) is older than the horizon of "
-                       f"{self.horizon_ms} ms at q={q}; upload a newer day")
+            message = (f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older than the "
+                       f"horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
             return [FetchResult("StaleUpload", r, error=message) for r in requests]
         results: list[FetchResult | None] = [None] * len(requests)
         wanted: list[tuple[int, bytes]] = []

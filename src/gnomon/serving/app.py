@@ -12,12 +12,11 @@ Bad requests get a 4xx JSON ``{"error": ...}`` naming the field. Handlers are ``
 fetcher directly: a fetch is a few store reads, cheaper than a hop to a thread pool.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI must see the real Request class in handler signatures
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from gnomon.errors import MissingExtraError, UnknownObjectError
 from gnomon.serving.metrics import Metrics
@@ -53,7 +52,7 @@ def _parse_array(body: bytes, what: str) -> list[dict[str, Any]]:
     return data
 
 
-def _parse_at(value: str | None) -> int | None:
+def _parse_at(value: Optional[str]) -> Optional[int]:
     if value is None:
         return None
     try:

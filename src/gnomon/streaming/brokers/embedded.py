@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from gnomon.online.stores.sqlite import BUSY_TIMEOUT_MS, SQLiteConnections, write_transaction
@@ -66,8 +67,7 @@ class EmbeddedBroker(Broker):
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path).absolute()
         self.url = f"embedded:///{self.path}"
-        self._connections = SQLiteConnections(self.path, _SCHEMA, busy_timeout_ms=busy_timeout_ms,
-                                              mmap_size=0)
+        self._connections = SQLiteConnections(self.path, _SCHEMA, busy_timeout_ms=busy_timeout_ms)
         self._published = threading.Condition()
         self._generation = 0  # bumped by every publish in this process, to wake waiting consumers
 
@@ -77,8 +77,8 @@ class EmbeddedBroker(Broker):
     def publish(self, topic: str, payloads: Sequence[bytes]) -> list[str]:
         if not payloads:
             return []
-        now_ms = time.time_ns() // 1_000_000
         with write_transaction(self._connections.get()) as connection:
+            now_ms = time.time_ns() // 1_000_000  # under the lock: waiting for it is not publishing
             first = int(connection.execute(_NEXT_OFFSET, (topic,)).fetchone()[0])
             connection.executemany(_APPEND, [(topic, first + index, payload, now_ms)
                                              for index, payload in enumerate(payloads)])
@@ -104,6 +104,9 @@ class EmbeddedBroker(Broker):
     def close(self) -> None:
         self._connections.close()
 
+    def _published_since(self, generation: int) -> bool:
+        return self._generation != generation
+
 
 class EmbeddedConsumer(Consumer):
     """Reads one topic of an :class:`EmbeddedBroker` for a consumer group."""
@@ -126,7 +129,7 @@ class EmbeddedConsumer(Consumer):
             if records or remaining <= 0:
                 return records
             with published:
-                published.wait_for(lambda seen=generation: self.broker._generation != seen,
+                published.wait_for(partial(self.broker._published_since, generation),
                                    timeout=min(step, remaining))
             step = min(step * 2, MAX_WAIT_STEP_S)
 

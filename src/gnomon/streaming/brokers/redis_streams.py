@@ -138,11 +138,10 @@ class RedisStreamsConsumer(Consumer):
         reply = self._client.xreadgroup(self.group, self.name, {self._key: self._own_cursor},
                                         count=max_records)
         entries = _entries(reply)
-        if not entries:
-            self._own_cursor = None
-            return []
-        self._own_cursor = entries[-1][0].decode()
-        return self._records(entries)
+        # A short page means the backlog is read: later pages would repeat what this consumer
+        # receives from now on, since that becomes pending under its name too.
+        self._own_cursor = entries[-1][0].decode() if len(entries) >= max_records else None
+        return self._records([entry for entry in entries if entry[0].decode() not in self._in_flight])
 
     def _claim(self, wanted: int) -> None:
         """XAUTOCLAIM records left idle by other (dead) consumers, continuing the current round."""
