@@ -222,12 +222,10 @@ def _seq(record: Record) -> int:
 
 
 def _caught_up(seen: dict[str, str], target: dict[str, str], committed: dict[str, str]) -> bool:
+    from gnomon.streaming.brokers import offset_order
+
     for partition, end in target.items():
-        done = committed.get(partition) or seen.get(partition)
-        if done is None or _offset_key(done) < _offset_key(end):
+        done = [o for o in (committed.get(partition), seen.get(partition)) if o is not None]
+        if not done or max(offset_order(o) for o in done) < offset_order(end):
             return False
     return True
-
-
-def _offset_key(offset: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in offset.replace("-", ".").split(".") if part.isdigit())
