@@ -167,7 +167,7 @@ class Project:
             raise UnknownObjectError("Join", name, self.plan.joins)
         engine = self._engine()
         try:
-            return engine.training_data(self.plan.joins[name], as_arrow(left))  # type: ignore[no-any-return]
+            return engine.training_data(self.plan.joins[name], as_arrow(left))
         finally:
             engine.close()
 

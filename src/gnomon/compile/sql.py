@@ -26,7 +26,7 @@ def transpile(expression: str, read: str = "duckdb", write: str = "duckdb") -> s
 
 
 @lru_cache(maxsize=4096)
-def parse(expression: str, dialect: str = "duckdb") -> exp.Expression:
+def parse(expression: str, dialect: str = "duckdb") -> exp.Expr:
     try:
         return sqlglot.parse_one(expression, read=_DIALECTS[dialect])
     except sqlglot.errors.ParseError as error:

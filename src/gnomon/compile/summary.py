@@ -40,10 +40,11 @@ def summarize(plan: Plan) -> str:
             keys = ", ".join(f"{column}→{key}" if column != key else key for key, column in part.key_columns.items())
             lines.append(f"    part {part.group_by} on {keys}: "
                          f"{len(group_by_output_columns(plan.group_bys[part.group_by]))} column(s)")
-        derived = [d for d, _ in join.derivations if d != "*"]
+        derived_names = [d for d, _ in join.derivations if d != "*"]
         total = len(join_feature_columns(join, plan)) if not join.derivations or any(
             d == "*" for d, _ in join.derivations) else 0
-        lines.append(f"    {total + len(derived)} feature column(s){' incl. derived: ' + ', '.join(derived) if derived else ''}")
+        lines.append(f"    {total + len(derived_names)} feature column(s)"
+                     f"{' incl. derived: ' + ', '.join(derived_names) if derived_names else ''}")
     for name, staging in plan.staging_queries.items():
         lines.append(f"StagingQuery {name}  (from {staging.start_partition})")
         lines.append(f"  writes {staging.output_table}")

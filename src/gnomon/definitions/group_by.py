@@ -108,18 +108,18 @@ class Aggregation:
         >>> [c for _, _, c in Aggregation("view", Operation.COUNT, windows=["5h"]).output_columns()]
         ['view_count_5h']
         """
-        windows: Sequence[Window | None] = self.windows or (None,)  # type: ignore[assignment]
+        windows: Sequence[Window | None] = tuple(Window.parse(w) for w in self.windows) if self.windows else (None,)
         buckets: Sequence[str | None] = self.buckets or (None,)
-        columns = []
+        columns: list[tuple[Window | None, str | None, str]] = []
         for bucket in buckets:
             for window in windows:
                 name = f"{self.input_column}_{self.operation.output_name}"
                 if window is not None:
-                    name += f"_{window.name}"  # type: ignore[union-attr]
+                    name += f"_{window.name}"
                 if bucket is not None:
                     name += f"_by_{bucket}"
-                columns.append((window, bucket, name))  # type: ignore[arg-type]
-        return columns  # type: ignore[return-value]
+                columns.append((window, bucket, name))
+        return columns
 
 
 def _as_list(value: Any, obj: str, fld: str) -> tuple[Any, ...]:

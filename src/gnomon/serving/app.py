@@ -16,7 +16,7 @@ fetcher directly: a fetch is a few store reads, cheaper than a hop to a thread p
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from gnomon.errors import MissingExtraError, UnknownObjectError
 from gnomon.serving.metrics import Metrics
@@ -52,7 +52,7 @@ def _parse_array(body: bytes, what: str) -> list[dict[str, Any]]:
     return data
 
 
-def _parse_at(value: Optional[str]) -> Optional[int]:
+def _parse_at(value: str | None) -> int | None:
     if value is None:
         return None
     try:

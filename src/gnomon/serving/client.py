@@ -121,4 +121,4 @@ class _HttpTransport:
         answer = json.loads(payload) if payload else {}
         if response.status >= 400:
             raise GnomonError(f"HTTP {response.status} from {path}: {answer.get('error', answer)}")
-        return answer  # type: ignore[no-any-return]
+        return answer

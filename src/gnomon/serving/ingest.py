@@ -20,7 +20,7 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
     payloads = [json.dumps(event, separators=(",", ":")).encode() for event in events]
     ids = broker.publish(topic, payloads)
     if sync:
-        from gnomon.streaming.worker import StreamWorker
+        from gnomon.streaming.worker import RecordApplier
 
         now = int(time.time() * 1000)
         records = []
@@ -29,5 +29,5 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
             records.append(Record(topic, partition, offset, payload, now))
         for group_by in plan.group_bys.values():
             if any(s.topic == topic for s in group_by.sources):
-                StreamWorker.apply_only(group_by, store, records)
+                RecordApplier(group_by, store).apply(records)
     return ids

@@ -66,11 +66,11 @@ class QueryEvaluator:
             self.connection.unregister("__events")
 
 
-class StreamWorker:
-    """Consumes one GroupBy's topic into the online store."""
+class RecordApplier:
+    """Turns records into stored rows (and dead letters) for one GroupBy: the worker's core, also
+    used by read-after-write ingestion."""
 
-    def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
-                 name: str | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time) -> None:
         streamed = [s for s in group_by.sources if s.topic]
         if not streamed:
             from gnomon.errors import ConfigError
@@ -81,42 +81,12 @@ class StreamWorker:
         self.source = streamed[0]
         self.topic: str = streamed[0].topic  # type: ignore[assignment]
         self.store = store
-        self.broker = broker
-        self.group = group or f"gnomon.{group_by.name}"
-        self.evaluator = _evaluator(group_by, self.source)
-        self.consumer: Consumer = broker.consumer(self.topic, self.group, name)
         self.clock = clock
+        self.evaluator = _evaluator(group_by, self.source)
         self.stats = WorkerStats()
 
-    @classmethod
-    def apply_only(cls, group_by: GroupByPlan, store: OnlineStore, records: Sequence[Record]) -> WorkerStats:
-        """Apply records to the store without a consumer (read-after-write ingestion)."""
-        worker = cls.__new__(cls)
-        streamed = [s for s in group_by.sources if s.topic]
-        worker.group_by, worker.source, worker.topic = group_by, streamed[0], streamed[0].topic
-        worker.store, worker.broker, worker.group = store, None, None
-        worker.evaluator = _evaluator(group_by, streamed[0])
-        worker.consumer, worker.clock, worker.stats = None, time.time, WorkerStats()
-        worker.process(records)
-        return worker.stats
-
-    def run(self, until_caught_up: bool = False, max_records: int = 2000, poll_timeout_s: float = 0.5,
-            stop: Callable[[], bool] | None = None) -> WorkerStats:
-        """Process micro-batches until stopped (or, with ``until_caught_up``, until the topic's end)."""
-        target = self.broker.end_offsets(self.topic) if until_caught_up else None
-        seen: dict[str, str] = {}
-        while stop is None or not stop():
-            records = self.consumer.poll(max_records, poll_timeout_s)
-            if records:
-                self.process(records)
-                for record in records:
-                    seen[record.partition] = record.offset
-            if target is not None and _caught_up(seen, target, self.store.offsets(self.group)):
-                break
-        return self.stats
-
-    def process(self, records: Sequence[Record]) -> None:
-        """Apply one micro-batch: rows and offsets in one atomic store write, then commit to the broker."""
+    def apply(self, records: Sequence[Record], consumer_group: str | None = None) -> None:
+        """Store the rows of one micro-batch, and the group's offsets, in one atomic write."""
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
         dead: list[tuple[Record, str]] = []
@@ -145,14 +115,10 @@ class StreamWorker:
             letter = json.dumps({"reason": reason, "payload": record.payload.decode("utf-8", "replace"),
                                  "group_by": self.group_by.name, "event_id": record.event_id})
             items.append((dead_letter_key(self.topic), record.event_id.encode(), letter.encode()))
-            self.stats.dead_letter_reasons[reason.split(":")[0]] = self.stats.dead_letter_reasons.get(
-                reason.split(":")[0], 0) + 1
-        offsets = {}
-        for record in records:
-            offsets[record.partition] = record.offset
-        self.store.add_rows(items, consumer=self.group, offsets=offsets if self.group else None)
-        if self.consumer is not None:
-            self.consumer.commit(records)
+            kind = reason.split(":")[0]
+            self.stats.dead_letter_reasons[kind] = self.stats.dead_letter_reasons.get(kind, 0) + 1
+        offsets = {record.partition: record.offset for record in records} if consumer_group else None
+        self.store.add_rows(items, consumer=consumer_group, offsets=offsets)
         self.stats.records += len(records)
         self.stats.rows += len(rows)
         self.stats.dead_letters += len(dead)
@@ -170,9 +136,9 @@ class StreamWorker:
                 return [], [(origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")]
             rows = []
             dead: list[tuple[Record, str]] = []
-            for event, origin in zip(events, origins, strict=True):  # isolate the bad events
+            for index, (event, origin) in enumerate(zip(events, origins, strict=True)):  # isolate the bad events
                 one, bad = self._evaluate([event], [origin])
-                rows.extend({**row, "__index": origins.index(origin)} for row in one)
+                rows.extend({**row, "__index": index} for row in one)
                 dead.extend(bad)
             return rows, dead
         good, dead = [], []
@@ -185,6 +151,47 @@ class StreamWorker:
             else:
                 good.append(row)
         return good, dead
+
+
+class StreamWorker:
+    """Consumes one GroupBy's topic into the online store."""
+
+    def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
+                 name: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.applier = RecordApplier(group_by, store, clock)
+        self.group_by = group_by
+        self.topic = self.applier.topic
+        self.store = store
+        self.broker = broker
+        self.group = group or f"gnomon.{group_by.name}"
+        self.consumer: Consumer = broker.consumer(self.topic, self.group, name)
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.applier.stats
+
+    def run(self, until_caught_up: bool = False, max_records: int = 2000, poll_timeout_s: float = 0.5,
+            stop: Callable[[], bool] | None = None) -> WorkerStats:
+        """Process micro-batches until stopped (or, with ``until_caught_up``, until the topic's end)."""
+        target = self.broker.end_offsets(self.topic) if until_caught_up else None
+        seen: dict[str, str] = {}
+        while stop is None or not stop():
+            records = self.consumer.poll(max_records, poll_timeout_s)
+            if records:
+                self.process(records)
+                for record in records:
+                    seen[record.partition] = record.offset
+            if target is not None and _caught_up(seen, target, self.store.offsets(self.group)):
+                break
+        return self.stats
+
+    def process(self, records: Sequence[Record]) -> None:
+        """Apply one micro-batch (rows and offsets atomically), then commit it to the broker."""
+        self.applier.apply(records, self.group)
+        self.consumer.commit(records)
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 _EVALUATORS: dict[tuple[str, int], QueryEvaluator] = {}

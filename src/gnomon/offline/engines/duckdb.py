@@ -306,7 +306,7 @@ class DuckDBEngine:
         for feature, scalar_type in folded:
             aggregator = make_aggregator(feature.operation, feature.params, python_type(scalar_type))
             lists = arrow.column(feature.name).to_pylist()
-            values = []
+            values: list[Any] = []
             for rows in lists:
                 if not rows:
                     values.append(None)
