@@ -30,7 +30,7 @@ from gnomon.compile.sql import quote
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError
-from gnomon.offline.engines.sql_forms import check_input_type, null_non_finite, sql_form
+from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, ms_to_ds, shift_ds
 
@@ -45,11 +45,11 @@ def window_start_sql(q: str, window_ms: int, hop_ms: int) -> str:
     return f"({shifted} - ((({shifted} % {hop_ms}) + {hop_ms}) % {hop_ms}))"
 
 
-def earliest_start_sql(group_by: GroupByPlan, q: str) -> str | None:
-    """The earliest ts any feature of the GroupBy reads at q (None: unbounded)."""
-    if group_by.max_window_ms is None:
+def earliest_start_sql(features: Sequence[FeaturePlan], q: str) -> str | None:
+    """The earliest ts any of these features reads at q (None: unbounded)."""
+    if not features or any(f.window_ms is None for f in features):
         return None
-    windows = sorted({(f.window_ms, f.hop_ms) for f in group_by.features})
+    windows = sorted({(f.window_ms, f.hop_ms) for f in features})
     starts = [window_start_sql(q, w, h) for w, h in windows]  # type: ignore[arg-type]
     return starts[0] if len(starts) == 1 else f"LEAST({', '.join(starts)})"
 
@@ -191,31 +191,79 @@ class DuckDBEngine:
                 raise DefinitionError(f"the sources do not yield column {column!r}; they yield "
                                       f"{', '.join(c for c in types if not c.startswith('__'))}",
                                       obj=owner, field="sources", fix="select it in every source's Query")
+        modes = {f.name: self._group_key(f, types[f.input_column], owner) for f in group_by.features}
+        entities = any(s.kind == "entities" for s in group_by.sources)
+        framed = [f for f in group_by.features
+                  if not entities and f.operation in FRAMED and modes[f.name] == ("plain", None)]
+        joined_features = [f for f in group_by.features if f not in framed]
+        pieces: list[tuple[str, list[FeaturePlan]]] = []
+        if framed:
+            pieces.append((self._aggregate_frames(group_by, queries, events, framed, types, owner), framed))
+        joined_table = None
+        if joined_features:
+            joined_table = self._range_join(group_by, queries, events, joined_features, types, owner)
+            groups: dict[tuple[str, str | None], list[FeaturePlan]] = {}
+            for feature in joined_features:
+                groups.setdefault(modes[feature.name], []).append(feature)
+            pieces += [(self._aggregate_group(mode, sub, features, joined_table, types, owner), features)
+                       for (mode, sub), features in groups.items()]
+        piece_types = {p: self.column_types(p) for p, _ in pieces}
+        select = ", ".join(
+            f"{null_non_finite(f'{p}.{quote(f.name)}', piece_types[p][f.name])} AS {quote(f.name)}"
+            for f in group_by.features for p, features in pieces if f in features)
+        joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p, _ in pieces)
+        result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
+        for table in [*(p for p, _ in pieces), *([joined_table] if joined_table else [])]:
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        return result
+
+    def _range_join(self, group_by: GroupByPlan, queries: str, events: str, features: list[FeaturePlan],
+                    types: dict[str, str], owner: str) -> str:
+        """Every (query, event) pair of a key with ``earliest window start <= ts < q``, only the columns needed."""
         key_match = " AND ".join(f"q.{quote(k)} = e.{quote(k)}" for k in group_by.keys)
         conditions = [key_match, "e.ts < q.__q"]
-        earliest = earliest_start_sql(group_by, "q.__q")
+        earliest = earliest_start_sql(features, "q.__q")
         if earliest:
             conditions.append(f"e.ts >= {earliest}")
         if any(s.kind == "entities" for s in group_by.sources):
             conditions.append("(e.__kind <> 'entities' OR e.__ds = q.__snap_ds)")
-        joined = f"SELECT q.__qid, q.__q, e.* FROM {queries} AS q JOIN {events} AS e ON {' AND '.join(conditions)}"
-        if not group_by.features:
-            return self._latest_rows(group_by, queries, joined)
-        groups: dict[tuple[str, str | None], list[FeaturePlan]] = {}
-        for feature in group_by.features:
-            groups.setdefault(self._group_key(feature, types[feature.input_column], owner), []).append(feature)
-        joined_table = self._materialize("joined", joined, owner)
-        pieces = [self._aggregate_group(mode, sub, features, joined_table, types, owner)
-                  for (mode, sub), features in groups.items()]
-        piece_types = {p: self.column_types(p) for p in pieces}
-        select = ", ".join(
-            f"{null_non_finite(f'{p}.{quote(f.name)}', piece_types[p][f.name])} AS {quote(f.name)}"
-            for p, features in zip(pieces, groups.values(), strict=True) for f in features)
-        joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p in pieces)
-        result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
-        for table in [joined_table, *pieces]:
-            self.con.execute(f"DROP TABLE IF EXISTS {table}")
-        return result
+        columns = sorted({f.input_column for f in features} | {f.bucket for f in features if f.bucket})
+        selected = "".join(f", e.{quote(c)}" for c in columns)
+        return self._materialize("joined", f"SELECT q.__qid, q.__q, e.ts, e.__seq{selected} FROM {queries} AS q "
+                                 f"JOIN {events} AS e ON {' AND '.join(conditions)}", owner)
+
+    def _aggregate_frames(self, group_by: GroupByPlan, queries: str, events: str, features: list[FeaturePlan],
+                          types: dict[str, str], owner: str) -> str:
+        """Window aggregates over events and queries sorted together by (keys, ts): for a query row at q
+        the frame ``RANGE BETWEEN q - window_start(q) PRECEDING AND 1 PRECEDING`` is exactly
+        ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built."""
+        keys = [quote(k) for k in group_by.keys]
+        columns = sorted({f.input_column for f in features})
+        not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
+        union = (f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}, NULL::BIGINT AS __qid "
+                 f"FROM {events} WHERE {not_null} UNION ALL BY NAME "
+                 f"SELECT {', '.join(keys)}, __q AS ts, __qid FROM {queries} WHERE {not_null}")
+        windows: dict[tuple[int | None, int | None], str] = {}
+        for feature in features:
+            windows.setdefault((feature.window_ms, feature.hop_ms), f"w{len(windows)}")
+        partition = f"PARTITION BY {', '.join(keys)} ORDER BY ts"
+        definitions = []
+        for (window_ms, hop_ms), name in windows.items():
+            if window_ms is None:
+                frame = "RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
+            else:
+                frame = f"RANGE BETWEEN (ts - {window_start_sql('ts', window_ms, hop_ms)}) PRECEDING AND 1 PRECEDING"  # type: ignore[arg-type]
+            definitions.append(f"{name} AS ({partition} {frame})")
+        aggregates = []
+        for feature in features:
+            column = quote(feature.input_column)
+            suffix = f" FILTER (WHERE {column} IS NOT NULL) OVER {windows[(feature.window_ms, feature.hop_ms)]}"
+            check_input_type(feature, owner, types[feature.input_column])
+            form = sql_form(feature, column, types[feature.input_column], suffix)
+            aggregates.append(f"{form} AS {quote(feature.name)}")
+        sql = (f"SELECT * FROM (SELECT __qid, {', '.join(aggregates)} FROM ({union}) "
+               f"WINDOW {', '.join(definitions)}) WHERE __qid IS NOT NULL")
+        return self._materialize("framed", sql, owner)
 
     def _group_key(self, feature: FeaturePlan, input_type: str, owner: str) -> tuple[str, str | None]:
         """How rows are shaped before aggregating: plain, or unpacked / sub-grouped by a column."""
@@ -270,7 +318,7 @@ class DuckDBEngine:
             condition = f"{column} IS NOT NULL"
             if feature.window_ms is not None:
                 condition += f" AND ts >= {window_start_sql('__q', feature.window_ms, feature.hop_ms)}"  # type: ignore[arg-type]
-            form = sql_form(feature, column, scalar_type, condition)
+            form = sql_form(feature, column, scalar_type, f" FILTER (WHERE {condition})")
             if form is None:
                 folded.append((feature, scalar_type))
                 if feature.operation == "approx_unique_count":
@@ -413,7 +461,7 @@ class DuckDBEngine:
             events_sql = self.source_sql(owner, group_by.sources, start_ds, day, None, strict=[day])
             keys = ", ".join(quote(k) for k in group_by.keys)
             condition = f"ts < {q}"
-            earliest = earliest_start_sql(group_by, str(q))
+            earliest = earliest_start_sql(group_by.features, str(q))
             if earliest:
                 condition += f" AND ts >= {earliest}"
             if any(s.kind == "entities" for s in group_by.sources):

@@ -95,8 +95,15 @@ def check_input_type(feature: FeaturePlan, owner: str, input_type: str) -> None:
             fix=f"cast it in the Query, e.g. \"CAST(... AS DOUBLE)\", or use an operation for {input_type} values")
 
 
-def sql_form(feature: FeaturePlan, column: str, input_type: str, condition: str) -> str | None:
-    """The SQL aggregate for this feature over the rows meeting ``condition``; None when the IR folds it."""
+# Computed as window aggregates over one sorted stream of events and queries (DuckDB evaluates
+# these with segment trees, without materialising query × event pairs); the rest use the range join.
+FRAMED = frozenset({"count", "sum", "average", "variance", "min", "max", "first", "last", "first_k", "last_k",
+                    "top_k", "bottom_k"})
+
+
+def sql_form(feature: FeaturePlan, column: str, input_type: str, suffix: str) -> str | None:
+    """The SQL aggregate for this feature, ``suffix`` (a FILTER and maybe an OVER clause) following
+    every aggregate call; None when the IR folds it."""
     if feature.operation in IR_FOLDED:
         return None
-    return _FORMS[feature.operation](column, input_type, feature.params, f" FILTER (WHERE {condition})")
+    return _FORMS[feature.operation](column, input_type, feature.params, suffix)
