@@ -161,6 +161,9 @@ def fetch(name: str, keys: str, at: int | None, url: str | None, repo: str) -> N
             from gnomon.errors import UnknownObjectError
 
             raise UnknownObjectError("Join or GroupBy", name, [*project.plan.joins, *project.plan.group_bys])
+    if not isinstance(parsed, dict) and not (isinstance(parsed, list) and all(isinstance(k, dict) for k in parsed)):
+        raise click.BadParameter('expected a key object or an array of them, e.g. \'{"user": "bob"}\'',
+                                 param_hint="--keys")
     with Client(url or repo) as client:
         results = (client.fetch_join if kind == "join" else client.fetch_group_by)(name, parsed, at=at)
     for result in results:

@@ -213,24 +213,52 @@ class Project:
             engine.close()
             store.close()
 
+    def source_schema(self, group_by: str) -> Any:
+        """The Arrow schema of the warehouse table behind a GroupBy's streamed source (None if no data yet)."""
+        import pyarrow.parquet as pq
+
+        sources = [s for s in self.plan.group_bys[group_by].sources if s.topic]
+        files = self.warehouse.partition_files(sources[0].table) if sources else []
+        return pq.read_schema(files[-1]) if files else None
+
     def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
-        """Run the stream worker of a GroupBy (or of each streamed GroupBy of a Join) in this process."""
+        """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread each,
+        until stopped (or caught up); returns each worker's counters."""
+        import threading
+
         from gnomon.streaming.worker import StreamWorker
 
-        stats = {}
         store, broker = self.store(), self.broker()
+        names = [g for g in self.online_group_bys(name) if any(s.topic for s in self.plan.group_bys[g].sources)]
+        worker_options = {k: v for k, v in options.items() if k in ("group", "name")}
+        run_options = {k: v for k, v in options.items() if k not in ("group", "name")}
+        stats: dict[str, Any] = {}
+        errors: list[BaseException] = []
+
+        def run(group_by: str) -> None:
+            try:
+                worker = StreamWorker(self.plan.group_bys[group_by], store, broker,
+                                      schema=self.source_schema(group_by), **worker_options)
+                try:
+                    stats[group_by] = worker.run(until_caught_up=until_caught_up, **run_options)
+                finally:
+                    worker.close()
+            except BaseException as error:  # noqa: BLE001 — re-raised in the caller's thread
+                errors.append(error)
+
         try:
-            for group_by in self.online_group_bys(name):
-                plan = self.plan.group_bys[group_by]
-                if not any(s.topic for s in plan.sources):
-                    continue
-                worker = StreamWorker(plan, store, broker, **{k: v for k, v in options.items() if k in ("group", "name")})
-                stats[group_by] = worker.run(until_caught_up=until_caught_up,
-                                             **{k: v for k, v in options.items() if k not in ("group", "name")})
+            threads = [threading.Thread(target=run, args=(g,), name=f"gnomon-stream-{g}", daemon=True) for g in names]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
         finally:
             store.close()
             broker.close()
-        return stats
+        if errors:
+            raise errors[0]
+        return {g: stats[g] for g in names if g in stats}
 
     def read_table(self, name_or_table: str, start_ds: str | None = None, end_ds: str | None = None) -> pa.Table:
         """Read a warehouse table, or the output table of a definition by its name."""

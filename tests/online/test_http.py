@@ -142,9 +142,13 @@ def test_null_key_value_is_a_failed_result_not_a_failed_request(served: Served) 
     assert group_by[0]["status"] != "Success" and group_by[0]["error"]
 
 
-def test_before_batch_end_is_an_explicit_failure(served: Served) -> None:
-    [result] = post_keys(served, "join", JOIN, [{"user": "u1", "item": "a"}], at=BATCH_END - 1).json()["results"]
-    assert result["status"] != "Success" and result["error"]
+def test_before_batch_end_and_past_the_horizon_are_explicit_failures(served: Served) -> None:
+    for at in (BATCH_END - 1, BATCH_END + 3 * DAY):  # default horizon: 2 days after the batch end
+        response = post_keys(served, "join", JOIN, [{"user": "u1", "item": "a"}], at=at)
+        assert response.status_code == 200
+        [result] = response.json()["results"]
+        assert result["status"] != "Success" and result["error"], result
+        assert result["features"] == {}
 
 
 def test_concurrent_clients_agree(served: Served) -> None:
@@ -323,6 +327,7 @@ def test_feast_chronon_online_store_reads_from_the_server(tmp_path: Path) -> Non
     from feast import Entity, FeatureStore, FeatureView, Field
     from feast.infra.offline_stores.contrib.chronon_offline_store.chronon_source import ChrononSource
     from feast.types import Float64, Int64, String
+    from feast.value_type import ValueType
 
     now = int(time.time() * 1000)
     today = now - now % DAY
@@ -344,10 +349,11 @@ def test_feast_chronon_online_store_reads_from_the_server(tmp_path: Path) -> Non
               path: {url}
             entity_key_serialization_version: 3
             """))
-        user = Entity(name="user", join_keys=["user"])
+        user = Entity(name="user", join_keys=["user"], value_type=ValueType.STRING)
         source = ChrononSource(name="gf_user_vector", materialization_path=str(repo / "warehouse" / "act" / "events"),
                                chronon_join="gf.user_vector", timestamp_field="ts")
         view = FeatureView(name="user_vector", entities=[user], source=source, online=True, schema=[
+            Field(name="user", dtype=String),
             Field(name="gf_user_totals_price_count", dtype=Int64),
             Field(name="gf_user_totals_price_sum", dtype=Float64),
             Field(name="gf_user_totals_item_last", dtype=String),

@@ -77,6 +77,12 @@ def create_app(repo: str | Path = ".") -> Any:
     fetcher = project.fetcher(store)
     metrics = Metrics()
     state: dict[str, Any] = {"broker": None}
+    schemas: dict[str, Any] = {}
+
+    def schema_of(group_by: str) -> Any:
+        if group_by not in schemas:
+            schemas[group_by] = project.source_schema(group_by)
+        return schemas[group_by]
 
     app = FastAPI(title="Gnomon feature server", version="1",
                   description="Chronon's fetch contract over a Gnomon feature repo.")
@@ -140,7 +146,7 @@ def create_app(repo: str | Path = ".") -> Any:
                 raise UnknownObjectError("topic", topic, known)
             if state["broker"] is None:
                 state["broker"] = project.broker()
-            ids = publish_and_apply(plan, state["broker"], store, topic, events, sync)
+            ids = publish_and_apply(plan, state["broker"], store, topic, events, sync, schema_of)
             metrics.events.inc(topic, len(events))
             if sync:
                 metrics.freshness.observe(topic, time.perf_counter() - started)

@@ -65,6 +65,11 @@ class Client:
 def _as_list(keys: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(keys, Mapping):
         return [dict(keys)]
+    if not isinstance(keys, (list, tuple)):
+        raise TypeError(f"keys must be a key object or a list of them, got {type(keys).__name__}")
+    for index, key in enumerate(keys):
+        if not isinstance(key, Mapping):
+            raise TypeError(f"keys[{index}] must be an object like {{\"user\": \"bob\"}}, got {type(key).__name__}")
     return [dict(k) for k in keys]
 
 
@@ -86,7 +91,8 @@ class _LocalTransport:
 
         if self._broker is None:
             self._broker = self.project.broker()
-        return publish_and_apply(self.project.plan, self._broker, self.store, topic, events, sync)
+        return publish_and_apply(self.project.plan, self._broker, self.store, topic, events, sync,
+                                 self.project.source_schema)
 
     def close(self) -> None:
         self.store.close()

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gnomon.compile.plan import Plan
+from gnomon.errors import UnknownObjectError
 from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Record
 
 
 def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str,
-                      events: Sequence[Mapping[str, Any]], sync: bool) -> list[str]:
+                      events: Sequence[Mapping[str, Any]], sync: bool,
+                      schemas: Callable[[str], Any] | None = None) -> list[str]:
     """Publish ``events`` to ``topic``; with ``sync``, also apply them now for every GroupBy reading
-    the topic. The stream worker applies them again later, which changes nothing (event ids)."""
+    the topic. The stream worker applies them again later, which changes nothing (event ids).
+    ``schemas(group_by)`` gives the warehouse schema events are read with."""
     import time
 
+    known = sorted({s.topic for g in plan.group_bys.values() for s in g.sources if s.topic})
+    if topic not in known:
+        raise UnknownObjectError("topic", topic, known)
+    bad = [index for index, event in enumerate(events) if not isinstance(event, Mapping)]
+    if bad:
+        raise TypeError(f"events[{bad[0]}] is not a JSON object")
     payloads = [json.dumps(event, separators=(",", ":")).encode() for event in events]
     ids = broker.publish(topic, payloads)
     if sync:
@@ -29,5 +38,5 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
             records.append(Record(topic, partition, offset, payload, now))
         for group_by in plan.group_bys.values():
             if any(s.topic == topic for s in group_by.sources):
-                RecordApplier(group_by, store).apply(records)
+                RecordApplier(group_by, store, schema=schemas(group_by.name) if schemas else None).apply(records)
     return ids

@@ -44,8 +44,12 @@ class WorkerStats:
 class QueryEvaluator:
     """Evaluates a source's Query over JSON events with DuckDB, exactly as the offline engine does."""
 
-    def __init__(self, group_by: GroupByPlan, source: SourcePlan) -> None:
+    def __init__(self, group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None = None) -> None:
         self.group_by = group_by
+        # the warehouse table's schema: events are read with the same column types as offline, a
+        # field an event leaves out is null, and a value of the wrong type is a dead letter
+        self.schema = None if schema is None else pa.schema([f for f in schema if f.name != "ds"]).append(
+            pa.field("__index", pa.int64()))
         self.columns = row_columns(group_by)
         self.connection = duckdb.connect()
         selects = source.selects or {c: quote(c) for c in [*group_by.keys, *self.columns]}
@@ -58,7 +62,8 @@ class QueryEvaluator:
 
     def evaluate(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows (with ``__index`` = position in ``events``) for the events the wheres keep."""
-        table = pa.Table.from_pylist([{**event, "__index": index} for index, event in enumerate(events)])
+        table = pa.Table.from_pylist([{**event, "__index": index} for index, event in enumerate(events)],
+                                     schema=self.schema)
         self.connection.register("__events", table)
         try:
             return self.connection.sql(self.sql).to_arrow_table().to_pylist()  # type: ignore[no-any-return]
@@ -70,7 +75,8 @@ class RecordApplier:
     """Turns records into stored rows (and dead letters) for one GroupBy: the worker's core, also
     used by read-after-write ingestion."""
 
-    def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
+                 schema: pa.Schema | None = None) -> None:
         streamed = [s for s in group_by.sources if s.topic]
         if not streamed:
             from gnomon.errors import ConfigError
@@ -82,7 +88,7 @@ class RecordApplier:
         self.topic: str = streamed[0].topic  # type: ignore[assignment]
         self.store = store
         self.clock = clock
-        self.evaluator = _evaluator(group_by, self.source)
+        self.evaluator = _evaluator(group_by, self.source, schema)
         self.stats = WorkerStats()
 
     def apply(self, records: Sequence[Record], consumer_group: str | None = None) -> None:
@@ -157,8 +163,9 @@ class StreamWorker:
     """Consumes one GroupBy's topic into the online store."""
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
-                 name: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.applier = RecordApplier(group_by, store, clock)
+                 name: str | None = None, clock: Callable[[], float] = time.time,
+                 schema: pa.Schema | None = None) -> None:
+        self.applier = RecordApplier(group_by, store, clock, schema)
         self.group_by = group_by
         self.topic = self.applier.topic
         self.store = store
@@ -194,17 +201,17 @@ class StreamWorker:
         self.consumer.close()
 
 
-_EVALUATORS: dict[tuple[str, int], QueryEvaluator] = {}
+_EVALUATORS: dict[tuple[str, int, str | None], QueryEvaluator] = {}
 
 
-def _evaluator(group_by: GroupByPlan, source: SourcePlan) -> QueryEvaluator:
-    """One evaluator per GroupBy per thread (DuckDB connections are not shared across threads)."""
+def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None) -> QueryEvaluator:
+    """One evaluator per GroupBy, schema and thread (DuckDB connections are not shared across threads)."""
     import threading
 
-    key = (group_by.name, threading.get_ident())
+    key = (group_by.name, threading.get_ident(), None if schema is None else schema.to_string())
     evaluator = _EVALUATORS.get(key)
     if evaluator is None or evaluator.group_by is not group_by:
-        evaluator = _EVALUATORS[key] = QueryEvaluator(group_by, source)
+        evaluator = _EVALUATORS[key] = QueryEvaluator(group_by, source, schema)
     return evaluator
 
 

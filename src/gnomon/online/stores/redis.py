@@ -48,6 +48,26 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + CHUNK]
 
 
+# Offsets only move forward (a worker finishing an older batch after another worker of its group
+# went further must not move them back). Offsets are "123" or "1700000000000-3": compare numerically.
+_ADVANCE_OFFSETS = """
+local function parts(s) local t = {} for p in string.gmatch(s, "%d+") do t[#t + 1] = tonumber(p) end return t end
+local function greater(a, b)
+  local x, y = parts(a), parts(b)
+  for i = 1, math.max(#x, #y) do
+    local u, v = x[i] or -1, y[i] or -1
+    if u ~= v then return u > v end
+  end
+  return false
+end
+for i = 1, #ARGV, 2 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not current) or greater(ARGV[i + 1], current) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 0
+"""
+
+
 class RedisStore(OnlineStore):
     """The online store in Redis: values as string keys, row sets as hashes, offsets as hashes."""
 
@@ -106,7 +126,8 @@ class RedisStore(OnlineStore):
             for key, event_id, row in rows:
                 pipe.hsetnx(prefix + key, event_id, row)
             if offsets and consumer is not None:
-                pipe.hset(self._offsets_key(consumer), mapping=dict(offsets))
+                arguments = [item for pair in offsets.items() for item in pair]
+                pipe.eval(_ADVANCE_OFFSETS, 1, self._offsets_key(consumer), *arguments)
             pipe.execute()
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:

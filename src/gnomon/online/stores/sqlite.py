@@ -243,8 +243,14 @@ class SQLiteStore(OnlineStore):
         with write_transaction(self._connections.get()) as connection:
             connection.executemany(_ADD_ROW, rows)
             if offsets:
-                connection.executemany(_SET_OFFSET, [(consumer, partition, offset)
-                                                     for partition, offset in offsets.items()])
+                # offsets only move forward: a worker finishing an older batch after another worker
+                # of its group went further must not move them back
+                from gnomon.streaming.brokers import offset_order
+
+                current = dict(connection.execute(_GET_OFFSETS, (consumer,)).fetchall())
+                advanced = [(consumer, partition, offset) for partition, offset in offsets.items()
+                            if partition not in current or offset_order(offset) > offset_order(current[partition])]
+                connection.executemany(_SET_OFFSET, advanced)
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         connection = self._connections.get()
