@@ -188,6 +188,14 @@ class Aggregator:
             return ir
         return self.delete(ir, value, ts, seq)
 
+    def fold_values(self, values: Iterable[Any]) -> IR:
+        """Accumulate bare values (no times: for order-insensitive operations), e.g. a window's distinct
+        inputs; subclasses may do it in one tight loop."""
+        ir: IR = None
+        for seq, value in enumerate(values):
+            ir = self.accumulate(ir, value, 0, seq)
+        return ir
+
     def fold(self, rows: Iterable[tuple[Any, int, int]]) -> IR:
         """Accumulate ``(value, ts, seq)`` rows in order into a fresh IR (None if nothing non-null)."""
         ir: IR = None

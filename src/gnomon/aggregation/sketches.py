@@ -22,6 +22,7 @@ error (``normalized_rank_error``) but may differ between runs and merge orders.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from datasketches import cpc_sketch, cpc_union, kll_doubles_sketch
@@ -51,6 +52,18 @@ class ApproxUniqueCount(Aggregator):
             return self.prepare(value, ts, seq)
         ir.update(self._convert(value))
         return ir
+
+    def fold_values(self, values: Iterable[Any]) -> IR:
+        """One sketch from many values in a tight loop (the offline engine's hot path)."""
+        sketch = None
+        convert = self._convert
+        for value in values:
+            if value is None:
+                continue
+            if sketch is None:
+                sketch = cpc_sketch(self.lg_k)
+            sketch.update(convert(value))
+        return sketch
 
     def _merge(self, a: IR, b: IR) -> IR:
         union = cpc_union(self.lg_k)
