@@ -36,6 +36,7 @@ from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, ms_to_ds, shif
 
 log = logging.getLogger("gnomon.offline")
 
+_FOLD_CHUNK = 65_536  # rows per chunk when folding windows with the IR code
 _ORDER_FREE = frozenset({"first", "last", "first_k", "last_k"})  # a list input is one value for these
 
 
@@ -353,23 +354,27 @@ class DuckDBEngine:
         arrow = self.con.sql(f"SELECT * FROM {table}").to_arrow_table()
         for feature, scalar_type in folded:
             aggregator = make_aggregator(feature.operation, feature.params, python_type(scalar_type))
-            lists = arrow.column(feature.name).combine_chunks()
-            # one flat conversion of every window's rows, sliced per row: far cheaper than nested lists
-            offsets = lists.offsets.to_numpy()
-            flat = lists.values.to_pylist()
-            present = lists.is_valid().to_numpy(zero_copy_only=False)
+            column = arrow.column(feature.name).combine_chunks()
             values: list[Any] = []
-            for row in range(len(lists)):
-                start, end = offsets[row], offsets[row + 1]
-                if not present[row] or start == end:
-                    values.append(None)
-                elif feature.operation == "approx_unique_count":  # distinct inputs, order-free
-                    values.append(aggregator.finalize(aggregator.fold_values(flat[start:end])))
-                else:
-                    ir = None
-                    for item in flat[start:end]:
-                        ir = aggregator.update(ir, item["v"], item["t"], item["s"])
-                    values.append(aggregator.finalize(ir))
+            for begin in range(0, len(column), _FOLD_CHUNK):
+                # a flat conversion of a chunk's rows, sliced per row: far cheaper than nested lists,
+                # and chunking bounds the Python objects alive at once
+                lists = column.slice(begin, _FOLD_CHUNK)
+                offsets = lists.offsets.to_numpy()
+                offsets = offsets - offsets[0]
+                flat = lists.flatten().to_pylist()
+                present = lists.is_valid().to_numpy(zero_copy_only=False)
+                for row in range(len(lists)):
+                    start, end = offsets[row], offsets[row + 1]
+                    if not present[row] or start == end:
+                        values.append(None)
+                    elif feature.operation == "approx_unique_count":  # distinct inputs, order-free
+                        values.append(aggregator.finalize(aggregator.fold_values(flat[start:end])))
+                    else:
+                        ir = None
+                        for item in flat[start:end]:
+                            ir = aggregator.update(ir, item["v"], item["t"], item["s"])
+                        values.append(aggregator.finalize(ir))
             index = arrow.column_names.index(feature.name)
             arrow = arrow.set_column(index, feature.name, _to_arrow(values))
         self.con.execute(f"DROP TABLE IF EXISTS {table}")
