@@ -248,7 +248,7 @@ def unique_op_available() -> bool:
 
 
 def definitions(exact_unique: bool) -> dict[str, Any]:
-    from gnomon import (Accuracy, Aggregation, EventSource, GroupBy, Join, JoinPart, Operation, Query)
+    from gnomon import Accuracy, Aggregation, EventSource, GroupBy, Join, JoinPart, Operation, Query
 
     views = EventSource(table="bench.views", query=Query(
         selects={"user": "user_id", "item": "item_id", "category": "category", "price": "price"},
@@ -522,9 +522,11 @@ def main() -> None:
     parser.add_argument("--skip-half", action="store_true", help="do not run the half-size comparison")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                         help="DuckDB threads for the baseline and the engine (default: all cores)")
-    parser.add_argument("--memory-limit", default=None,
-                        help="DuckDB memory_limit for both (e.g. 3GB); default: DuckDB's own (80%% of RAM)")
-    parser.add_argument("--shards", type=int, default=1, help="offline.shards for the engine (default 1)")
+    # The defaults are the settings a user sets in gnomon.yaml to stay under the 4 GB target:
+    # `offline: {shards: 2, memory_limit: 2GB}`. Pass --memory-limit none --shards 1 for DuckDB's own.
+    parser.add_argument("--memory-limit", default="2GB",
+                        help="DuckDB memory_limit for both (default 2GB; 'none' for DuckDB's own, 80%% of RAM)")
+    parser.add_argument("--shards", type=int, default=2, help="offline.shards for the engine (default 2)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--exact-unique", action="store_true",
                         help="use UNIQUE_COUNT instead of APPROX_UNIQUE_COUNT (if the sketch IR is unavailable)")
@@ -536,6 +538,8 @@ def main() -> None:
     parser.add_argument("--child", choices=["baseline", "backfill"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_limit and args.memory_limit.lower() == "none":
+        args.memory_limit = None
 
     if args.child:
         sys.path.insert(0, str(SRC_DIR))
@@ -598,7 +602,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- summary table
     print("\nResults (targets are for scale 1.0 on a 2-core machine: backfill <= 60 s wall, <= 4 GB peak, "
-          "<= 5x baseline)")
+          "<= 5x baseline;\n the half row is held to half the wall target, i.e. linear growth)")
     header = (f"  {'size':<5} {'left rows':>10} {'events':>11} {'baseline s':>10} {'backfill s':>10} "
               f"{'ratio':>7} {'peak GB':>8}   {'<=60s':<6} {'<=4GB':<6} {'<=5x':<6}")
     print(header)
@@ -616,7 +620,7 @@ def main() -> None:
               f"{verdict(ratio is not None and ratio <= TARGET_RATIO):<6}")
     if args.scale != 1.0:
         print(f"  (scale {args.scale:g}: the 60 s target is scaled linearly to {TARGET_WALL_S * args.scale:.1f} s "
-              "for the full row and half that for the half row; 4 GB and 5x are not scaled)")
+              "for the full row; 4 GB and 5x are not scaled)")
     if len(results) == 2 and all(r[5]["ok"] and r[4]["ok"] for r in results):
         full, half = results
         print(f"  growth full/half: backfill x{full[5]['seconds'] / half[5]['seconds']:.2f}, "
