@@ -17,6 +17,7 @@ Streams broker uses too.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -30,12 +31,12 @@ CHUNK = 500  # keys per MGET / MSET: bounded request size, few round trips
 def import_redis() -> ModuleType:
     """The ``redis`` package, or a :class:`MissingExtraError` that says how to install it."""
     try:
-        import redis
+        module = importlib.import_module("redis")  # typed as a module whether or not it is installed
     except ImportError as error:
         raise MissingExtraError(
             "the Redis online store and stream broker need the redis package: pip install 'gnomon[redis]'"
         ) from error
-    return redis
+    return module
 
 
 def connect(url: str) -> Any:

@@ -19,6 +19,7 @@ every query option is passed to librdkafka as is (``?security.protocol=SSL&sasl.
 
 from __future__ import annotations
 
+import importlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,12 +38,12 @@ METADATA_TIMEOUT_S = 10.0
 def import_confluent_kafka() -> ModuleType:
     """The ``confluent_kafka`` package, or a :class:`MissingExtraError` that says how to install it."""
     try:
-        import confluent_kafka
+        module = importlib.import_module("confluent_kafka")  # typed as a module whether or not it is installed
     except ImportError as error:
         raise MissingExtraError(
             "the Kafka stream broker needs the confluent-kafka package: pip install 'gnomon[kafka]'"
         ) from error
-    return confluent_kafka
+    return module
 
 
 def kafka_config(url: str) -> dict[str, str]:
