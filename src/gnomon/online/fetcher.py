@@ -55,6 +55,21 @@ class FetchError(Exception):
 
 
 @dataclass
+class _Pending:
+    """One GroupBy's share of a fetch between ``_prepare`` (keys to read) and ``_complete`` (values)."""
+
+    group_by: GroupByPlan
+    requests: list[dict[str, Any]]
+    q: int
+    prefix: str
+    state: _GroupByState | None
+    results: list[FetchResult | None]
+    wanted: list[int]  # request positions read from the store, in value_keys order
+    value_keys: list[bytes]
+    row_keys: list[bytes]
+
+
+@dataclass
 class _GroupByState:
     plan: GroupByPlan
     meta: UploadMeta
@@ -91,12 +106,21 @@ class Fetcher:
         q = _now_ms() if at is None else int(at)
         requests = [dict(k) for k in keys]
         results = [FetchResult(SUCCESS, k) for k in requests]
+        pendings = []
         for part in join.parts:
             group_by = self.plan.group_bys[part.group_by]
-            mapped = []
-            for request in requests:
-                mapped.append({key: request.get(column) for key, column in part.key_columns.items()})
-            for result, part_result in zip(results, self._fetch(group_by, mapped, q, part.column_prefix), strict=True):
+            mapped = [{key: request.get(column) for key, column in part.key_columns.items()} for request in requests]
+            pendings.append(self._prepare(group_by, mapped, q, part.column_prefix))
+        # one store round trip for every part of the Join
+        values, rows = self.store.get_with_rows([k for p in pendings for k in p.value_keys],
+                                                [k for p in pendings for k in p.row_keys])
+        value_at = row_at = 0
+        for pending in pendings:
+            part_values = values[value_at:value_at + len(pending.value_keys)]
+            part_rows = rows[row_at:row_at + len(pending.row_keys)]
+            value_at += len(pending.value_keys)
+            row_at += len(pending.row_keys)
+            for result, part_result in zip(results, self._complete(pending, part_values, part_rows), strict=True):
                 if part_result.status != SUCCESS and result.status == SUCCESS:
                     result.status, result.error = part_result.status, part_result.error
                 result.features.update(part_result.features)
@@ -133,45 +157,58 @@ class Fetcher:
         return state
 
     def _fetch(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> list[FetchResult]:
+        pending = self._prepare(group_by, requests, q, prefix)
+        values, rows = self.store.get_with_rows(pending.value_keys, pending.row_keys)
+        return self._complete(pending, values, rows)
+
+    def _prepare(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> _Pending:
+        """What one GroupBy needs from the store for these keys (failures are settled here)."""
+        pending = _Pending(group_by, requests, q, prefix, None, [None] * len(requests), [], [], [])
         try:
-            state = self._state(group_by)
+            state = pending.state = self._state(group_by)
         except FetchError as error:
-            return [FetchResult(error.status, r, error=str(error)) for r in requests]
+            pending.results = [FetchResult(error.status, r, error=str(error)) for r in requests]
+            return pending
         meta = state.meta
+        failure = None
         if q < meta.batch_end:
-            message = (f"GroupBy {group_by.name!r}: q={q} is before the batch end {meta.batch_end} of its upload; "
-                       "values before a batch end come from the offline backfill")
-            return [FetchResult("BeforeBatchEnd", r, error=message) for r in requests]
-        if q - meta.batch_end > self.horizon_ms:
-            message = (f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older than the "
-                       f"horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
-            return [FetchResult("StaleUpload", r, error=message) for r in requests]
-        results: list[FetchResult | None] = [None] * len(requests)
-        wanted: list[tuple[int, bytes]] = []
+            failure = ("BeforeBatchEnd", f"GroupBy {group_by.name!r}: q={q} is before the batch end "
+                       f"{meta.batch_end} of its upload; values before a batch end come from the offline backfill")
+        elif q - meta.batch_end > self.horizon_ms:
+            failure = ("StaleUpload", f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older "
+                       f"than the horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
+        if failure is not None:
+            pending.results = [FetchResult(failure[0], r, error=failure[1]) for r in requests]
+            return pending
+        temporal = meta.accuracy == "temporal"
         for index, request in enumerate(requests):
             missing = [k for k in group_by.keys if request.get(k) is None]
             if missing:
-                results[index] = FetchResult("MissingKey", request, error=f"key {missing[0]!r} is missing or null")
-            else:
-                wanted.append((index, entity_key([request[k] for k in group_by.keys])))
-        store_keys = [batch_key(group_by.name, meta.batch_end, key) for _, key in wanted]
-        temporal = meta.accuracy == "temporal"
-        if temporal:
-            store_keys += [rows_key(group_by.name, key) for _, key in wanted]
-        values = self.store.get(store_keys) if not temporal else None
-        if temporal:
-            batch_values = self.store.get(store_keys[: len(wanted)])
-            row_lists = self.store.get_rows(store_keys[len(wanted):])
-        for position, (index, _) in enumerate(wanted):
-            request = requests[index]
+                pending.results[index] = FetchResult("MissingKey", request, error=f"key {missing[0]!r} is missing or null")
+                continue
+            key = entity_key([request[k] for k in group_by.keys])
+            pending.wanted.append(index)
+            pending.value_keys.append(batch_key(group_by.name, meta.batch_end, key))
+            if temporal:
+                pending.row_keys.append(rows_key(group_by.name, key))
+        return pending
+
+    def _complete(self, pending: _Pending, values: list[bytes | None], rows: list[list[bytes]]) -> list[FetchResult]:
+        """Finalize the keys of one GroupBy from what the store returned for ``_prepare``'s keys."""
+        state, group_by, results = pending.state, pending.group_by, pending.results
+        if state is None or not pending.wanted:
+            return results  # type: ignore[return-value]
+        temporal = state.meta.accuracy == "temporal"
+        for position, index in enumerate(pending.wanted):
+            request = pending.requests[index]
             try:
                 if temporal:
-                    raw = self._temporal_values(state, batch_values[position], row_lists[position], q)
+                    raw = self._temporal_values(state, values[position], rows[position], pending.q)
                 else:
-                    raw = self._snapshot_values(group_by, values[position])  # type: ignore[index]
+                    raw = self._snapshot_values(group_by, values[position])
                 if state.deriver is not None:
                     raw = state.deriver.apply({**request, **raw}, raw)
-                results[index] = FetchResult(SUCCESS, request, {prefix + k: v for k, v in raw.items()})
+                results[index] = FetchResult(SUCCESS, request, {pending.prefix + k: v for k, v in raw.items()})
             except Exception as error:  # noqa: BLE001 — one bad key must not fail the others
                 results[index] = FetchResult("Error", request, error=f"{type(error).__name__}: {error}")
         return results  # type: ignore[return-value]

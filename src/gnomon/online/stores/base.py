@@ -43,6 +43,11 @@ class OnlineStore(ABC):
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         """Every row each key holds (any order), in key order."""
 
+    def get_with_rows(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[bytes | None],
+                                                                                     list[list[bytes]]]:
+        """``get(keys)`` and ``get_rows(row_keys)`` together; a networked store does it in one round trip."""
+        return (self.get(keys) if keys else []), (self.get_rows(row_keys) if row_keys else [])
+
     @abstractmethod
     def offsets(self, consumer: str) -> dict[str, str]:
         """The offsets last recorded for ``consumer`` (empty when none)."""

@@ -97,6 +97,21 @@ class RedisStore(OnlineStore):
                 pipe.mget([prefix + key for key in chunk])
             return [value for values in pipe.execute() for value in values]
 
+    def get_with_rows(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[bytes | None],
+                                                                                     list[list[bytes]]]:
+        """Values and row sets in one pipeline: one network round trip for a whole fetch."""
+        if not keys or not row_keys:
+            return super().get_with_rows(keys, row_keys)
+        value_chunks = list(_chunks(keys))
+        with self._client.pipeline(transaction=False) as pipe:
+            for chunk in value_chunks:
+                pipe.mget([self._value_prefix + key for key in chunk])
+            for key in row_keys:
+                pipe.hvals(self._rows_prefix + key)
+            replies = pipe.execute()
+        values = [value for chunk in replies[: len(value_chunks)] for value in chunk]
+        return values, [list(rows) for rows in replies[len(value_chunks):]]
+
     def put(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items:
             return
