@@ -173,8 +173,7 @@ def create_app(repo: str | Path = ".") -> Any:
 
 def serve(repo: str | Path = ".", host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service with uvicorn until interrupted."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise MissingExtraError("the HTTP server needs uvicorn: pip install 'gnomon[serve]'") from None
+    from gnomon.extras import require
+
+    uvicorn = require("uvicorn", "serve", "the HTTP server")
     uvicorn.run(create_app(repo), host=host, port=port, log_level="warning", access_log=False)

@@ -17,12 +17,11 @@ Streams broker uses too.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from gnomon.errors import MissingExtraError
+from gnomon.extras import require
 from gnomon.online.stores.base import OnlineStore
 
 CHUNK = 500  # keys per MGET / MSET: bounded request size, few round trips
@@ -30,13 +29,7 @@ CHUNK = 500  # keys per MGET / MSET: bounded request size, few round trips
 
 def import_redis() -> ModuleType:
     """The ``redis`` package, or a :class:`MissingExtraError` that says how to install it."""
-    try:
-        module = importlib.import_module("redis")  # typed as a module whether or not it is installed
-    except ImportError as error:
-        raise MissingExtraError(
-            "the Redis online store and stream broker need the redis package: pip install 'gnomon[redis]'"
-        ) from error
-    return module
+    return require("redis", "redis", "the Redis online store and stream broker")
 
 
 def connect(url: str) -> Any:

@@ -19,7 +19,6 @@ every query option is passed to librdkafka as is (``?security.protocol=SSL&sasl.
 
 from __future__ import annotations
 
-import importlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,7 +26,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gnomon.errors import ConfigError, MissingExtraError
+from gnomon.errors import ConfigError
+from gnomon.extras import require
 from gnomon.streaming.brokers import BrokerError
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
 
@@ -37,13 +37,7 @@ METADATA_TIMEOUT_S = 10.0
 
 def import_confluent_kafka() -> ModuleType:
     """The ``confluent_kafka`` package, or a :class:`MissingExtraError` that says how to install it."""
-    try:
-        module = importlib.import_module("confluent_kafka")  # typed as a module whether or not it is installed
-    except ImportError as error:
-        raise MissingExtraError(
-            "the Kafka stream broker needs the confluent-kafka package: pip install 'gnomon[kafka]'"
-        ) from error
-    return module
+    return require("confluent_kafka", "kafka", "the Kafka stream broker")
 
 
 def kafka_config(url: str) -> dict[str, str]:
