@@ -10,7 +10,6 @@ status saying why, never a silently wrong value.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from gnomon.definitions.windows import window_start
 from gnomon.errors import UnknownObjectError
 from gnomon.online.derive import Deriver
 from gnomon.online.features import OnlineFeature, online_features
-from gnomon.online.records import StreamRow, UploadMeta, batch_key, entity_key, meta_key, rows_key
+from gnomon.online.records import BatchState, StreamRow, UploadMeta, batch_key, entity_key, meta_key, rows_key
 from gnomon.online.stores.base import OnlineStore
 
 SUCCESS = "Success"
@@ -221,7 +220,7 @@ class Fetcher:
 
     def _temporal_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
         meta = state.meta
-        batch = decode_value(raw)[1] if raw is not None else None
+        batch = BatchState(raw) if raw is not None else None
         rows = [StreamRow.decode(blob) for blob in row_blobs]
         rows = [r for r in rows if r.ts < q and (r.ts >= meta.batch_end or r.arrived_at > meta.uploaded_at)]
         rows.sort(key=lambda r: (r.ts, r.seq))
@@ -231,14 +230,9 @@ class Fetcher:
             start = window_start(q, plan.window_ms)
             ir = None
             if batch is not None:
-                starts, suffixes = batch[index]
-                if starts:
-                    if starts[0] is None:  # unbounded: one collapsed IR
-                        ir = decode_ir(feature.aggregator, suffixes[0])
-                    else:
-                        position = bisect.bisect_left(starts, start)
-                        if position < len(starts):
-                            ir = decode_ir(feature.aggregator, suffixes[position])
+                blob = batch.suffix(index, start)
+                if blob is not None:
+                    ir = decode_ir(feature.aggregator, blob)
             for row in rows:
                 if start is None or row.ts >= start:
                     ir = feature.accumulate(ir, row.values, row.ts, row.seq)

@@ -12,7 +12,9 @@ they do offline.
 
 from __future__ import annotations
 
+import bisect
 import json
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,62 @@ class UploadMeta:
         if version != RECORD_VERSION:
             raise ValueError(f"unknown upload record version {version}")
         return cls(batch_end, uploaded_at, accuracy, input_types)
+
+
+_U32 = struct.Struct("<I")
+_UNBOUNDED = -(2**63)  # the start stored for an unbounded feature's single collapsed IR
+
+
+def encode_batch_state(features: Sequence[tuple[Sequence[int | None], Sequence[bytes]]]) -> bytes:
+    """A TEMPORAL key's batch record: per feature, tile starts and their suffix IRs, laid out so a
+    fetch can bisect the starts and slice out the one IR it needs without decoding the rest.
+
+    Layout (little-endian): version byte 2, feature count F, F+1 block offsets (u32); each block:
+    count n (u32), n starts (i64, ascending), n+1 IR offsets (u32, relative to the block's IR
+    bytes), then the IR bytes.
+    """
+    blocks = []
+    for starts, suffixes in features:
+        n = len(starts)
+        packed_starts = struct.pack(f"<{n}q", *[_UNBOUNDED if s is None else s for s in starts])
+        offsets = [0]
+        for blob in suffixes:
+            offsets.append(offsets[-1] + len(blob))
+        blocks.append(_U32.pack(n) + packed_starts + struct.pack(f"<{n + 1}I", *offsets) + b"".join(suffixes))
+    header_size = 1 + 4 + 4 * (len(blocks) + 1)
+    block_offsets = [header_size]
+    for block in blocks:
+        block_offsets.append(block_offsets[-1] + len(block))
+    return (bytes([BATCH_STATE_VERSION]) + _U32.pack(len(blocks))
+            + struct.pack(f"<{len(blocks) + 1}I", *block_offsets) + b"".join(blocks))
+
+
+BATCH_STATE_VERSION = 2
+
+
+class BatchState:
+    """Reads one IR of an `encode_batch_state` record: the suffix for a window start."""
+
+    def __init__(self, data: bytes) -> None:
+        if not data or data[0] != BATCH_STATE_VERSION:
+            raise ValueError(f"unknown batch record version {data[:1]!r}; re-run `gnomon upload`")
+        self.view = memoryview(data)
+
+    def suffix(self, feature: int, start: int | None) -> bytes | None:
+        """The merged IR of the tiles starting at or after ``start`` (None: no such tile)."""
+        view = self.view
+        block = _U32.unpack_from(view, 5 + 4 * feature)[0]
+        n = _U32.unpack_from(view, block)[0]
+        if n == 0:
+            return None
+        starts = view[block + 4: block + 4 + 8 * n].cast("q")
+        position = 0 if start is None else bisect.bisect_left(starts, start)
+        if position >= n:
+            return None
+        offsets_at = block + 4 + 8 * n
+        begin, end = struct.unpack_from("<2I", view, offsets_at + 4 * position)
+        blobs_at = offsets_at + 4 * (n + 1)
+        return bytes(view[blobs_at + begin: blobs_at + end])
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from gnomon.definitions.windows import floor_to
 from gnomon.offline.engines.duckdb import DuckDBEngine
 from gnomon.offline.warehouse import DAY_MS, ds_to_ms, ms_to_ds
 from gnomon.online.features import aggregation_type, online_features, row_columns
-from gnomon.online.records import RECORD_VERSION, UploadMeta, batch_key, entity_key, meta_key
+from gnomon.online.records import (
+    RECORD_VERSION,
+    UploadMeta,
+    batch_key,
+    encode_batch_state,
+    entity_key,
+    meta_key,
+)
 from gnomon.online.stores.base import OnlineStore
 
 _CHUNK = 5000
@@ -77,8 +84,8 @@ def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch
     items: list[tuple[bytes, bytes]] = []
     key_count = len(group_by.keys)
     for key, rows in itertools.groupby(_rows(relation), key=lambda row: row[:key_count]):
-        record = [RECORD_VERSION, _key_state(features, list(rows), key_count, batch_end)]
-        items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), encode_value(record)))
+        record = encode_batch_state(_key_state(features, list(rows), key_count, batch_end))
+        items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), record))
         if len(items) >= _CHUNK:
             store.put(items)
             written += len(items)
@@ -97,16 +104,17 @@ def _rows(relation: Any) -> Iterator[tuple[Any, ...]]:
         yield from chunk
 
 
-def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int, batch_end: int) -> list[Any]:
+def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int,
+               batch_end: int) -> list[tuple[list[int | None], list[bytes]]]:
     """Per feature ``[starts, suffix IR bytes]`` for one key (``starts == [None]`` when unbounded)."""
-    state = []
+    state: list[tuple[list[int | None], list[bytes]]] = []
     for feature in features:
         aggregator, window_ms, hop_ms = feature.aggregator, feature.plan.window_ms, feature.plan.hop_ms
         if window_ms is None:
             ir = None
             for row in rows:
                 ir = feature.accumulate(ir, list(row[key_count + 2:]), row[key_count], row[key_count + 1])
-            state.append([[None], [encode_ir(aggregator, ir)]] if ir is not None else [[], []])
+            state.append(([None], [encode_ir(aggregator, ir)]) if ir is not None else ([], []))
             continue
         earliest = floor_to(batch_end - window_ms, hop_ms)
         tiles: dict[int, Any] = {}
@@ -125,5 +133,5 @@ def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int,
             suffix = aggregator.merge(tiles[start], suffix)
             suffixes.append(encode_ir(aggregator, suffix))
         suffixes.reverse()
-        state.append([starts, suffixes])
+        state.append((list[int | None](starts), suffixes))
     return state
