@@ -84,7 +84,7 @@ class StageTimer:
         self._wrap(worker.consumer, "poll", "broker poll")
         self._wrap(worker.consumer, "commit", "broker commit")
         applier = getattr(worker, "applier", worker)  # the evaluator moved into RecordApplier
-        self._wrap(applier.evaluator, "evaluate", "DuckDB Query (Arrow in/out)")
+        self._wrap(applier.evaluator, "evaluate_columns", "DuckDB Query (Arrow in/out)")
         self._wrap(worker.store, "add_rows", "store add_rows")
         self._wrap(worker.store, "offsets", "store offsets (caught-up check)")
 
@@ -108,6 +108,26 @@ class StageTimer:
                          for label, seconds in sorted(parts.items(), key=lambda item: -item[1]))
 
 
+class RedisCommandStats:
+    """The redis-server's time per command over a measurement (``INFO commandstats``, reset at start)."""
+
+    def __init__(self, redis_base: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(f"{redis_base}/0")
+        self.client.config_resetstat()
+
+    def report(self, elapsed: float) -> str:
+        stats = self.client.info("commandstats")
+        self.client.close()
+        rows = sorted(((name.removeprefix("cmdstat_"), value["calls"], value["usec"] / 1e6)
+                       for name, value in stats.items()), key=lambda row: -row[2])
+        busy = sum(row[2] for row in rows)
+        lines = [f"           {seconds:5.2f} s  {calls:>6,} calls  {name}" for name, calls, seconds in rows[:6]]
+        lines.append(f"           {busy:5.2f} s  busy in all ({100 * busy / elapsed:.0f}% of the run)")
+        return "\n".join(lines)
+
+
 def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count: int, seed: int,
                profile: bool, max_records: int = 2000) -> dict[str, Any]:
     from gnomon import Project
@@ -127,12 +147,14 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
           "batches of 1,000)", flush=True)
     bench.wait_for_quiet(f"{config} worker throughput")
     store = project.store()
-    worker = StreamWorker(plan, store, broker, group="bench-throughput")
+    worker = StreamWorker(plan, store, broker, group="bench-throughput", schema=project.source_schema(plan.name))
     timer = StageTimer(worker)
     meter = bench.OtherLoad()
+    redis_stats = RedisCommandStats(redis_base)
     started = time.perf_counter()
     stats = worker.run(until_caught_up=True, max_records=max_records)
     elapsed = time.perf_counter() - started
+    redis_busy = redis_stats.report(elapsed)
     load = f"{bench.loadavg()}; {bench.fmt_other(meter.stop())}"
     rate = stats.records / elapsed
     print(f"  [{config}] one StreamWorker applied {stats.records:,} events ({stats.rows:,} rows, "
@@ -141,7 +163,9 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
     print(f"        target >= {TARGET_EVENTS_PER_S:,} events/s: {bench.verdict(rate >= TARGET_EVENTS_PER_S)}"
           f"{'' if CONFIGS[config][0] == 'redis' else ' (the target is for Redis; shown for comparison)'}",
           flush=True)
-    print("        where the time goes:\n" + timer.report(elapsed), flush=True)
+    print("        where the time goes (the store write overlaps the next poll):\n" + timer.report(elapsed),
+          flush=True)
+    print(f"        redis-server's own time (INFO commandstats, both databases):\n{redis_busy}", flush=True)
     store.close()
     result = {"events": stats.records, "seconds": elapsed, "events_per_s": rate, "publish_s": publish_s,
               "stages": dict(timer.seconds), "loadavg": load}
@@ -157,7 +181,7 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
             for suffix in ("", "-wal", "-shm"):
                 (repo / f"online.db{suffix}").unlink(missing_ok=True)
         store = project.store()
-        worker = StreamWorker(plan, store, broker, group="bench-profile")
+        worker = StreamWorker(plan, store, broker, group="bench-profile", schema=project.source_schema(plan.name))
         profiler = cProfile.Profile()
         profiler.enable()
         worker.run(until_caught_up=True, max_records=max_records)
@@ -179,7 +203,8 @@ def child_worker(args: argparse.Namespace) -> None:
 
     project = Project(args.repo)
     store, broker = project.store(), project.broker()
-    worker = StreamWorker(project.plan.group_bys[bench.USER_GROUP_BY], store, broker, group=args.group)
+    worker = StreamWorker(project.plan.group_bys[bench.USER_GROUP_BY], store, broker, group=args.group,
+                          schema=project.source_schema(bench.USER_GROUP_BY))  # as `gnomon stream` does
     Path(args.ready).touch()
     stop_file = Path(args.stop)
     deadline = time.monotonic() + args.max_seconds

@@ -136,10 +136,10 @@ def _encode(value: Any, out: bytearray) -> None:
         _write_varint(len(data), out)
         out += data
     else:
-        _encode(_coerce(value), out)
+        _encode(coerce(value), out)
 
 
-def _coerce(value: Any) -> Any:
+def coerce(value: Any) -> Any:
     """Map subclasses and numpy scalars onto the plain types above (a bool stays a bool)."""
     if isinstance(value, bool):
         return bool(value)

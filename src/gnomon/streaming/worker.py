@@ -9,20 +9,25 @@ store write. Malformed events go to the dead-letter set with their reason; the w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from gnomon.compile.plan import GroupByPlan, SourcePlan
 from gnomon.compile.sql import quote
 from gnomon.online.features import row_columns
-from gnomon.online.records import StreamRow, dead_letter_key, entity_key, rows_key
+from gnomon.online.records import dead_letter_key, encode_stream_rows, entity_key, rows_key
 from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
 
@@ -41,39 +46,145 @@ class WorkerStats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
-class QueryEvaluator:
-    """Evaluates a source's Query over JSON events with DuckDB, exactly as the offline engine does."""
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A micro-batch ready for the store: (key, event id, value) items and the offsets it covers."""
 
-    def __init__(self, group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None = None) -> None:
+    items: list[tuple[bytes, bytes, bytes]]
+    consumer_group: str | None
+    offsets: dict[str, str] | None
+
+
+class QueryEvaluator:
+    """Evaluates a source's Query over JSON events with DuckDB, exactly as the offline engine does.
+
+    With the warehouse schema known, the same query also computes what the store needs per row,
+    column-wise: the row key (``rows_prefix`` + the `entity_key` JSON, for string and integer keys;
+    null where Python must encode it), the event id and the arrival order (`_seq`)."""
+
+    def __init__(self, group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None = None,
+                 rows_prefix: bytes = b"") -> None:
         self.group_by = group_by
         # the warehouse table's schema: events are read with the same column types as offline, a
         # field an event leaves out is null, and a value of the wrong type is a dead letter
-        self.schema = None if schema is None else pa.schema([f for f in schema if f.name != "ds"]).append(
-            pa.field("__index", pa.int64()))
+        self.schema = None if schema is None else pa.schema([f for f in schema if f.name != "ds"])
         self.columns = row_columns(group_by)
-        self.connection = duckdb.connect()
+        # one thread: a micro-batch is small, and the store's server wants the other core
+        self.connection = duckdb.connect(config={"threads": 1})
         selects = source.selects or {c: quote(c) for c in [*group_by.keys, *self.columns]}
         wanted = [*group_by.keys, *[c for c in self.columns if c not in group_by.keys]]
         select_list = ", ".join(f"({selects[c]}) AS {quote(c)}" if c in selects else f"NULL AS {quote(c)}"
                                 for c in wanted)
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
-        self.sql = (f"SELECT __index, {select_list}, CAST(({source.time_column}) AS BIGINT) AS ts "
-                    f"FROM __events WHERE {where}")
+        self.sql = (f"SELECT __index, __partition, __offset, __seq, {select_list}, "
+                    f"CAST(({source.time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
+        self.stored_sql = self._stored_sql(rows_prefix)
+        self._relations: dict[bool, duckdb.DuckDBPyRelation] = {}
+        self._json_parse = None if self.schema is None else pa_json.ParseOptions(
+            explicit_schema=self.schema, unexpected_field_behavior="ignore")
+
+    def _stored_sql(self, rows_prefix: bytes) -> str:
+        key_types = {}
+        if self.schema is not None:
+            self.connection.register("__events", self.table([], []))
+            described = self.connection.sql(f"DESCRIBE {self.sql}").fetchall()
+            key_types = {name: type_ for name, type_, *_ in described if name in self.group_by.keys}
+        parts = [_key_json_sql(quote(k), key_types.get(k)) for k in self.group_by.keys]
+        joined = " || ',' || ".join(parts)
+        key = "NULL" if "NULL" in parts else f"encode({_sql_string(rows_prefix.decode())} || '[' || {joined} || ']')"
+        return f"SELECT *, {key} AS __key, encode(__partition || ':' || __offset) AS __event_id FROM ({self.sql})"
+
+    def json_table(self, records: Sequence[Record]) -> pa.Table | None:
+        """The records' JSON payloads read by Arrow's JSON reader straight into the warehouse
+        schema (with ``__index``, ``__partition``, ``__offset``), or None when this fast path does
+        not apply: no schema known, a payload that is not one single-line JSON object, or any value
+        the reader rejects. The caller then parses event by event, which finds the dead letters."""
+        if self.schema is None or not records:
+            return None
+        payloads = [record.payload for record in records]
+        if not all(p[:1] == b"{" and p[-1:] == b"}" for p in payloads):
+            return None
+        data = b"\n".join(payloads)
+        if data.count(b"\n") != len(payloads) - 1:
+            return None
+        try:
+            table = pa_json.read_json(io.BytesIO(data), read_options=_JSON_READ, parse_options=self._json_parse)
+        except (pa.ArrowException, ValueError):
+            return None
+        if table.num_rows != len(payloads):
+            return None
+        return self._with_origins(table.select(self.schema.names), records)
+
+    def table(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None) -> pa.Table:
+        """Parsed events as an Arrow table of the warehouse schema, plus ``__index`` (their
+        position) and their records' ``__partition`` and ``__offset``.
+
+        Column by column, with the conversions of ``pa.Table.from_pylist`` (a missing field is null,
+        a value of the wrong type raises), without its per-row overhead."""
+        if self.schema is None:
+            return self._with_origins(pa.Table.from_pylist(events), origins, len(events))
+        arrays = [pa.array([event.get(f.name) for event in events], type=f.type) for f in self.schema]
+        return self._with_origins(pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events))
+
+    @staticmethod
+    def _with_origins(table: pa.Table, origins: Sequence[Record] | None, count: int | None = None) -> pa.Table:
+        n = len(origins) if origins is not None else count or 0
+        table = table.append_column("__index", pa.array(range(n), pa.int64()))
+        table = table.append_column("__partition", pa.array(
+            ["0"] * n if origins is None else [r.partition for r in origins], pa.string()))
+        offsets = pa.array(["0"] * n if origins is None else [r.offset for r in origins], pa.string())
+        return table.append_column("__offset", offsets).append_column("__seq", _seqs(offsets))
+
+    def evaluate_table(self, table: pa.Table, stored: bool = True) -> dict[str, list[Any]]:
+        """The Query's output columns (``__index`` = row of ``table``) for the rows the wheres keep;
+        ``stored`` adds ``__key``, ``__event_id`` and ``__seq``."""
+        self.connection.register("__events", table)  # replaces the previous batch's table
+        if self.schema is None:  # the table's columns vary with the events: bind the query anew
+            return self.connection.sql(self.stored_sql if stored else self.sql).to_arrow_table().to_pydict()  # type: ignore[no-any-return]
+        if stored not in self._relations:  # bound once; it reads whatever __events holds when run
+            self._relations[stored] = self.connection.sql(self.stored_sql if stored else self.sql)
+        return self._relations[stored].to_arrow_table().to_pydict()  # type: ignore[no-any-return]
+
+    def evaluate_columns(self, events: list[dict[str, Any]],
+                         origins: Sequence[Record] | None = None) -> dict[str, list[Any]]:
+        """`evaluate_table` of parsed events (``__index`` = position in ``events``); with
+        ``origins`` (the events' records), also ``__key``, ``__event_id`` and ``__seq``."""
+        return self.evaluate_table(self.table(events, origins), stored=origins is not None)
 
     def evaluate(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows (with ``__index`` = position in ``events``) for the events the wheres keep."""
-        table = pa.Table.from_pylist([{**event, "__index": index} for index, event in enumerate(events)],
-                                     schema=self.schema)
-        self.connection.register("__events", table)
-        try:
-            return self.connection.sql(self.sql).to_arrow_table().to_pylist()  # type: ignore[no-any-return]
-        finally:
-            self.connection.unregister("__events")
+        """`evaluate_columns` as one dict per row."""
+        columns = self.evaluate_columns(events)
+        names = list(columns)
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+_JSON_READ = pa_json.ReadOptions(use_threads=False, block_size=1 << 26)
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+
+
+def _key_json_sql(column: str, duck_type: str | None) -> str:
+    """SQL for one key value's JSON exactly as `entity_key` (orjson) writes it, or NULL where only
+    Python can: orjson and DuckDB agree on integers and on strings without control characters
+    (DuckDB writes ``\\u001F``, orjson ``\\u001f``)."""
+    if duck_type in _INTEGER_TYPES:
+        return f"CAST({column} AS VARCHAR)"
+    if duck_type == "VARCHAR":
+        return f"CASE WHEN regexp_matches({column}, '[\\x00-\\x1f]') THEN NULL ELSE to_json({column}) END"
+    return "NULL"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 class RecordApplier:
     """Turns records into stored rows (and dead letters) for one GroupBy: the worker's core, also
-    used by read-after-write ingestion."""
+    used by read-after-write ingestion.
+
+    A micro-batch is parsed with orjson (the standard library for what it rejects, such as ``NaN``),
+    evaluated by DuckDB in one query and encoded row by row with a MessagePack packer; only when the
+    batch as a whole cannot be evaluated are its events evaluated one by one, to isolate the bad
+    ones as dead letters."""
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
                  schema: pa.Schema | None = None) -> None:
@@ -88,35 +199,55 @@ class RecordApplier:
         self.topic: str = streamed[0].topic  # type: ignore[assignment]
         self.store = store
         self.clock = clock
-        self.evaluator = _evaluator(group_by, self.source, schema)
+        self._rows_prefix = rows_key(group_by.name, b"")
+        self.evaluator = _evaluator(group_by, self.source, schema, self._rows_prefix)
         self.stats = WorkerStats()
 
     def apply(self, records: Sequence[Record], consumer_group: str | None = None) -> None:
         """Store the rows of one micro-batch, and the group's offsets, in one atomic write."""
+        self.write(self.prepare(records, consumer_group))
+
+    def write(self, batch: PreparedBatch) -> None:
+        """The store write of a prepared micro-batch: rows, dead letters and offsets, atomically."""
+        self.store.add_rows(batch.items, consumer=batch.consumer_group, offsets=batch.offsets)
+
+    def prepare(self, records: Sequence[Record], consumer_group: str | None = None) -> PreparedBatch:
+        """Parse, evaluate and encode one micro-batch (everything but the store write)."""
+        table = self.evaluator.json_table(records)
+        if table is not None:  # the fast path: the whole batch read by Arrow, evaluated in one query
+            try:
+                rows, dead = self._complete_rows(self.evaluator.evaluate_table(table), records)
+            except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
+                pass  # e.g. a cast in the Query that fails for one event: find it event by event
+            else:
+                return self._prepared(records, records, rows, dead, len(records) - len(dead), consumer_group)
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
-        dead: list[tuple[Record, str]] = []
+        dead = []
+        loads = orjson.loads
         for record in records:
             try:
-                event = json.loads(record.payload)
-            except (ValueError, UnicodeDecodeError) as error:
-                dead.append((record, f"not valid JSON: {error}"))
-                continue
-            if not isinstance(event, dict):
+                event = loads(record.payload)
+            except orjson.JSONDecodeError:
+                try:
+                    event = json.loads(record.payload)
+                except (ValueError, UnicodeDecodeError) as error:
+                    dead.append((record, f"not valid JSON: {error}"))
+                    continue
+            if type(event) is not dict:
                 dead.append((record, f"an event must be a JSON object, got {type(event).__name__}"))
                 continue
             events.append(event)
             origins.append(record)
         rows, evaluation_dead = self._evaluate(events, origins)
         dead.extend(evaluation_dead)
-        arrived_at = int(self.clock() * 1000)
-        items = []
-        columns = self.evaluator.columns
-        for row in rows:
-            record = origins[row["__index"]]
-            key = entity_key([row[k] for k in self.group_by.keys])
-            stored = StreamRow(row["ts"], arrived_at, _seq(record), [row[c] for c in columns])
-            items.append((rows_key(self.group_by.name, key), record.event_id.encode(), stored.encode()))
+        return self._prepared(records, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group)
+
+    def _prepared(self, records: Sequence[Record], origins: Sequence[Record], rows: dict[str, list[Any]],
+                  dead: list[tuple[Record, str]], evaluated: int, consumer_group: str | None) -> PreparedBatch:
+        """The store items of a micro-batch: ``rows`` (whose ``__index`` points into ``origins``), of
+        the ``evaluated`` events the Query read, and the ``dead`` letters; counted in the stats."""
+        items = self._stored_rows(rows, origins, int(self.clock() * 1000))
         for record, reason in dead:
             letter = json.dumps({"reason": reason, "payload": record.payload.decode("utf-8", "replace"),
                                  "group_by": self.group_by.name, "event_id": record.event_id})
@@ -124,39 +255,65 @@ class RecordApplier:
             kind = reason.split(":")[0]
             self.stats.dead_letter_reasons[kind] = self.stats.dead_letter_reasons.get(kind, 0) + 1
         offsets = {record.partition: record.offset for record in records} if consumer_group else None
-        self.store.add_rows(items, consumer=consumer_group, offsets=offsets)
+        kept = len(rows["ts"]) if rows else 0
         self.stats.records += len(records)
-        self.stats.rows += len(rows)
+        self.stats.rows += kept
         self.stats.dead_letters += len(dead)
-        self.stats.filtered += len(events) - len(rows) - len(evaluation_dead)
+        self.stats.filtered += evaluated - kept
         self.stats.batches += 1
+        return PreparedBatch(items, consumer_group, offsets)
 
-    def _evaluate(self, events: list[dict[str, Any]], origins: list[Record]) -> tuple[list[dict[str, Any]],
-                                                                                     list[tuple[Record, str]]]:
+    def _stored_rows(self, rows: dict[str, list[Any]], origins: Sequence[Record],
+                     arrived_at: int) -> list[tuple[bytes, bytes, bytes]]:
+        """(row key, event id, encoded StreamRow) per evaluated row."""
+        if not rows or not rows["ts"]:
+            return []
+        keys = rows["__key"]
+        if None in keys:  # key types the Query cannot encode exactly as entity_key does
+            prefix = self._rows_prefix
+            encoded = _entity_keys([rows[k] for k in self.group_by.keys])
+            keys = [key if key is not None else prefix + python_key for key, python_key in zip(keys, encoded, strict=True)]
+        blobs = encode_stream_rows(rows["ts"], arrived_at, rows["__seq"],
+                                   zip(*[rows[c] for c in self.evaluator.columns], strict=True))
+        return list(zip(keys, rows["__event_id"], blobs, strict=True))
+
+    def _evaluate(self, events: list[dict[str, Any]],
+                  origins: list[Record]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
         if not events:
-            return [], []
+            return {}, []
         try:
-            rows = self.evaluator.evaluate(events)
-        except (pa.ArrowException, duckdb.Error, TypeError, ValueError):
+            rows = self.evaluator.evaluate_columns(events, origins)
+        except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
             if len(events) == 1:
-                return [], [(origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")]
-            rows = []
+                return {}, [(origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")]
+            merged: dict[str, list[Any]] = {}
             dead: list[tuple[Record, str]] = []
             for index, (event, origin) in enumerate(zip(events, origins, strict=True)):  # isolate the bad events
                 one, bad = self._evaluate([event], [origin])
-                rows.extend({**row, "__index": index} for row in one)
                 dead.extend(bad)
-            return rows, dead
-        good, dead = [], []
-        for row in rows:
-            missing = [k for k in self.group_by.keys if row[k] is None]
+                if one:
+                    one["__index"] = [index] * len(one["__index"])
+                    for name, values in one.items():
+                        merged.setdefault(name, []).extend(values)
+            return merged, dead
+        return self._complete_rows(rows, origins)
+
+    def _complete_rows(self, rows: dict[str, list[Any]],
+                       origins: Sequence[Record]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
+        """The rows with every key and the time, and dead letters for the others."""
+        keys, ts = [rows[k] for k in self.group_by.keys], rows["ts"]
+        if all(None not in column for column in keys) and None not in ts:
+            return rows, []
+        keep, dead = [], []
+        for position, index in enumerate(rows["__index"]):
+            missing = [k for k, column in zip(self.group_by.keys, keys, strict=True) if column[position] is None]
             if missing:
-                dead.append((origins[row["__index"]], f"missing key: {missing[0]!r} is null or absent"))
-            elif row["ts"] is None:
-                dead.append((origins[row["__index"]], f"missing time: {self.source.time_column!r} is null or absent"))
+                dead.append((origins[index], f"missing key: {missing[0]!r} is null or absent"))
+            elif ts[position] is None:
+                dead.append((origins[index], f"missing time: {self.source.time_column!r} is null or absent"))
             else:
-                good.append(row)
-        return good, dead
+                keep.append(position)
+        return {name: [values[p] for p in keep] for name, values in rows.items()}, dead
 
 
 class StreamWorker:
@@ -179,18 +336,45 @@ class StreamWorker:
 
     def run(self, until_caught_up: bool = False, max_records: int = 2000, poll_timeout_s: float = 0.5,
             stop: Callable[[], bool] | None = None) -> WorkerStats:
-        """Process micro-batches until stopped (or, with ``until_caught_up``, until the topic's end)."""
+        """Process micro-batches until stopped (or, with ``until_caught_up``, until the topic's end).
+
+        Three stages overlap, one thread each: polling micro-batch N+1, preparing N (parse, Query,
+        encode; this thread) and writing N-1 to the store. Writes stay in order, and a batch is
+        committed to the broker only after its write returned, so what a crash can leave is batches
+        polled or written and not committed: re-delivered and applied again, which changes nothing.
+        While records flow, the next poll does not block; once one comes back empty, the next waits
+        up to ``poll_timeout_s``."""
         target = self.broker.end_offsets(self.topic) if until_caught_up else None
         seen: dict[str, str] = {}
-        while stop is None or not stop():
-            records = self.consumer.poll(max_records, poll_timeout_s)
-            if records:
-                self.process(records)
-                for record in records:
-                    seen[record.partition] = record.offset
-            if target is not None and _caught_up(seen, target, self.store.offsets(self.group)):
-                break
+        write: Future[None] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="gnomon-poll") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="gnomon-write") as writer:
+            polled = reader.submit(self.consumer.poll, max_records, poll_timeout_s)
+            try:
+                while stop is None or not stop():
+                    records = polled.result()
+                    polled = reader.submit(self.consumer.poll, max_records, 0.0 if records else poll_timeout_s)
+                    if records:
+                        batch = self.applier.prepare(records, self.group)
+                        if write is not None:
+                            write.result()
+                        write = writer.submit(self._write_and_commit, batch, records)
+                        for record in records:
+                            seen[record.partition] = record.offset
+                    if target is not None and (_caught_up(seen, target, {}) or (
+                            not records and _caught_up(seen, target, self.store.offsets(self.group)))):
+                        break  # other members of the group may have consumed the rest: their
+                        # committed offsets count once polls run dry
+            finally:
+                if write is not None:
+                    write.result()
+                # a prefetched batch is not processed: left uncommitted, the broker delivers it again
+                polled.cancel()
         return self.stats
+
+    def _write_and_commit(self, batch: PreparedBatch, records: Sequence[Record]) -> None:
+        self.applier.write(batch)
+        self.consumer.commit(records)
 
     def process(self, records: Sequence[Record]) -> None:
         """Apply one micro-batch (rows and offsets atomically), then commit it to the broker."""
@@ -204,14 +388,15 @@ class StreamWorker:
 _EVALUATORS: dict[tuple[str, int, str | None], QueryEvaluator] = {}
 
 
-def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None) -> QueryEvaluator:
+def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None,
+               rows_prefix: bytes) -> QueryEvaluator:
     """One evaluator per GroupBy, schema and thread (DuckDB connections are not shared across threads)."""
     import threading
 
     key = (group_by.name, threading.get_ident(), None if schema is None else schema.to_string())
     evaluator = _EVALUATORS.get(key)
     if evaluator is None or evaluator.group_by is not group_by:
-        evaluator = _EVALUATORS[key] = QueryEvaluator(group_by, source, schema)
+        evaluator = _EVALUATORS[key] = QueryEvaluator(group_by, source, schema, rows_prefix)
     return evaluator
 
 
@@ -223,9 +408,38 @@ def _why(evaluator: QueryEvaluator, event: dict[str, Any]) -> str:
     return "unknown"
 
 
-def _seq(record: Record) -> int:
-    """Arrival order within a partition, as an int (embedded: the offset; Redis: ms-seq)."""
-    offset = record.offset
+def _entity_keys(columns: list[list[Any]]) -> list[bytes]:
+    """`entity_key` of each row of the key columns (a fast path for the usual one-column key)."""
+    if len(columns) == 1:
+        dumps = orjson.dumps
+        try:
+            return [dumps([value]) for value in columns[0]]
+        except TypeError:
+            return [entity_key([value]) for value in columns[0]]
+    return [entity_key(list(values)) for values in zip(*columns, strict=True)]
+
+
+def _seqs(offsets: pa.Array) -> pa.Array:
+    """`_seq` of each offset, computed column-wise when all offsets have one form."""
+    dashed = pc.match_substring(offsets, "-")
+    if pc.all(dashed).as_py() is not False:  # Redis stream ids (or no offsets at all)
+        parts = pc.split_pattern(offsets, "-", max_splits=1)
+        if pc.all(pc.equal(pc.list_value_length(parts), 2)).as_py() is not False:
+            try:
+                ms, counter = (pc.cast(pc.list_element(parts, i), pa.int64()) for i in (0, 1))
+                return pc.add(pc.multiply(ms, 1_000_000), counter)
+            except pa.ArrowInvalid:
+                pass
+    elif not pc.any(dashed).as_py():
+        try:
+            return pc.cast(offsets, pa.int64())
+        except pa.ArrowInvalid:
+            pass
+    return pa.array([_seq(offset) for offset in offsets.to_pylist()], pa.int64())
+
+
+def _seq(offset: str) -> int:
+    """Arrival order within a partition, as an int (embedded and Kafka: the offset; Redis: ms-seq)."""
     if "-" in offset:
         ms, _, counter = offset.partition("-")
         return int(ms) * 1_000_000 + int(counter)

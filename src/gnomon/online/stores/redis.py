@@ -7,8 +7,8 @@ database never collide — a value and a row set may use the same caller key:
   MULTI/EXEC (so ``put`` is all or nothing);
 - the rows of a key form one hash ``<ns>:r:<key>`` with field = event id; rows are added with HSETNX,
   so replaying an event changes nothing;
-- a consumer's offsets are the hash ``<ns>:offsets:<consumer>`` (partition -> offset), written in the
-  same MULTI/EXEC as the rows they cover.
+- a consumer's offsets are the hash ``<ns>:offsets:<consumer>`` (partition -> offset), written by the
+  same Lua script as the rows they cover (one script call per micro-batch).
 
 Multi-key transactions mean a single Redis (or a proxy that keeps a transaction on one node); Redis
 Cluster is not supported. ``redis`` is imported lazily through :func:`import_redis`, which the Redis
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
+
+import msgpack
 
 from gnomon.extras import require
 from gnomon.online.stores.base import OnlineStore
@@ -42,9 +44,19 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + CHUNK]
 
 
+# One script adds a micro-batch's rows and advances the consumer's offsets, atomically (a script
+# runs to completion with nothing interleaved). ARGV[1]: the rows-key prefix; ARGV[2]: the rows as
+# one MessagePack array of [key, event id, row] (one argument rather than 3 per row keeps the request
+# cheap to build); ARGV[3..]: partition, offset pairs. HSETNX: a replayed event id changes nothing.
 # Offsets only move forward (a worker finishing an older batch after another worker of its group
 # went further must not move them back). Offsets are "123" or "1700000000000-3": compare numerically.
-_ADVANCE_OFFSETS = """
+_ADD_ROWS = """
+local prefix = ARGV[1]
+local rows = cmsgpack.unpack(ARGV[2])
+for i = 1, #rows do
+  local row = rows[i]
+  redis.call('HSETNX', prefix .. row[1], row[2], row[3])
+end
 local function parts(s) local t = {} for p in string.gmatch(s, "%d+") do t[#t + 1] = tonumber(p) end return t end
 local function greater(a, b)
   local x, y = parts(a), parts(b)
@@ -54,12 +66,13 @@ local function greater(a, b)
   end
   return false
 end
-for i = 1, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
   if (not current) or greater(ARGV[i + 1], current) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-return 0
+return #rows
 """
+ROWS_PER_SCRIPT = 5_000  # larger batches are split into several calls inside one MULTI/EXEC
 
 
 class RedisStore(OnlineStore):
@@ -71,6 +84,7 @@ class RedisStore(OnlineStore):
         self._value_prefix = f"{namespace}:v:".encode()
         self._rows_prefix = f"{namespace}:r:".encode()
         self._client = connect(url)
+        self._add_rows = self._client.register_script(_ADD_ROWS)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, namespace={self.namespace!r})"
@@ -129,14 +143,18 @@ class RedisStore(OnlineStore):
             raise ValueError("add_rows: offsets need a consumer name to be recorded under")
         if not rows and not offsets:
             return
-        prefix = self._rows_prefix
-        # Commands are only buffered until execute(): an error while building sends nothing.
-        with self._client.pipeline(transaction=True) as pipe:
-            for key, event_id, row in rows:
-                pipe.hsetnx(prefix + key, event_id, row)
-            if offsets and consumer is not None:
-                arguments = [item for pair in offsets.items() for item in pair]
-                pipe.eval(_ADVANCE_OFFSETS, 1, self._offsets_key(consumer), *arguments)
+        arguments = [item for pair in (offsets or {}).items() for item in pair]
+        offsets_key = self._offsets_key(consumer or "")
+        chunks = [rows[start:start + ROWS_PER_SCRIPT] for start in range(0, len(rows), ROWS_PER_SCRIPT)] or [[]]
+        blobs = [msgpack.packb(chunk, use_bin_type=False) for chunk in chunks]  # Redis Lua reads no bin type
+        if len(blobs) == 1:
+            self._add_rows(keys=[offsets_key], args=[self._rows_prefix, blobs[0], *arguments])
+            return
+        with self._client.pipeline(transaction=True) as pipe:  # all chunks or none
+            for position, blob in enumerate(blobs):
+                last = position == len(blobs) - 1
+                self._add_rows(keys=[offsets_key], args=[self._rows_prefix, blob, *(arguments if last else [])],
+                               client=pipe)
             pipe.execute()
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:

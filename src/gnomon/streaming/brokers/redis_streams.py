@@ -90,6 +90,10 @@ class RedisStreamsConsumer(Consumer):
         self.topic, self.group, self.name = topic, group, name
         self.claim_idle_ms = claim_idle_ms
         self._client, self._key = client, key
+        # The hot read skips redis-py's reply conversion (a dict per entry): entries stay
+        # [id, [field, value, ...]] as the server sent them.
+        self._raw = import_redis().Redis(connection_pool=client.connection_pool)
+        self._raw.set_response_callback("XREADGROUP", _as_sent)
         try:
             client.xgroup_create(key, group, id="0", mkstream=True)
         except import_redis().ResponseError as error:
@@ -112,10 +116,10 @@ class RedisStreamsConsumer(Consumer):
                 records.append(self._claimed.popleft())
         if len(records) < max_records:
             block_ms = int(timeout_s * 1000) if not records else 0
-            reply = self._client.xreadgroup(self.group, self.name, {self._key: ">"},
-                                            count=max_records - len(records),
-                                            block=block_ms if block_ms > 0 else None)
-            records.extend(self._records(_entries(reply)))
+            reply = self._raw.xreadgroup(self.group, self.name, {self._key: ">"},
+                                         count=max_records - len(records),
+                                         block=block_ms if block_ms > 0 else None)
+            records.extend(self._records(_raw_entries(reply)))
         self._in_flight.update(record.offset for record in records)
         return records
 
@@ -167,6 +171,7 @@ class RedisStreamsConsumer(Consumer):
     def _records(self, entries: list[Any]) -> list[Record]:
         records: list[Record] = []
         trimmed: list[bytes] = []
+        topic, make, append = self.topic, Record._make, records.append
         for entry_id, fields in entries:
             if entry_id is None:
                 continue
@@ -174,11 +179,35 @@ class RedisStreamsConsumer(Consumer):
                 trimmed.append(entry_id)
                 continue
             offset = entry_id.decode()
-            records.append(Record(self.topic, PARTITION, offset, fields.get(PAYLOAD_FIELD, b""),
-                                  published_at_ms(offset)))
+            payload = fields[1] if type(fields) is list and fields[0] == PAYLOAD_FIELD else _payload(fields)
+            append(make((topic, PARTITION, offset, payload, int(offset[:offset.index("-")]))))
         if trimmed:
             self._client.xack(self._key, self.group, *trimmed)
         return records
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _payload(fields: Any) -> bytes:
+    """The payload field of an entry's fields: a dict (redis-py's conversion) or a flat list."""
+    if isinstance(fields, dict):
+        return fields.get(PAYLOAD_FIELD, b"")  # type: ignore[no-any-return]
+    if fields[0] == PAYLOAD_FIELD:
+        return fields[1]  # type: ignore[no-any-return]
+    pairs: dict[bytes, bytes] = dict(zip(fields[::2], fields[1::2], strict=True))
+    return pairs.get(PAYLOAD_FIELD, b"")
+
+
+def _raw_entries(reply: Any) -> list[Any]:
+    """The ``[[id, [field, value, ...]], …]`` of the single stream of an unconverted XREADGROUP reply:
+    ``{stream: entries}`` (RESP3) or ``[[stream, entries]]`` (RESP2)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [entry for entries in reply.values() for entry in entries]
+    return [entry for _key, entries in reply for entry in entries]
 
 
 def _entries(reply: Any) -> list[Any]:

@@ -1,0 +1,171 @@
+"""The worker's micro-batch path against its event-by-event path and against the fetcher's encodings.
+
+A micro-batch is normally read by Arrow's JSON reader and evaluated in one DuckDB query that also
+writes each row's key, event id and order. These tests hold that path to the slow one (parse each
+event, isolate the bad ones) and to the functions the fetcher and the upload use (`entity_key`,
+`StreamRow.decode`), on random batches that mix good and malformed events.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gnomon.aggregation.codec import encode_value
+from gnomon.online.records import StreamRow, encode_stream_row, encode_stream_rows, entity_key, rows_key
+from gnomon.online.stores.sqlite import SQLiteStore
+from gnomon.streaming.brokers.base import Record
+from gnomon.streaming.worker import PreparedBatch, QueryEvaluator, RecordApplier, _seq, _seqs
+
+from .helpers import GROUP_BY, build_repo, make_events
+
+KEYED_BY_NUMBER = '''
+from gnomon import Accuracy, Aggregation, EventSource, GroupBy, Operation, Query
+
+source = EventSource(table="act.events", topic="events",
+                     query=Query(selects={"user": "user_id", "qty": "qty"}, time_column="ts"))
+by_qty = GroupBy(name="feat.by_qty", sources=[source], keys=["qty"],
+                 aggregations=[Aggregation("user", Operation.COUNT, windows=["1d"])],
+                 accuracy=Accuracy.TEMPORAL, online=True)
+by_pair = GroupBy(name="feat.by_pair", sources=[source], keys=["user", "qty"],
+                  aggregations=[Aggregation("user", Operation.COUNT, windows=["1d"])],
+                  accuracy=Accuracy.TEMPORAL, online=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return build_repo(tmp_path_factory.mktemp("batches"), make_events(50))
+
+
+def _applier(project: Any, tmp_path: Path, group_by: str = GROUP_BY) -> RecordApplier:
+    plan = project.plan.group_bys[group_by]
+    return RecordApplier(plan, SQLiteStore(tmp_path / "online.db"), clock=lambda: 1_800_000_000.0,
+                         schema=project.source_schema(group_by))
+
+
+def _records(payloads: list[bytes], redis_ids: bool = True) -> list[Record]:
+    records = []
+    for index, payload in enumerate(payloads):
+        offset = f"17000000000{index:02d}-{index % 3}" if redis_ids else str(100 + index)
+        records.append(Record("events", "0", offset, payload, 1_700_000_000_000))
+    return records
+
+
+def _slow(applier: RecordApplier, records: list[Record]) -> PreparedBatch:
+    """The same batch through the event-by-event path (the fast reader disabled)."""
+    fast = applier.evaluator.json_table
+    applier.evaluator.json_table = lambda records: None  # type: ignore[method-assign]
+    try:
+        return applier.prepare(records, "group")
+    finally:
+        applier.evaluator.json_table = fast  # type: ignore[method-assign]
+
+
+GOOD = {"user_id": "u1", "item_id": "a", "price": 2.5, "qty": 3, "ts": 1_767_300_000_000}
+MALFORMED = [
+    b"not json", b"[1, 2]", b"", b"{\"user_id\": \"u1\",\n \"ts\": 1767300000000}", b'{"user_id": "u2"}',
+    b'{"item_id": "a", "ts": 1767300000000}', b'{"user_id": "u1", "qty": "three", "ts": 1767300000000}',
+    b'{"user_id": "u1", "price": NaN, "ts": 1767300000000}', b'{"user_id": 7, "ts": 1767300000000}',
+    b'{"user_id": "u\\u0001x", "ts": 1767300000000}', b'{"user_id": "\xff", "ts": 1767300000000}',
+    b'{"user_id": "u1", "qty": 1.5, "ts": 1767300000000}', b'{"user_id": "u1", "ts": 1767300000000}{}',
+]
+
+
+def _random_batch(rng: random.Random, size: int) -> list[bytes]:
+    payloads = []
+    for _ in range(size):
+        if rng.random() < 0.2:
+            payloads.append(rng.choice(MALFORMED))
+            continue
+        event = {**GOOD, "user_id": rng.choice(["u1", "u2", 'q"uote', "back\\slash", "é", "日本", "\U0001F600"]),
+                 "qty": rng.choice([0, 5, -2, None]), "price": rng.choice([1.25, None, 1e300, -0.0]),
+                 "ts": GOOD["ts"] + rng.randrange(-10_000, 10_000)}
+        if rng.random() < 0.1:
+            event["extra"] = {"nested": [1, 2]}
+        payloads.append(json.dumps(event).encode())
+    return payloads
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_path_equals_event_by_event(project: Any, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    records = _records(_random_batch(rng, rng.randrange(1, 60)), redis_ids=seed % 2 == 0)
+    applier = _applier(project, tmp_path)
+    fast, slow = applier.prepare(records, "group"), _slow(applier, records)
+    assert sorted(fast.items) == sorted(slow.items)
+    assert fast.offsets == slow.offsets == {"0": records[-1].offset}
+
+
+def test_fast_path_runs_for_clean_batches(project: Any, tmp_path: Path) -> None:
+    applier = _applier(project, tmp_path)
+    records = _records([json.dumps(GOOD).encode(), json.dumps({**GOOD, "user_id": "u2"}).encode()])
+    assert applier.evaluator.json_table(records) is not None
+    items = applier.prepare(records, "group").items
+    assert [key for key, _, _ in items] == [rows_key(GROUP_BY, entity_key(["u1"])),
+                                            rows_key(GROUP_BY, entity_key(["u2"]))]
+    assert [event_id for _, event_id, _ in items] == [r.event_id.encode() for r in records]
+    row = StreamRow.decode(items[0][2])
+    assert (row.ts, row.arrived_at, row.seq) == (GOOD["ts"], 1_800_000_000_000, _seq(records[0].offset))
+
+
+def test_malformed_batches_fall_back(project: Any, tmp_path: Path) -> None:
+    applier = _applier(project, tmp_path)
+    for payload in MALFORMED:
+        records = _records([json.dumps(GOOD).encode(), payload])
+        prepared = applier.prepare(records, "group")
+        assert sorted(prepared.items) == sorted(_slow(applier, records).items), payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=20))
+def test_string_keys_written_by_the_query_equal_entity_key(project: Any, users: list[str]) -> None:
+    plan = project.plan.group_bys[GROUP_BY]
+    prefix = rows_key(GROUP_BY, b"")
+    evaluator = QueryEvaluator(plan, plan.sources[0], project.source_schema(GROUP_BY), prefix)
+    events = [{**GOOD, "user_id": user} for user in users]
+    rows = evaluator.evaluate_table(evaluator.table(events, _records([b"{}"] * len(events))))
+    for user, key in zip(users, rows["__key"], strict=True):
+        assert key is None or key == prefix + entity_key([user])  # None: written by entity_key instead
+
+
+def test_number_and_composite_keys(tmp_path: Path) -> None:
+    events = make_events(20)
+    project = build_repo(tmp_path / "repo", events, features_py=KEYED_BY_NUMBER)
+    for name, keys in (("feat.by_qty", ["qty"]), ("feat.by_pair", ["user", "qty"])):
+        applier = _applier(project, tmp_path, name)
+        payloads = [json.dumps({**GOOD, "user_id": u, "qty": q}).encode()
+                    for u, q in [("u1", 0), ("u2", -7), ("u3", 2**62), ('a"b', 5)]]
+        items = applier.prepare(_records(payloads), "group").items
+        expected = [rows_key(name, entity_key([json.loads(p)[{"user": "user_id"}.get(k, k)] for k in keys]))
+                    for p in payloads]
+        assert [key for key, _, _ in items] == expected
+
+
+@pytest.mark.parametrize("offsets", [["1700000000000-0", "1700000000000-12", "5-3"], ["0", "17", "99999999999"],
+                                     ["1-2", "7"], []])
+def test_seqs_equal_seq(offsets: list[str]) -> None:
+    assert _seqs(pa.array(offsets, pa.string())).to_pylist() == [_seq(offset) for offset in offsets]
+
+
+@given(st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**62), st.integers(0, 2**62),
+       st.lists(st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+                          st.floats(allow_nan=False), st.text(), st.binary(),
+                          st.lists(st.integers(-5, 5)))))
+def test_stream_row_round_trip(ts: int, arrived_at: int, seq: int, values: list[Any]) -> None:
+    encoded = encode_stream_row(ts, arrived_at, seq, values)
+    assert encoded == encode_stream_rows([ts], arrived_at, [seq], [values])[0]
+    assert StreamRow.decode(encoded) == StreamRow(ts, arrived_at, seq, values)
+
+
+def test_stream_rows_of_version_1_are_still_read() -> None:
+    legacy = encode_value([5, 6, 7, ["a", 1.5, None]])  # how version 1 stored a row
+    assert legacy[0] == 1
+    assert StreamRow.decode(legacy) == StreamRow(5, 6, 7, ["a", 1.5, None])
