@@ -474,7 +474,7 @@ def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, p
           flush=True)
     # where the time of a fetch goes: the store calls, timed by wrapping them, vs the rest (decode, merge)
     store_ns = [0]
-    originals = {name: getattr(store, name) for name in ("get", "get_rows")}
+    originals = {name: getattr(store, name) for name in ("get", "get_rows", "get_with_rows")}
 
     def timed(name: str) -> Any:
         original = originals[name]
@@ -496,7 +496,7 @@ def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, p
     total_ns = clock() - began
     for name, original in originals.items():
         setattr(store, name, original)
-    print(f"  [{kind}] time split over {split_n} fetches: store get/get_rows {store_ns[0] / split_n / 1e3:.0f} us "
+    print(f"  [{kind}] time split over {split_n} fetches: store reads {store_ns[0] / split_n / 1e3:.0f} us "
           f"per fetch ({store_ns[0] / total_ns:.0%}), decode + merge + finalize {(total_ns - store_ns[0]) / split_n / 1e3:.0f} us",
           flush=True)
     # the same Join with one SQL derivation (DuckDB, one row at a time)

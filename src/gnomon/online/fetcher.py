@@ -11,7 +11,7 @@ status saying why, never a silently wrong value.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,13 +92,36 @@ class Fetcher:
     # -------------------------------------------------------------- public
 
     def fetch_group_by(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+        return _run(self._group_by_steps(name, keys, at), self.store)
+
+    def fetch_join(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+        return _run(self._join_steps(name, keys, at), self.store)
+
+    async def fetch_group_by_async(self, name: str, keys: Sequence[Mapping[str, Any]],
+                                   at: int | None = None) -> list[FetchResult]:
+        """`fetch_group_by` for an asyncio server: the store read does not block the event loop."""
+        return await _run_async(self._group_by_steps(name, keys, at), self.store)
+
+    async def fetch_join_async(self, name: str, keys: Sequence[Mapping[str, Any]],
+                               at: int | None = None) -> list[FetchResult]:
+        """`fetch_join` for an asyncio server: the store read does not block the event loop."""
+        return await _run_async(self._join_steps(name, keys, at), self.store)
+
+    # -------------------------------------------------------------- the steps of a fetch
+    # A fetch is a generator: it yields the (value keys, row keys) it needs from the store once,
+    # receives what the store returned, and returns the results. The sync and async entry points
+    # differ only in how they read the store.
+
+    def _group_by_steps(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None) -> _Steps:
         group_by = self.plan.group_bys.get(name)
         if group_by is None:
             raise UnknownObjectError("GroupBy", name, self.plan.group_bys)
         q = _now_ms() if at is None else int(at)
-        return self._fetch(group_by, [dict(k) for k in keys], q, prefix="")
+        pending = self._prepare(group_by, [dict(k) for k in keys], q, prefix="")
+        values, rows = yield pending.value_keys, pending.row_keys
+        return self._complete(pending, values, rows)
 
-    def fetch_join(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+    def _join_steps(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None) -> _Steps:
         join = self.plan.joins.get(name)
         if join is None:
             raise UnknownObjectError("Join", name, self.plan.joins)
@@ -111,8 +134,7 @@ class Fetcher:
             mapped = [{key: request.get(column) for key, column in part.key_columns.items()} for request in requests]
             pendings.append(self._prepare(group_by, mapped, q, part.column_prefix))
         # one store round trip for every part of the Join
-        values, rows = self.store.get_with_rows([k for p in pendings for k in p.value_keys],
-                                                [k for p in pendings for k in p.row_keys])
+        values, rows = yield [k for p in pendings for k in p.value_keys], [k for p in pendings for k in p.row_keys]
         value_at = row_at = 0
         for pending in pendings:
             part_values = values[value_at:value_at + len(pending.value_keys)]
@@ -154,11 +176,6 @@ class Fetcher:
         state = _GroupByState(group_by, meta, features, deriver, now)
         self._states[group_by.name] = state
         return state
-
-    def _fetch(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> list[FetchResult]:
-        pending = self._prepare(group_by, requests, q, prefix)
-        values, rows = self.store.get_with_rows(pending.value_keys, pending.row_keys)
-        return self._complete(pending, values, rows)
 
     def _prepare(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> _Pending:
         """What one GroupBy needs from the store for these keys (failures are settled here)."""
@@ -246,6 +263,28 @@ class Fetcher:
             columns = join_feature_columns(join, self.plan)
             self._join_derivers[join.name] = Deriver(join.derivations, [], columns) if join.derivations else None
         return self._join_derivers[join.name]
+
+
+_Reads = tuple[list[bytes], list[bytes]]
+_Steps = Generator[_Reads, tuple[list[bytes | None], list[list[bytes]]], list[FetchResult]]
+
+
+def _run(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
+    try:
+        value_keys, row_keys = next(steps)
+        steps.send(store.get_with_rows(value_keys, row_keys) if value_keys or row_keys else ([], []))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise RuntimeError("a fetch reads the store once")
+
+
+async def _run_async(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
+    try:
+        value_keys, row_keys = next(steps)
+        steps.send(await store.get_with_rows_async(value_keys, row_keys) if value_keys or row_keys else ([], []))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    raise RuntimeError("a fetch reads the store once")
 
 
 def _now_ms() -> int:

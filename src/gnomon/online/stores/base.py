@@ -48,6 +48,12 @@ class OnlineStore(ABC):
         """``get(keys)`` and ``get_rows(row_keys)`` together; a networked store does it in one round trip."""
         return (self.get(keys) if keys else []), (self.get_rows(row_keys) if row_keys else [])
 
+    async def get_with_rows_async(self, keys: Sequence[bytes],
+                                  row_keys: Sequence[bytes]) -> tuple[list[bytes | None], list[list[bytes]]]:
+        """`get_with_rows` for an asyncio server. A local store answers in microseconds and simply
+        calls it; a networked one awaits the reply without blocking the event loop."""
+        return self.get_with_rows(keys, row_keys)
+
     @abstractmethod
     def offsets(self, consumer: str) -> dict[str, str]:
         """The offsets last recorded for ``consumer`` (empty when none)."""

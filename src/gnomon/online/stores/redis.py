@@ -25,6 +25,7 @@ import msgpack
 
 from gnomon.extras import require
 from gnomon.online.stores.base import OnlineStore
+from gnomon.online.stores.redis_reads import AsyncReads, fast_reads
 
 CHUNK = 500  # keys per MGET / MSET: bounded request size, few round trips
 
@@ -37,6 +38,11 @@ def import_redis() -> ModuleType:
 def connect(url: str) -> Any:
     """A ``redis.Redis`` client for ``url`` (thread-safe, connection pool re-created after a fork)."""
     return import_redis().Redis.from_url(url, decode_responses=False)
+
+
+def _values_and_rows(replies: list[Any], value_commands: int) -> tuple[list[bytes | None], list[list[bytes]]]:
+    values = [value for chunk in replies[:value_commands] for value in chunk]
+    return values, [list(rows) for rows in replies[value_commands:]]
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -85,6 +91,8 @@ class RedisStore(OnlineStore):
         self._rows_prefix = f"{namespace}:r:".encode()
         self._client = connect(url)
         self._add_rows = self._client.register_script(_ADD_ROWS)
+        self._reads = fast_reads(self._client)  # the fetch's one round trip, when plain TCP + hiredis
+        self._async_reads = AsyncReads(self._reads) if self._reads is not None else None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, namespace={self.namespace!r})"
@@ -107,17 +115,32 @@ class RedisStore(OnlineStore):
     def get_with_rows(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[bytes | None],
                                                                                      list[list[bytes]]]:
         """Values and row sets in one pipeline: one network round trip for a whole fetch."""
-        if not keys or not row_keys:
-            return super().get_with_rows(keys, row_keys)
-        value_chunks = list(_chunks(keys))
-        with self._client.pipeline(transaction=False) as pipe:
-            for chunk in value_chunks:
-                pipe.mget([self._value_prefix + key for key in chunk])
-            for key in row_keys:
-                pipe.hvals(self._rows_prefix + key)
-            replies = pipe.execute()
-        values = [value for chunk in replies[: len(value_chunks)] for value in chunk]
-        return values, [list(rows) for rows in replies[len(value_chunks):]]
+        commands, value_commands = self._read_commands(keys, row_keys)
+        if not commands:
+            return [], []
+        if self._reads is not None:
+            replies = self._reads.execute(commands)
+        else:
+            with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute()
+        return _values_and_rows(replies, value_commands)
+
+    async def get_with_rows_async(self, keys: Sequence[bytes],
+                                  row_keys: Sequence[bytes]) -> tuple[list[bytes | None], list[list[bytes]]]:
+        """`get_with_rows` on the running event loop's pipelined connection (the loop never blocks)."""
+        if self._async_reads is None:
+            return self.get_with_rows(keys, row_keys)
+        commands, value_commands = self._read_commands(keys, row_keys)
+        if not commands:
+            return [], []
+        return _values_and_rows(await self._async_reads.execute(commands), value_commands)
+
+    def _read_commands(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[tuple[bytes, ...]], int]:
+        value_prefix, rows_prefix = self._value_prefix, self._rows_prefix
+        commands = [(b"MGET", *[value_prefix + key for key in chunk]) for chunk in _chunks(keys)]
+        return commands + [(b"HVALS", rows_prefix + key) for key in row_keys], len(commands)
 
     def put(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items:
@@ -170,4 +193,6 @@ class RedisStore(OnlineStore):
         return {partition.decode(): offset.decode() for partition, offset in stored.items()}
 
     def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
         self._client.close()
