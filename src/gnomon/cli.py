@@ -103,16 +103,34 @@ def upload(name: str, ds: str, repo: str) -> None:
 @click.argument("name")
 @click.option("--until-caught-up", is_flag=True, help="Stop once the topic's current end is processed.")
 @click.option("--group", default=None, help="Consumer group (default gnomon.<GroupBy name>).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics (event-to-servable freshness, records, dead letters) on "
+                   "http://HOST:PORT/metrics while streaming.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Interface for --metrics-port.")
 @repo_option
-def stream(name: str, until_caught_up: bool, group: str | None, repo: str) -> None:
+def stream(name: str, until_caught_up: bool, group: str | None, metrics_port: int | None, metrics_host: str,
+           repo: str) -> None:
     """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store."""
+    from gnomon.metrics import StreamMetrics, serve_metrics
     from gnomon.project import Project
 
-    options = {"group": group} if group else {}
+    options: dict[str, Any] = {"group": group} if group else {}
+    server = None
+    if metrics_port is not None:
+        options["metrics"] = metrics = StreamMetrics()
+        try:
+            server = serve_metrics(metrics.render, metrics_host, metrics_port)
+        except OSError as error:
+            raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port} ({error.strerror}); "
+                                     "pick a free port", param_hint="--metrics-port") from None
+        click.echo(f"metrics on http://{metrics_host}:{server.server_address[1]}/metrics", err=True)
     try:
         stats = Project(repo).stream(name, until_caught_up=until_caught_up, **options)
     except KeyboardInterrupt:
         return
+    finally:
+        if server is not None:
+            server.shutdown()
     for group_by, worker_stats in stats.items():
         click.echo(f"{group_by}: {worker_stats.records} record(s), {worker_stats.rows} row(s) applied, "
                    f"{worker_stats.filtered} filtered by the Query, {worker_stats.dead_letters} dead letter(s)")

@@ -223,15 +223,17 @@ class Project:
 
     def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
         """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread each,
-        until stopped (or caught up); returns each worker's counters."""
+        until stopped (or caught up); returns each worker's counters. ``options``: ``group``, ``name``,
+        ``metrics`` (a `gnomon.metrics.StreamMetrics` the workers report to), and `StreamWorker.run`'s
+        ``max_records``, ``poll_timeout_s``, ``stop``."""
         import threading
 
         from gnomon.streaming.worker import StreamWorker
 
         store, broker = self.store(), self.broker()
         names = [g for g in self.online_group_bys(name) if any(s.topic for s in self.plan.group_bys[g].sources)]
-        worker_options = {k: v for k, v in options.items() if k in ("group", "name")}
-        run_options = {k: v for k, v in options.items() if k not in ("group", "name")}
+        worker_options = {k: v for k, v in options.items() if k in ("group", "name", "metrics")}
+        run_options = {k: v for k, v in options.items() if k not in ("group", "name", "metrics")}
         stats: dict[str, Any] = {}
         errors: list[BaseException] = []
 

@@ -186,3 +186,39 @@ def test_serve_and_fetch_over_url(repo: Path) -> None:
     finally:
         server.terminate()
         server.communicate(timeout=10)
+
+
+def test_stream_reports_metrics(repo: Path) -> None:
+    from gnomon.metrics import StreamMetrics, serve_metrics
+
+    project = gnomon.Project(repo)
+    project.upload(JOIN, UPLOAD_DS)
+    client = gnomon.Client(repo)
+    client.push(TOPIC, cli_events("m_user", 5, BATCH_END + HOUR) + [{"user_id": None, "ts": BATCH_END}])
+    metrics = StreamMetrics()
+    server = serve_metrics(metrics.render, "127.0.0.1", 0)
+    try:
+        gnomon.Project(repo).stream(GROUP_BY, until_caught_up=True, metrics=metrics)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        text = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/other").status_code == 404
+    finally:
+        server.shutdown()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert lines[f'gnomon_stream_records_total{{group_by="{GROUP_BY}"}}'] == "6"
+    assert lines[f'gnomon_stream_rows_total{{group_by="{GROUP_BY}"}}'] == "5"
+    assert lines[f'gnomon_stream_dead_letters_total{{group_by="{GROUP_BY}"}}'] == "1"
+    assert lines[f'gnomon_stream_event_to_servable_seconds_count{{group_by="{GROUP_BY}"}}'] == "6"
+    assert float(lines[f'gnomon_stream_event_to_servable_seconds_sum{{group_by="{GROUP_BY}"}}']) >= 0
+
+
+def test_stream_metrics_port_in_use(repo: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = cli("stream", GROUP_BY, "--until-caught-up", "--metrics-port", str(taken.getsockname()[1]),
+                     "--repo", str(repo))
+    assert result.exit_code == 2
+    assert "--metrics-port" in result.output and "pick a free port" in result.output

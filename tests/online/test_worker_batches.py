@@ -169,3 +169,23 @@ def test_stream_rows_of_version_1_are_still_read() -> None:
     legacy = encode_value([5, 6, 7, ["a", 1.5, None]])  # how version 1 stored a row
     assert legacy[0] == 1
     assert StreamRow.decode(legacy) == StreamRow(5, 6, 7, ["a", 1.5, None])
+
+
+def test_times_are_read_alike_by_both_readers(project: Any) -> None:
+    """The batch reader takes a timestamp or date column only as the integers the event-by-event
+    reader takes; an ISO string sends the batch to the event-by-event reader (a dead letter there)."""
+    plan = project.plan.group_bys[GROUP_BY]
+    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.float64()),
+                        ("qty", pa.int64()), ("ts", pa.timestamp("ms")), ("day", pa.date32())])
+    evaluator = QueryEvaluator(plan, plan.sources[0], schema, rows_prefix=b"p|")
+    events = [{**GOOD, "day": 20_000}, {**GOOD, "ts": 5, "day": -1}]
+    records = _records([json.dumps(event).encode() for event in events])
+    fast = evaluator.json_table(records)
+    assert fast is not None
+    assert fast.drop_columns(["__seq"]).equals(evaluator.table(events, records).drop_columns(["__seq"]))
+    for bad in ({**GOOD, "ts": "2026-01-01T00:00:00"}, {**GOOD, "day": "2026-01-01"}):
+        assert evaluator.json_table(_records([json.dumps(bad).encode()])) is None
+        with pytest.raises(pa.ArrowException):
+            evaluator.table([bad])
+    nested = pa.schema([*schema, ("times", pa.list_(pa.time64("us")))])
+    assert QueryEvaluator(plan, plan.sources[0], nested).json_table(records) is None

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gnomon.errors import MissingExtraError, UnknownObjectError
-from gnomon.serving.metrics import Metrics
+from gnomon.metrics import Metrics
 
 _KEYS_BODY = {
     "required": True,

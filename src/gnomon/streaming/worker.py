@@ -26,6 +26,7 @@ import pyarrow.json as pa_json
 
 from gnomon.compile.plan import GroupByPlan, SourcePlan
 from gnomon.compile.sql import quote
+from gnomon.metrics import StreamMetrics
 from gnomon.online.features import row_columns
 from gnomon.online.records import dead_letter_key, encode_stream_rows, entity_key, rows_key
 from gnomon.online.stores.base import OnlineStore
@@ -53,6 +54,8 @@ class PreparedBatch:
     items: list[tuple[bytes, bytes, bytes]]
     consumer_group: str | None
     offsets: dict[str, str] | None
+    rows: int = 0
+    dead_letters: int = 0
 
 
 class QueryEvaluator:
@@ -80,8 +83,7 @@ class QueryEvaluator:
                     f"CAST(({source.time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
         self.stored_sql = self._stored_sql(rows_prefix)
         self._relations: dict[bool, duckdb.DuckDBPyRelation] = {}
-        self._json_parse = None if self.schema is None else pa_json.ParseOptions(
-            explicit_schema=self.schema, unexpected_field_behavior="ignore")
+        self._json_parse = _json_parse_options(self.schema)
 
     def _stored_sql(self, rows_prefix: bytes) -> str:
         key_types = {}
@@ -99,7 +101,7 @@ class QueryEvaluator:
         schema (with ``__index``, ``__partition``, ``__offset``), or None when this fast path does
         not apply: no schema known, a payload that is not one single-line JSON object, or any value
         the reader rejects. The caller then parses event by event, which finds the dead letters."""
-        if self.schema is None or not records:
+        if self._json_parse is None or self.schema is None or not records:
             return None
         payloads = [record.payload for record in records]
         if not all(p[:1] == b"{" and p[-1:] == b"}" for p in payloads):
@@ -113,7 +115,9 @@ class QueryEvaluator:
             return None
         if table.num_rows != len(payloads):
             return None
-        return self._with_origins(table.select(self.schema.names), records)
+        columns = [column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
+                   for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)]
+        return self._with_origins(pa.Table.from_arrays(columns, schema=self.schema), records)
 
     def table(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None) -> pa.Table:
         """Parsed events as an Arrow table of the warehouse schema, plus ``__index`` (their
@@ -156,6 +160,32 @@ class QueryEvaluator:
         columns = self.evaluate_columns(events)
         names = list(columns)
         return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _json_parse_options(schema: pa.Schema | None) -> pa_json.ParseOptions | None:
+    """How the batch reader reads a warehouse schema, or None where it cannot match the
+    event-by-event reader: timestamps and dates are read as the integers they are given as (Arrow's
+    JSON reader would also take ISO strings there, which the event-by-event reader refuses) and cast
+    after; other time types are left to the event-by-event reader."""
+    if schema is None:
+        return None
+    fields = []
+    for column in schema:
+        if pa.types.is_timestamp(column.type):
+            fields.append(pa.field(column.name, pa.int64()))
+        elif pa.types.is_date32(column.type):
+            fields.append(pa.field(column.name, pa.int32()))
+        elif _has_temporal(column.type):
+            return None
+        else:
+            fields.append(column)
+    return pa_json.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+
+
+def _has_temporal(type_: pa.DataType) -> bool:
+    if pa.types.is_temporal(type_):
+        return True
+    return any(_has_temporal(type_.field(i).type) for i in range(type_.num_fields))
 
 
 _JSON_READ = pa_json.ReadOptions(use_threads=False, block_size=1 << 26)
@@ -261,7 +291,7 @@ class RecordApplier:
         self.stats.dead_letters += len(dead)
         self.stats.filtered += evaluated - kept
         self.stats.batches += 1
-        return PreparedBatch(items, consumer_group, offsets)
+        return PreparedBatch(items, consumer_group, offsets, kept, len(dead))
 
     def _stored_rows(self, rows: dict[str, list[Any]], origins: Sequence[Record],
                      arrived_at: int) -> list[tuple[bytes, bytes, bytes]]:
@@ -321,8 +351,9 @@ class StreamWorker:
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
                  name: str | None = None, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None) -> None:
+                 schema: pa.Schema | None = None, metrics: StreamMetrics | None = None) -> None:
         self.applier = RecordApplier(group_by, store, clock, schema)
+        self.metrics = metrics
         self.group_by = group_by
         self.topic = self.applier.topic
         self.store = store
@@ -374,6 +405,12 @@ class StreamWorker:
 
     def _write_and_commit(self, batch: PreparedBatch, records: Sequence[Record]) -> None:
         self.applier.write(batch)
+        if self.metrics is not None:
+            name, now_ms = self.group_by.name, self.applier.clock() * 1000
+            self.metrics.freshness.observe_many(name, [(now_ms - r.published_at_ms) / 1000 for r in records])
+            self.metrics.records.inc(name, len(records))
+            self.metrics.rows.inc(name, batch.rows)
+            self.metrics.dead_letters.inc(name, batch.dead_letters)
         self.consumer.commit(records)
 
     def process(self, records: Sequence[Record]) -> None:
