@@ -22,13 +22,11 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,8 @@ SRC_DIR = REPO_DIR / "src"
 DATA_DIR = BENCH_DIR / ".data"
 if str(SRC_DIR) not in sys.path:
     sys.path.insert(0, str(SRC_DIR))
+
+from gnomon.testing import free_port, redis_server  # noqa: E402,F401 — the benches' private redis-server
 
 DATA_VERSION = 1
 DAY_MS = 86_400_000
@@ -295,58 +295,11 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-@contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """A private, persistence-free redis-server on a free loopback port: yields ``redis://127.0.0.1:PORT``."""
-    import redis
-
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    directory.mkdir(parents=True, exist_ok=True)
-    for _attempt in range(3):
-        port = free_port()
-        process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no", "--dir", str(directory), "--protected-mode", "yes"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        started = False
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                client.ping()
-                started = True
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        client.close()
-        if started:
-            break
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    else:
-        raise RuntimeError("redis-server did not start")
-    try:
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ================================================================== the warehouse

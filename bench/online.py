@@ -268,12 +268,9 @@ def start_server(kind: str, repo: Path | None) -> tuple[subprocess.Popen[bytes],
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    from gnomon.testing import stop_process
+
+    stop_process(process, timeout_s=15)
 
 
 NOISY_CORES = 0.2  # other processes using more than this during a measurement: measure again once

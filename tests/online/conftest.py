@@ -12,15 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from gnomon.testing import find_redis_server, redis_server
 
 KAFKA_ENV = "GNOMON_TEST_KAFKA"
 
@@ -35,63 +33,17 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_redis(server: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    import redis
-
-    last_output = b""
-    for _attempt in range(3):  # another process may take the probed port first
-        port = _free_port()
-        process = subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                client.ping()
-                client.close()
-                return process, port
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        client.close()
-        if process.poll() is None:
-            process.kill()
-        last_output = process.communicate()[0]
-    raise RuntimeError(f"redis-server did not start: {last_output.decode(errors='replace')[-2000:]}")
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://127.0.0.1:<port>/0`` of a private redis-server, stopped after the session."""
-    server = shutil.which("redis-server") or next(
-        (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(path)),
-        None)
-    if server is None:
+    if find_redis_server() is None:
         _unavailable("redis-server is not installed")
     try:
         import redis  # noqa: F401
     except ImportError:
         _unavailable("the redis package is not installed (pip install 'gnomon[redis]')")
-    assert server is not None
-    process, port = _start_redis(server, tmp_path_factory.mktemp("redis"))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield f"{url}/0"
 
 
 class _MockAddress(logging.Handler):
