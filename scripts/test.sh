@@ -20,6 +20,8 @@ if [ ! -x .venv-feast/bin/python ] || ! .venv-feast/bin/python -c 'import feast'
     fi
 fi
 [ -x .venv-feast/bin/python ] && export GNOMON_FEAST_PYTHON="$PWD/.venv-feast/bin/python"
+# the Kafka tests: librdkafka's in-process mock cluster unless GNOMON_TEST_KAFKA names a real broker
+export GNOMON_TEST_KAFKA="${GNOMON_TEST_KAFKA:-mock}"
 ruff check src tests bench
 mypy
 python -m pytest tests --doctest-modules src/gnomon "$@"
