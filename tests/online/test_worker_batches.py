@@ -189,3 +189,19 @@ def test_times_are_read_alike_by_both_readers(project: Any) -> None:
             evaluator.table([bad])
     nested = pa.schema([*schema, ("times", pa.list_(pa.time64("us")))])
     assert QueryEvaluator(plan, plan.sources[0], nested).json_table(records) is None
+
+
+def test_decimals_are_read_alike_by_both_readers(project: Any) -> None:
+    plan = project.plan.group_bys[GROUP_BY]
+    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.decimal128(10, 2)),
+                        ("qty", pa.int64()), ("ts", pa.int64())])
+    evaluator = QueryEvaluator(plan, plan.sources[0], schema, rows_prefix=b"p|")
+    events = [{**GOOD, "price": price} for price in (1.5, 3, "2.25", None, -0.01)]
+    records = _records([json.dumps(event).encode() for event in events])
+    fast = evaluator.json_table(records)
+    assert fast is not None
+    assert fast.equals(evaluator.table(events, records))
+    for bad in ({**GOOD, "price": 1.005}, {**GOOD, "price": "cheap"}, {**GOOD, "price": True}):
+        assert evaluator.json_table(_records([json.dumps(bad).encode()])) is None
+        with pytest.raises(pa.ArrowException):
+            evaluator.table([bad])

@@ -9,6 +9,8 @@ store write. Malformed events go to the dead-letter set with their reason; the w
 
 from __future__ import annotations
 
+import contextlib
+import decimal
 import io
 import json
 import logging
@@ -127,7 +129,9 @@ class QueryEvaluator:
         a value of the wrong type raises), without its per-row overhead."""
         if self.schema is None:
             return self._with_origins(pa.Table.from_pylist(events), origins, len(events))
-        arrays = [pa.array([event.get(f.name) for event in events], type=f.type) for f in self.schema]
+        arrays = [pa.array(_as_decimals([event.get(f.name) for event in events])
+                           if pa.types.is_decimal(f.type) else [event.get(f.name) for event in events], type=f.type)
+                  for f in self.schema]
         return self._with_origins(pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events))
 
     @staticmethod
@@ -140,8 +144,8 @@ class QueryEvaluator:
         return table.append_column("__offset", offsets).append_column("__seq", _seqs(offsets))
 
     def evaluate_table(self, table: pa.Table, stored: bool = True) -> dict[str, list[Any]]:
-        """The Query's output columns (``__index`` = row of ``table``) for the rows the wheres keep;
-        ``stored`` adds ``__key``, ``__event_id`` and ``__seq``."""
+        """The Query's output columns (``__index`` = row of ``table``, ``__seq``) for the rows the
+        wheres keep; ``stored`` adds ``__key`` and ``__event_id``."""
         self.connection.register("__events", table)  # replaces the previous batch's table
         if self.schema is None:  # the table's columns vary with the events: bind the query anew
             return self.connection.sql(self.stored_sql if stored else self.sql).to_arrow_table().to_pydict()  # type: ignore[no-any-return]
@@ -160,6 +164,18 @@ class QueryEvaluator:
         columns = self.evaluate_columns(events)
         names = list(columns)
         return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _as_decimals(values: list[Any]) -> list[Any]:
+    """JSON numbers and numeric strings for a decimal column, as Decimals (what Arrow's JSON reader
+    accepts there too); a value that needs more scale than the column has still fails."""
+    out = []
+    for value in values:
+        if type(value) in (int, float, str):
+            with contextlib.suppress(decimal.InvalidOperation):  # else left as is: Arrow rejects it
+                value = decimal.Decimal(str(value))
+        out.append(value)
+    return out
 
 
 def _json_parse_options(schema: pa.Schema | None) -> pa_json.ParseOptions | None:
