@@ -107,7 +107,9 @@ def test_fast_path_equals_event_by_event(project: Any, tmp_path: Path, seed: int
 def test_fast_path_runs_for_clean_batches(project: Any, tmp_path: Path) -> None:
     applier = _applier(project, tmp_path)
     records = _records([json.dumps(GOOD).encode(), json.dumps({**GOOD, "user_id": "u2"}).encode()])
-    assert applier.evaluator.json_table(records) is not None
+    table = applier.evaluator.json_table(records)
+    assert table is not None
+    assert None not in applier.evaluator.evaluate_table(table)["__key"]  # written column-wise, not by Python
     items = applier.prepare(records, "group").items
     assert [key for key, _, _ in items] == [rows_key(GROUP_BY, entity_key(["u1"])),
                                             rows_key(GROUP_BY, entity_key(["u2"]))]
@@ -134,6 +136,7 @@ def test_string_keys_written_by_the_query_equal_entity_key(project: Any, users: 
     rows = evaluator.evaluate_table(evaluator.table(events, _records([b"{}"] * len(events))))
     for user, key in zip(users, rows["__key"], strict=True):
         assert key is None or key == prefix + entity_key([user])  # None: written by entity_key instead
+        assert (key is None) == (any(c in user for c in '"\\') or any(ord(c) < 0x20 for c in user))
 
 
 def test_number_and_composite_keys(tmp_path: Path) -> None:

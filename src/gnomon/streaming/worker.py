@@ -83,20 +83,9 @@ class QueryEvaluator:
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
         self.sql = (f"SELECT __index, __partition, __offset, __seq, {select_list}, "
                     f"CAST(({source.time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
-        self.stored_sql = self._stored_sql(rows_prefix)
-        self._relations: dict[bool, duckdb.DuckDBPyRelation] = {}
+        self.rows_prefix = rows_prefix
+        self._relation: duckdb.DuckDBPyRelation | None = None
         self._json_parse = _json_parse_options(self.schema)
-
-    def _stored_sql(self, rows_prefix: bytes) -> str:
-        key_types = {}
-        if self.schema is not None:
-            self.connection.register("__events", self.table([], []))
-            described = self.connection.sql(f"DESCRIBE {self.sql}").fetchall()
-            key_types = {name: type_ for name, type_, *_ in described if name in self.group_by.keys}
-        parts = [_key_json_sql(quote(k), key_types.get(k)) for k in self.group_by.keys]
-        joined = " || ',' || ".join(parts)
-        key = "NULL" if "NULL" in parts else f"encode({_sql_string(rows_prefix.decode())} || '[' || {joined} || ']')"
-        return f"SELECT *, {key} AS __key, encode(__partition || ':' || __offset) AS __event_id FROM ({self.sql})"
 
     def json_table(self, records: Sequence[Record]) -> pa.Table | None:
         """The records' JSON payloads read by Arrow's JSON reader straight into the warehouse
@@ -145,13 +134,21 @@ class QueryEvaluator:
 
     def evaluate_table(self, table: pa.Table, stored: bool = True) -> dict[str, list[Any]]:
         """The Query's output columns (``__index`` = row of ``table``, ``__seq``) for the rows the
-        wheres keep; ``stored`` adds ``__key`` and ``__event_id``."""
+        wheres keep; ``stored`` adds each row's store key ``__key`` (``rows_prefix`` + `entity_key`;
+        None where only Python can write it) and ``__event_id``, computed column-wise by Arrow."""
         self.connection.register("__events", table)  # replaces the previous batch's table
         if self.schema is None:  # the table's columns vary with the events: bind the query anew
-            return self.connection.sql(self.stored_sql if stored else self.sql).to_arrow_table().to_pydict()  # type: ignore[no-any-return]
-        if stored not in self._relations:  # bound once; it reads whatever __events holds when run
-            self._relations[stored] = self.connection.sql(self.stored_sql if stored else self.sql)
-        return self._relations[stored].to_arrow_table().to_pydict()  # type: ignore[no-any-return]
+            result = self.connection.sql(self.sql).to_arrow_table()
+        else:
+            if self._relation is None:  # bound once; it reads whatever __events holds when run
+                self._relation = self.connection.sql(self.sql)
+            result = self._relation.to_arrow_table()
+        if stored:
+            keys = _row_keys(result, self.group_by.keys, self.rows_prefix)
+            event_ids = pc.binary_join_element_wise(result["__partition"], result["__offset"], ":")
+            result = (result.drop_columns(["__partition", "__offset"])
+                      .append_column("__key", keys).append_column("__event_id", event_ids.cast(pa.binary())))
+        return result.to_pydict()  # type: ignore[no-any-return]
 
     def evaluate_columns(self, events: list[dict[str, Any]],
                          origins: Sequence[Record] | None = None) -> dict[str, list[Any]]:
@@ -205,22 +202,26 @@ def _has_temporal(type_: pa.DataType) -> bool:
 
 
 _JSON_READ = pa_json.ReadOptions(use_threads=False, block_size=1 << 26)
-_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+# what orjson escapes in a string (and DuckDB, Arrow or a plain concatenation would not write alike)
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 
 
-def _key_json_sql(column: str, duck_type: str | None) -> str:
-    """SQL for one key value's JSON exactly as `entity_key` (orjson) writes it, or NULL where only
-    Python can: orjson and DuckDB agree on integers and on strings without control characters
-    (DuckDB writes ``\\u001F``, orjson ``\\u001f``)."""
-    if duck_type in _INTEGER_TYPES:
-        return f"CAST({column} AS VARCHAR)"
-    if duck_type == "VARCHAR":
-        return f"CASE WHEN regexp_matches({column}, '[\\x00-\\x1f]') THEN NULL ELSE to_json({column}) END"
-    return "NULL"
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _row_keys(table: pa.Table, keys: Sequence[str], prefix: bytes) -> pa.Array:
+    """``prefix`` + `entity_key` of each row's key values, column-wise: exact for integer, boolean
+    and string keys (a string holding a quote, a backslash or a control character excepted); null
+    where Python must write the key."""
+    pieces: list[Any] = [prefix.decode() + "["]
+    for index, name in enumerate(keys):
+        column = table[name]
+        if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+            piece = pc.cast(column, pa.string())
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            quoted = pc.binary_join_element_wise('"', column, '"', "")
+            piece = pc.if_else(pc.match_substring_regex(column, _NEEDS_ESCAPE), pa.scalar(None, quoted.type), quoted)
+        else:
+            return pa.nulls(table.num_rows, pa.binary())
+        pieces += [piece, "," if index < len(keys) - 1 else "]"]
+    return pc.binary_join_element_wise(*pieces, "").cast(pa.binary())
 
 
 class RecordApplier:
