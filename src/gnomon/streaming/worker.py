@@ -1,7 +1,8 @@
 """The stream worker (SPEC §5): topic → the GroupBy's Query → idempotent rows in the online store.
 
 Each micro-batch is evaluated by DuckDB with the very SQL the offline engine runs (selects, wheres,
-time column), so an event means the same thing on both paths. Every resulting row is stored under
+time column), so an event means the same thing on both paths. Polling, preparing and writing
+micro-batches overlap in three threads (`StreamWorker.run`). Every resulting row is stored under
 its key with the record's event id: applying a record twice (a replay, a restart after a crash, two
 workers in one group) changes nothing, and the consumer offsets are recorded in the same atomic
 store write. Malformed events go to the dead-letter set with their reason; the worker goes on.
@@ -63,9 +64,11 @@ class PreparedBatch:
 class QueryEvaluator:
     """Evaluates a source's Query over JSON events with DuckDB, exactly as the offline engine does.
 
-    With the warehouse schema known, the same query also computes what the store needs per row,
-    column-wise: the row key (``rows_prefix`` + the `entity_key` JSON, for string and integer keys;
-    null where Python must encode it), the event id and the arrival order (`_seq`)."""
+    Events come in as an Arrow table (`json_table`: a whole micro-batch read by Arrow's JSON reader;
+    `table`: events parsed one by one), with each record's partition, offset and arrival order
+    (`_seq`). Besides the Query's columns, `evaluate_table` gives what the store needs per row,
+    computed column-wise by Arrow: the row key (``rows_prefix`` + the `entity_key` JSON; null where
+    only Python can write it) and the event id."""
 
     def __init__(self, group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None = None,
                  rows_prefix: bytes = b"") -> None:
