@@ -195,6 +195,17 @@ def test_bad_requests(served: Served, path: str, body: bytes, params: dict[str, 
         assert needle in error, (needle, error)
 
 
+def test_an_oversized_fetch_body_is_refused(served: Served) -> None:
+    from gnomon.serving.app import MAX_FETCH_BODY
+
+    body = b"[" + b",".join([b'{"user": "u1", "item": "a"}'] * (MAX_FETCH_BODY // 25)) + b"]"
+    response = served.http.post(f"/v1/features/join/{JOIN}", content=body,
+                                headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "fetch fewer keys" in response.json()["error"]
+    assert post_keys(served, "join", JOIN, [{"user": "u1", "item": "a"}]).status_code == 200  # the server goes on
+
+
 def test_http_client_raises_on_4xx(served: Served) -> None:
     client = gnomon.Client(served.url)
     with pytest.raises(GnomonError, match=r"404.*did you mean"):

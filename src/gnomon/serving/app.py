@@ -77,6 +77,9 @@ def _parse_at(value: str | None) -> int | None:
         raise BadRequest(f"at: expected epoch milliseconds as an integer, got {value!r}") from None
 
 
+MAX_FETCH_BODY = 8 * 1024 * 1024  # bytes: a fetch body of thousands of keys is a few hundred KB
+
+
 class FetchFastPath:
     """ASGI middleware answering ``POST /v1/features/{join|groupby}/{name}`` itself.
 
@@ -100,10 +103,14 @@ class FetchFastPath:
                     if message["type"] == "http.disconnect":
                         return
                     body += message.get("body", b"")
-                    if not message.get("more_body"):
+                    if len(body) > MAX_FETCH_BODY or not message.get("more_body"):
                         break
-                at = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("at")
-                status, payload = await self.respond(kind, name, body, at[-1] if at else None)
+                if len(body) > MAX_FETCH_BODY:
+                    status, payload = 413, _json_bytes({"error": f"body: larger than {MAX_FETCH_BODY} bytes; "
+                                                                 "fetch fewer keys per request"})
+                else:
+                    at = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("at")
+                    status, payload = await self.respond(kind, name, body, at[-1] if at else None)
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(payload)).encode())]})
