@@ -21,7 +21,10 @@ from itertools import repeat
 from typing import Any
 
 import msgpack
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gnomon.aggregation.codec import coerce, decode_value, encode_value
 
@@ -166,6 +169,63 @@ def encode_stream_rows(ts: Iterable[int], arrived_at: int, seq: Iterable[int],
     pack = msgpack.Packer(default=coerce).pack
     prefix = _STREAM_ROW_PREFIX
     return [prefix + packed for packed in map(pack, zip(ts, repeat(arrived_at), seq, values))]
+
+
+def encode_stream_rows_columnar(ts: pa.Array, arrived_at: int, seq: pa.Array,
+                                values: Sequence[pa.Array]) -> list[bytes] | None:
+    """`encode_stream_rows` of Arrow columns, assembled column-wise; None when a column is not of a
+    type this handles (integers up to 64 bits, floats, booleans, strings, all-null), for
+    `encode_stream_rows` to do instead.
+
+    The MessagePack here uses fixed-width forms (``0xd3`` int64, ``0xcb`` float64, ``0xdb`` str32)
+    where `encode_stream_rows` uses the shortest; both decode to the same values."""
+    pieces: list[Any] = [_STREAM_ROW_PREFIX + b"\x94", _fixed(0xD3, ts, ">i8"),
+                         b"\xd3" + arrived_at.to_bytes(8, "big", signed=True), _fixed(0xD3, seq, ">i8"),
+                         bytes([0x90 | len(values)]) if len(values) < 16 else b"\xdc" + len(values).to_bytes(2, "big")]
+    for column in values:
+        piece = _value_piece(column)
+        if piece is None:
+            return None
+        pieces.append(piece)
+    joined: list[bytes] = pc.binary_join_element_wise(*pieces, b"").to_pylist()
+    return joined
+
+
+_NIL = pa.scalar(b"\xc0", pa.binary())
+
+
+def _value_piece(column: pa.Array) -> pa.Array | None:
+    type_ = column.type
+    if pa.types.is_null(type_):
+        return pa.array([b"\xc0"] * len(column), pa.binary())
+    if pa.types.is_integer(type_) and type_ != pa.uint64():
+        return _fixed(0xD3, column, ">i8")
+    if pa.types.is_floating(type_):
+        return _fixed(0xCB, column, ">f8")
+    if pa.types.is_boolean(type_):
+        piece = pc.if_else(column, pa.scalar(b"\xc3", pa.binary()), pa.scalar(b"\xc2", pa.binary()))
+        return pc.if_else(pc.is_valid(column), piece, _NIL) if column.null_count else piece
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        lengths = pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(">u4")
+        header = _fixed_width(0xDB, lengths, 4)
+        piece = pc.binary_join_element_wise(header, column.cast(pa.binary()), b"")
+        return pc.if_else(pc.is_valid(column), piece, _NIL) if column.null_count else piece
+    return None
+
+
+def _fixed(marker: int, column: pa.Array, big_endian: str) -> pa.Array:
+    """``marker`` + the 8 big-endian bytes of each value (nil for a null)."""
+    values = column.fill_null(0).to_numpy(zero_copy_only=False).astype(big_endian)
+    piece = _fixed_width(marker, values, 8)
+    return pc.if_else(pc.is_valid(column), piece, _NIL) if column.null_count else piece
+
+
+def _fixed_width(marker: int, values: np.ndarray[Any, Any], width: int) -> pa.Array:
+    out = np.empty((len(values), width + 1), np.uint8)
+    out[:, 0] = marker
+    out[:, 1:] = values.view(np.uint8).reshape(-1, width)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), len(values),
+                                                [None, pa.py_buffer(out.tobytes())]).cast(pa.binary())
 
 
 def encode_stream_row(ts: int, arrived_at: int, seq: int, values: list[Any]) -> bytes:

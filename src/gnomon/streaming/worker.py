@@ -31,7 +31,13 @@ from gnomon.compile.plan import GroupByPlan, SourcePlan
 from gnomon.compile.sql import quote
 from gnomon.metrics import StreamMetrics
 from gnomon.online.features import row_columns
-from gnomon.online.records import dead_letter_key, encode_stream_rows, entity_key, rows_key
+from gnomon.online.records import (
+    dead_letter_key,
+    encode_stream_rows,
+    encode_stream_rows_columnar,
+    entity_key,
+    rows_key,
+)
 from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
 
@@ -135,10 +141,12 @@ class QueryEvaluator:
         offsets = pa.array(["0"] * n if origins is None else [r.offset for r in origins], pa.string())
         return table.append_column("__offset", offsets).append_column("__seq", _seqs(offsets))
 
-    def evaluate_table(self, table: pa.Table, stored: bool = True) -> dict[str, list[Any]]:
+    def evaluate_table(self, table: pa.Table, stored: bool = True, arrived_at: int | None = None) -> dict[str, list[Any]]:
         """The Query's output columns (``__index`` = row of ``table``, ``__seq``) for the rows the
         wheres keep; ``stored`` adds each row's store key ``__key`` (``rows_prefix`` + `entity_key`;
-        None where only Python can write it) and ``__event_id``, computed column-wise by Arrow."""
+        None where only Python can write it) and ``__event_id``, computed column-wise by Arrow; with
+        ``arrived_at`` too, ``__row``: the encoded `StreamRow` of each row, in place of the value
+        columns, when their types allow (`encode_stream_rows_columnar`)."""
         self.connection.register("__events", table)  # replaces the previous batch's table
         if self.schema is None:  # the table's columns vary with the events: bind the query anew
             result = self.connection.sql(self.sql).to_arrow_table()
@@ -151,7 +159,19 @@ class QueryEvaluator:
             event_ids = pc.binary_join_element_wise(result["__partition"], result["__offset"], ":")
             result = (result.drop_columns(["__partition", "__offset"])
                       .append_column("__key", keys).append_column("__event_id", event_ids.cast(pa.binary())))
-        return result.to_pydict()  # type: ignore[no-any-return]
+        encoded = None
+        if stored and arrived_at is not None:
+            column = result.column
+            encoded = encode_stream_rows_columnar(column("ts").combine_chunks(), arrived_at,
+                                                  column("__seq").combine_chunks(),
+                                                  [column(c).combine_chunks() for c in self.columns])
+            if encoded is not None:  # the value columns need not leave Arrow
+                keep = {*self.group_by.keys, "ts"}
+                result = result.drop_columns([c for c in {*self.columns, "__seq"} if c not in keep])
+        columns: dict[str, list[Any]] = result.to_pydict()
+        if encoded is not None:
+            columns["__row"] = encoded
+        return columns
 
     def evaluate_columns(self, events: list[dict[str, Any]],
                          origins: Sequence[Record] | None = None) -> dict[str, list[Any]]:
@@ -263,14 +283,16 @@ class RecordApplier:
 
     def prepare(self, records: Sequence[Record], consumer_group: str | None = None) -> PreparedBatch:
         """Parse, evaluate and encode one micro-batch (everything but the store write)."""
+        arrived_at = int(self.clock() * 1000)
         table = self.evaluator.json_table(records)
         if table is not None:  # the fast path: the whole batch read by Arrow, evaluated in one query
             try:
-                rows, dead = self._complete_rows(self.evaluator.evaluate_table(table), records)
+                rows, dead = self._complete_rows(self.evaluator.evaluate_table(table, arrived_at=arrived_at), records)
             except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
                 pass  # e.g. a cast in the Query that fails for one event: find it event by event
             else:
-                return self._prepared(records, records, rows, dead, len(records) - len(dead), consumer_group)
+                return self._prepared(records, records, rows, dead, len(records) - len(dead), consumer_group,
+                                      arrived_at)
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
         dead = []
@@ -291,13 +313,15 @@ class RecordApplier:
             origins.append(record)
         rows, evaluation_dead = self._evaluate(events, origins)
         dead.extend(evaluation_dead)
-        return self._prepared(records, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group)
+        return self._prepared(records, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group,
+                              arrived_at)
 
     def _prepared(self, records: Sequence[Record], origins: Sequence[Record], rows: dict[str, list[Any]],
-                  dead: list[tuple[Record, str]], evaluated: int, consumer_group: str | None) -> PreparedBatch:
+                  dead: list[tuple[Record, str]], evaluated: int, consumer_group: str | None,
+                  arrived_at: int) -> PreparedBatch:
         """The store items of a micro-batch: ``rows`` (whose ``__index`` points into ``origins``), of
         the ``evaluated`` events the Query read, and the ``dead`` letters; counted in the stats."""
-        items = self._stored_rows(rows, origins, int(self.clock() * 1000))
+        items = self._stored_rows(rows, origins, arrived_at)
         for record, reason in dead:
             letter = json.dumps({"reason": reason, "payload": record.payload.decode("utf-8", "replace"),
                                  "group_by": self.group_by.name, "event_id": record.event_id})
@@ -323,8 +347,8 @@ class RecordApplier:
             prefix = self._rows_prefix
             encoded = _entity_keys([rows[k] for k in self.group_by.keys])
             keys = [key if key is not None else prefix + python_key for key, python_key in zip(keys, encoded, strict=True)]
-        blobs = encode_stream_rows(rows["ts"], arrived_at, rows["__seq"],
-                                   zip(*[rows[c] for c in self.evaluator.columns], strict=True))
+        blobs = rows.get("__row") or encode_stream_rows(rows["ts"], arrived_at, rows["__seq"],
+                                                        zip(*[rows[c] for c in self.evaluator.columns], strict=True))
         return list(zip(keys, rows["__event_id"], blobs, strict=True))
 
     def _evaluate(self, events: list[dict[str, Any]],
