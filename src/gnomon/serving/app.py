@@ -97,15 +97,17 @@ class FetchFastPath:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.PREFIX):
             kind, _, name = scope["path"][len(self.PREFIX):].partition("/")
             if kind in ("join", "groupby") and name and "/" not in name:
-                body = b""
+                chunks, size = [], 0
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         return
-                    body += message.get("body", b"")
-                    if len(body) > MAX_FETCH_BODY or not message.get("more_body"):
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > MAX_FETCH_BODY or not message.get("more_body"):
                         break
-                if len(body) > MAX_FETCH_BODY:
+                body = b"".join(chunks)
+                if size > MAX_FETCH_BODY:
                     status, payload = 413, _json_bytes({"error": f"body: larger than {MAX_FETCH_BODY} bytes; "
                                                                  "fetch fewer keys per request"})
                 else:
