@@ -272,7 +272,7 @@ _Steps = Generator[_Reads, tuple[list[bytes | None], list[list[bytes]]], list[Fe
 def _run(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
     try:
         value_keys, row_keys = next(steps)
-        steps.send(store.get_with_rows(value_keys, row_keys) if value_keys or row_keys else ([], []))
+        steps.send(store.get_with_rows(value_keys, row_keys))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     raise RuntimeError("a fetch reads the store once")
@@ -281,7 +281,7 @@ def _run(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
 async def _run_async(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
     try:
         value_keys, row_keys = next(steps)
-        steps.send(await store.get_with_rows_async(value_keys, row_keys) if value_keys or row_keys else ([], []))
+        steps.send(await store.get_with_rows_async(value_keys, row_keys))
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     raise RuntimeError("a fetch reads the store once")

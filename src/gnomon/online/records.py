@@ -151,7 +151,7 @@ class StreamRow:
     values: list[Any]  # in `row_columns(group_by)` order
 
     def encode(self) -> bytes:
-        return encode_stream_row(self.ts, self.arrived_at, self.seq, self.values)
+        return encode_stream_rows([self.ts], self.arrived_at, [self.seq], [self.values])[0]
 
     @classmethod
     def decode(cls, data: bytes) -> StreamRow:
@@ -164,7 +164,7 @@ class StreamRow:
 
 def encode_stream_rows(ts: Iterable[int], arrived_at: int, seq: Iterable[int],
                        values: Iterable[Sequence[Any]]) -> list[bytes]:
-    """`encode_stream_row` of many rows (aligned iterables; one arrival time), in C as far as
+    """`StreamRow.encode` of many rows (aligned iterables; one arrival time), in C as far as
     MessagePack allows."""
     pack = msgpack.Packer(default=coerce).pack
     prefix = _STREAM_ROW_PREFIX
@@ -226,11 +226,6 @@ def _fixed_width(marker: int, values: np.ndarray[Any, Any], width: int) -> pa.Ar
     out[:, 1:] = values.view(np.uint8).reshape(-1, width)
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), len(values),
                                                 [None, pa.py_buffer(out.tobytes())]).cast(pa.binary())
-
-
-def encode_stream_row(ts: int, arrived_at: int, seq: int, values: list[Any]) -> bytes:
-    packed: bytes = msgpack.packb((ts, arrived_at, seq, values), default=coerce)
-    return _STREAM_ROW_PREFIX + packed
 
 
 def _unpack(data: memoryview) -> Any:

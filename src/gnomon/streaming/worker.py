@@ -251,10 +251,10 @@ class RecordApplier:
     """Turns records into stored rows (and dead letters) for one GroupBy: the worker's core, also
     used by read-after-write ingestion.
 
-    A micro-batch is parsed with orjson (the standard library for what it rejects, such as ``NaN``),
-    evaluated by DuckDB in one query and encoded row by row with a MessagePack packer; only when the
-    batch as a whole cannot be evaluated are its events evaluated one by one, to isolate the bad
-    ones as dead letters."""
+    A micro-batch is read whole by Arrow's JSON reader, evaluated by DuckDB in one query and encoded
+    column-wise (`QueryEvaluator.evaluate_table`); only when the batch as a whole cannot be read or
+    evaluated are its events parsed (orjson, the standard library for what it rejects, such as
+    ``NaN``) and evaluated one by one, to isolate the bad ones as dead letters."""
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
                  schema: pa.Schema | None = None) -> None:
@@ -269,8 +269,7 @@ class RecordApplier:
         self.topic: str = streamed[0].topic  # type: ignore[assignment]
         self.store = store
         self.clock = clock
-        self._rows_prefix = rows_key(group_by.name, b"")
-        self.evaluator = _evaluator(group_by, self.source, schema, self._rows_prefix)
+        self.evaluator = _evaluator(group_by, self.source, schema, rows_key(group_by.name, b""))
         self.stats = WorkerStats()
 
     def apply(self, records: Sequence[Record], consumer_group: str | None = None) -> None:
@@ -344,7 +343,7 @@ class RecordApplier:
             return []
         keys = rows["__key"]
         if None in keys:  # key types the Query cannot encode exactly as entity_key does
-            prefix = self._rows_prefix
+            prefix = self.evaluator.rows_prefix
             encoded = _entity_keys([rows[k] for k in self.group_by.keys])
             keys = [key if key is not None else prefix + python_key for key, python_key in zip(keys, encoded, strict=True)]
         blobs = rows.get("__row") or encode_stream_rows(rows["ts"], arrived_at, rows["__seq"],

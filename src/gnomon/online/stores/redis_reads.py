@@ -99,25 +99,17 @@ class FastReads:
                 if not data:
                     raise ReadConnectionError(f"Redis at {self.address[0]}:{self.address[1]} closed the connection")
                 reader.feed(data)
-                continue
-            if isinstance(reply, self._hiredis.ReplyError):
-                self._drain(connection, count - len(replies) - 1)
-                raise ReplyError(f"Redis answered {reply}")
-            replies.append(reply)
-        return replies
-
-    def _drain(self, connection: tuple[socket.socket, Any], remaining: int) -> None:
-        """Read the replies still due after an error reply, so the connection stays in step."""
-        sock, reader = connection
-        while remaining > 0:
-            reply = reader.gets()
-            if reply is False:
-                data = sock.recv(1 << 16)
-                if not data:
-                    return
-                reader.feed(data)
             else:
-                remaining -= 1
+                replies.append(reply)
+        return self.checked(replies)
+
+    def checked(self, replies: list[Any]) -> list[Any]:
+        """``replies``, or ReplyError for the first error among them (read only once all are in, so
+        the connection stays in step)."""
+        for reply in replies:
+            if isinstance(reply, self._hiredis.ReplyError):
+                raise ReplyError(f"Redis answered {reply}")
+        return replies
 
     def _drop(self) -> None:
         current = getattr(self._local, "connection", None)
@@ -207,11 +199,10 @@ class _PipelinedConnection:
                     if len(replies) == count:
                         self.waiting.popleft()
                         if not future.done():
-                            errors = [r for r in replies if isinstance(r, self.reads._hiredis.ReplyError)]
-                            if errors:
-                                future.set_exception(ReplyError(f"Redis answered {errors[0]}"))
-                            else:
-                                future.set_result(replies)
+                            try:
+                                future.set_result(self.reads.checked(replies))
+                            except ReplyError as error:
+                                future.set_exception(error)
         except (OSError, ReadConnectionError) as error:
             self.close(error)
         except asyncio.CancelledError:

@@ -180,7 +180,7 @@ class RedisStreamsConsumer(Consumer):
                 continue
             offset = entry_id.decode()
             payload = fields[1] if type(fields) is list and fields[0] == PAYLOAD_FIELD else _payload(fields)
-            append(make((topic, PARTITION, offset, payload, int(offset[:offset.index("-")]))))
+            append(make((topic, PARTITION, offset, payload, published_at_ms(offset))))
         if trimmed:
             self._client.xack(self._key, self.group, *trimmed)
         return records
