@@ -83,9 +83,10 @@ def test_default_accuracy_follows_the_topics() -> None:
     assert batch.effective_accuracy is Accuracy.SNAPSHOT
 
 
-def test_a_group_by_without_aggregations_needs_snapshot_entities() -> None:
-    with pytest.raises(DefinitionError, match="without aggregations"):
-        GroupBy(sources=[views()], keys=["user"])
+def test_a_group_by_without_aggregations_is_a_lookup_of_the_selected_columns() -> None:
+    assert GroupBy(sources=[views()], keys=["user"]).output_columns() == ["item", "view"]
+    with pytest.raises(DefinitionError, match="nothing to look up"):
+        GroupBy(sources=[EventSource(table="a.b", query=Query(selects={"user": "u"}))], keys=["user"])
     entity = EntitySource(snapshot_table="users.profiles", query=Query(selects={"user": "id", "city": "city"}))
     assert GroupBy(sources=[entity], keys=["user"]).output_columns() == ["city"]
 

@@ -68,13 +68,19 @@ def compile_command(repo: str) -> None:
 @click.option("--end-ds", required=True, help="Last partition to compute (YYYY-MM-DD).")
 @click.option("--force", is_flag=True, help="Recompute partitions that already exist.")
 @click.option("--show", default=0, show_default=True, help="Print this many output rows when done.")
+@click.option("--no-deps", "no_deps", is_flag=True,
+              help="Do not first backfill the missing partitions of parent Joins read through a JoinSource "
+                   "(chaining); fail naming them instead.")
 @repo_option
-def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, repo: str) -> None:
-    """Compute partitions of a GroupBy, Join or StagingQuery into its output table."""
+def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, no_deps: bool, repo: str) -> None:
+    """Compute partitions of a GroupBy, Join or StagingQuery into its output table.
+
+    A GroupBy over a JoinSource (or a Join using one) first backfills the parent Join's missing
+    partitions it reads, unless --no-deps."""
     from gnomon.project import Project
 
     project = Project(repo)
-    written = project.backfill(name, start_ds, end_ds, force=force)
+    written = project.backfill(name, start_ds, end_ds, force=force, deps=not no_deps)
     table = project.output_table(name)
     if written:
         click.echo(f"{name}: wrote {len(written)} partition(s) of {table} ({written[0]} .. {written[-1]})")

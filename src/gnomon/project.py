@@ -9,14 +9,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from gnomon.compile.plan import Plan, build_plan
+from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, build_plan
 from gnomon.compile.repo import LoadedRepo, load_repo
 from gnomon.compile.validate import validate
 from gnomon.config import Config
 from gnomon.definitions import GroupBy, Join, StagingQuery
 from gnomon.definitions.join import Definition
-from gnomon.errors import ConfigError, ExecutionError, UnknownObjectError
-from gnomon.offline.warehouse import Warehouse, as_arrow, ds_range
+from gnomon.errors import ConfigError, ExecutionError, UnknownObjectError, WarehouseError
+from gnomon.offline.warehouse import DAY_MS, Warehouse, as_arrow, ds_range, ds_to_ms, ms_to_ds
 
 log = logging.getLogger("gnomon")
 PLAN_FILE = Path("compiled") / "plan.json"
@@ -87,11 +87,16 @@ class Project:
 
     # -------------------------------------------------------------- offline jobs
 
-    def backfill(self, name: str, start_ds: str, end_ds: str, force: bool = False) -> list[str]:
+    def backfill(self, name: str, start_ds: str, end_ds: str, force: bool = False, deps: bool = True) -> list[str]:
         """Compute partitions [start_ds, end_ds] of a GroupBy, Join or StagingQuery's output table.
 
         Only missing partitions are computed unless ``force``. Partitions are committed together
         at the end: a failure leaves the output table as it was. Returns the partitions written.
+
+        Chaining: when the GroupBy (or a GroupBy of the Join) reads a ``JoinSource``, the parent Join's
+        missing output partitions that it reads are backfilled first (recursively, each parent
+        committed on its own; ``force`` applies to ``name`` only). With ``deps=False`` a missing parent
+        partition is a `WarehouseError` naming them, and nothing is written.
         """
         node = self._node(name)
         if end_ds < start_ds:
@@ -106,6 +111,11 @@ class Project:
         if not days:
             log.info("%s: every partition in [%s, %s] exists; use force=True to recompute", name, start_ds, end_ds)
             return []
+        self._backfill_parents(name, days, deps)
+        return self._backfill_days(name, node, days)
+
+    def _backfill_days(self, name: str, node: Any, days: list[str]) -> list[str]:
+        """Compute exactly ``days`` of ``name`` and commit them together (`_write_all`)."""
         engine = self._engine()
         try:
             if name in self.plan.group_bys:
@@ -117,6 +127,93 @@ class Project:
             return self._write_all(node.output_table, produced)
         finally:
             engine.close()
+
+    # -------------------------------------------------------------- chaining: parent Joins first
+
+    def _backfill_parents(self, name: str, days: list[str], deps: bool, chain: tuple[str, ...] = ()) -> None:
+        """Backfill (``deps``) or demand (not ``deps``) the parent Join partitions ``name``'s ``days`` read."""
+        kind = "GroupBy" if name in self.plan.group_bys else "Join"
+        for parent, wanted in self._parent_partitions(name, days).items():
+            join = self.plan.joins[parent]
+            have = set(self.warehouse.partitions(join.output_table))
+            missing = [d for d in wanted if d not in have]
+            if not missing:
+                continue
+            shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+            if not deps:
+                raise WarehouseError(
+                    f"{kind} {name!r} reads the output of Join {parent!r} (JoinSource), and its table "
+                    f"{join.output_table!r} is missing {len(missing)} partition(s): {shown}. Fix: run the backfill "
+                    f"without --no-deps (deps=True) to compute them first, or backfill the parent: "
+                    f"gnomon backfill {parent} --start-ds {missing[0]} --end-ds {missing[-1]}")
+            if parent in chain:
+                raise ExecutionError(f"chaining cycle: {' -> '.join([*chain, name, parent])}")
+            producible = self._producible_partitions(join)
+            blocked = [d for d in missing if d not in producible]
+            if blocked:
+                raise WarehouseError(
+                    f"{kind} {name!r} reads partition ds={blocked[0]} of Join {parent!r}'s output "
+                    f"{join.output_table!r}, which cannot be computed: the Join's left table {join.left.table!r} "
+                    f"has no partition ds={blocked[0]}. Fix: land that partition, or backfill a range it covers.")
+            log.info("%s reads Join %s: backfilling its %d missing partition(s) %s first", name, parent,
+                     len(missing), shown)
+            self._backfill_parents(parent, missing, deps, (*chain, name))
+            self._backfill_days(parent, join, missing)
+
+    def _parent_partitions(self, name: str, days: list[str]) -> dict[str, list[str]]:
+        """Parent Join -> the output partitions that computing ``days`` of ``name`` reads.
+
+        A GroupBy backfill of day D reads its JoinSource from the ds of the earliest window start at
+        ``q = D+1 00:00`` (unbounded: from the parent's first computable partition) up to D, and needs D
+        itself. A Join's day D asks its GroupBys at times q in [D 00:00, D+1 00:00] (left rows' ``ts``
+        in their own day), so reads from the earliest window start at ``D 00:00`` up to D; a JoinSource
+        left needs partition D. Windowed reads are clamped to partitions the parent can compute and to
+        the JoinSource Query's start/end_partition.
+        """
+        plan = self.plan
+        wanted: dict[str, set[str]] = {}
+        if name in plan.group_bys:
+            readers = [(plan.group_bys[name], DAY_MS, True)]
+        elif name in plan.joins:
+            join = plan.joins[name]
+            readers = [(plan.group_bys[p.group_by], 0, False) for p in join.parts if p.group_by in plan.group_bys]
+            if join.left.kind == "join" and join.left.upstream_join in plan.joins:
+                wanted.setdefault(join.left.upstream_join, set()).update(days)
+        else:
+            return {}
+        for group_by, offset, strict in readers:
+            for source in group_by.sources:
+                if source.kind != "join" or source.upstream_join not in plan.joins:
+                    continue
+                parent = plan.joins[source.upstream_join]
+                available = sorted(self._producible_partitions(parent))
+                target = wanted.setdefault(parent.name, set())
+                for day in days:
+                    earliest = self._earliest_window_start(group_by, ds_to_ms(day) + offset)
+                    low = ms_to_ds(earliest) if earliest is not None else None
+                    if source.start_partition and (low is None or source.start_partition > low):
+                        low = source.start_partition
+                    high = min(day, source.end_partition) if source.end_partition else day
+                    target.update(d for d in available if (low is None or d >= low) and d <= high)
+                    if strict:  # the engine requires partition D of every source of a GroupBy backfill
+                        target.add(day)
+        return {parent: sorted(ds) for parent, ds in wanted.items() if ds}
+
+    @staticmethod
+    def _earliest_window_start(group_by: GroupByPlan, q: int) -> int | None:
+        """min over features of floor(q - W, hop(W)) (SPEC §2); None when a window is unbounded."""
+        if not group_by.features or any(f.window_ms is None or not f.hop_ms for f in group_by.features):
+            return None
+        return min((q - f.window_ms) - (q - f.window_ms) % f.hop_ms  # type: ignore[operator]
+                   for f in group_by.features)
+
+    def _producible_partitions(self, join: JoinPlan, _seen: frozenset[str] = frozenset()) -> set[str]:
+        """The ds a Join's output has or can compute: its left table's partitions (through chained lefts)."""
+        left = join.left
+        have = set(self.warehouse.partitions(left.table))
+        if left.kind == "join" and left.upstream_join in self.plan.joins and join.name not in _seen:
+            have |= self._producible_partitions(self.plan.joins[left.upstream_join], _seen | {join.name})
+        return have
 
     def _write_all(self, table: str, produced: Any) -> list[str]:
         import pyarrow.parquet as pq

@@ -119,6 +119,123 @@ def check_join(join: JoinPlan, plan: Plan, warehouse: Warehouse, file: str | Non
         check_derivations(owner, join.derivations, available, file)
 
 
+# ------------------------------------------------------------------ chaining (JoinSource)
+
+
+def join_output_columns(join: JoinPlan, plan: Plan, warehouse: Warehouse,
+                        _seen: frozenset[str] = frozenset()) -> list[str] | None:
+    """Every column of a Join's output table, as a JoinSource reads it (``ds`` included); None when the
+    left's columns are not known yet (left ``selects=None`` over a table without data)."""
+    if join.name in _seen:
+        return None
+    left = join.left
+    left_columns: list[str] | None
+    if left.selects is not None:
+        left_columns = [c for c in left.selects if c != "ts"] + ["ts"]
+    elif left.kind == "join" and left.upstream_join in plan.joins:
+        left_columns = join_output_columns(plan.joins[left.upstream_join], plan, warehouse, _seen | {join.name})
+    else:
+        left_columns = table_columns(warehouse, left.table)
+    if left_columns is None or any(p.group_by not in plan.group_bys for p in join.parts):
+        return None
+    features = join_feature_columns(join, plan)
+    if join.derivations:
+        keep_raw = any(name == "*" for name, _ in join.derivations)
+        features = [*(features if keep_raw else []), *(name for name, _ in join.derivations if name != "*")]
+    columns: list[str] = []
+    for column in [*left_columns, *features, "ds"]:
+        if column not in columns:
+            columns.append(column)
+    return columns
+
+
+def check_chained_source(owner: str, index: int, source: SourcePlan, needed: list[str], plan: Plan,
+                         warehouse: Warehouse, file: str | None, field: str = "sources") -> None:
+    """A JoinSource's Query (and, with ``selects=None``, the ``needed`` columns) must only read columns the
+    parent Join outputs."""
+    where = "the left" if field == "left" else f"source {index}"
+    parent = plan.joins.get(source.upstream_join or "")
+    if parent is None:
+        raise DefinitionError(f"{where} reads Join {source.upstream_join!r}, which is not in the repo",
+                              obj=owner, field=field, fix="define that Join at module level or give it a name=",
+                              file=file)
+    columns = join_output_columns(parent, plan, warehouse)
+    if columns is None:
+        return  # the parent's left columns are unknown until its left table has data
+    expressions = [*(source.selects or {}).values(), *source.wheres, source.time_column]
+    missing = [(column, f"the expression {expression!r} reads") for expression in expressions
+               for column in sorted(referenced_columns(expression)) if column not in columns]
+    if source.selects is None:
+        missing += [(column, "it needs") for column in needed if column not in columns]
+    if missing:
+        column, how = missing[0]
+        raise DefinitionError(
+            f"{where} is a JoinSource over Join {parent.name!r}: {how} column {column!r}, which that Join "
+            f"does not output (table {parent.output_table!r} has {', '.join(columns)})."
+            + did_you_mean(column, columns),
+            obj=owner, field=field,
+            fix="read one of the parent Join's output columns: its left columns, its feature columns "
+                "({prefix_}{group_by_name}_{feature}) or its derived columns", file=file)
+
+
+def check_chained_group_by(group_by: GroupByPlan, plan: Plan, warehouse: Warehouse, file: str | None) -> None:
+    """A GroupBy over JoinSources: columns exist in the parent's output, and online needs the parent's left topic."""
+    owner = f"GroupBy({group_by.name!r})"
+    needed = [*group_by.keys, *(f.input_column for f in group_by.features), *(f.bucket for f in group_by.features if f.bucket)]
+    for index, source in enumerate(group_by.sources):
+        if source.kind != "join":
+            continue
+        check_chained_source(owner, index, source, needed, plan, warehouse, file)
+        parent = plan.joins[source.upstream_join]  # type: ignore[index]
+        if group_by.online and parent.left.topic is None:
+            raise DefinitionError(
+                f"source {index} is a JoinSource over Join {parent.name!r} and the GroupBy is online, but the "
+                "parent Join's left has no topic to stream from (online, chaining enriches the parent's left "
+                "events with its features, then aggregates them)",
+                obj=owner, field="online",
+                fix=f"add topic=... to the left EventSource of Join {parent.name!r}, or set online=False",
+                file=file)
+
+
+def check_chaining_cycles(plan: Plan, loaded: LoadedRepo) -> None:
+    """No Join may read its own output: Join -> part GroupBy -> JoinSource -> ... -> the same Join."""
+
+    def edges(node: tuple[str, str]) -> list[tuple[str, str]]:
+        kind, name = node
+        if kind == "GroupBy":
+            group_by = plan.group_bys.get(name)
+            return [("Join", s.upstream_join) for s in (group_by.sources if group_by else [])
+                    if s.kind == "join" and s.upstream_join]
+        join = plan.joins.get(name)
+        if join is None:
+            return []
+        found = [("GroupBy", p.group_by) for p in join.parts]
+        if join.left.kind == "join" and join.left.upstream_join:
+            found.append(("Join", join.left.upstream_join))
+        return found
+
+    done: set[tuple[str, str]] = set()
+
+    def visit(node: tuple[str, str], path: list[tuple[str, str]]) -> None:
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            join = next(name for kind, name in cycle if kind == "Join")
+            raise DefinitionError(
+                "chaining cycle: " + " -> ".join(f"{kind} {name!r}" for kind, name in cycle)
+                + f"; Join {join!r} would read its own output",
+                obj=f"Join({join!r})", field="right_parts",
+                fix="a Join cannot use (directly or through JoinSources) a GroupBy that reads that Join's output",
+                file=loaded.files.get(join))
+        if node in done:
+            return
+        for target in edges(node):
+            visit(target, [*path, node])
+        done.add(node)
+
+    for name in sorted(plan.joins):
+        visit(("Join", name), [])
+
+
 def validate(plan: Plan, loaded: LoadedRepo, warehouse: Warehouse) -> None:
     """Raise DefinitionError on the first problem, naming file, object, field and fix."""
     tables: dict[str, str] = {}
@@ -128,7 +245,14 @@ def validate(plan: Plan, loaded: LoadedRepo, warehouse: Warehouse) -> None:
             raise DefinitionError(f"{name!r} and {tables[node.output_table]!r} both write {node.output_table!r}",
                                   obj=name, field="name", fix="rename one of them", file=loaded.files.get(name))
         tables[node.output_table] = name
+    check_chaining_cycles(plan, loaded)
     for name, group_by in plan.group_bys.items():
         check_group_by(group_by, warehouse, loaded.files.get(name))
     for name, join in plan.joins.items():
         check_join(join, plan, warehouse, loaded.files.get(name))
+    for name, group_by in plan.group_bys.items():
+        check_chained_group_by(group_by, plan, warehouse, loaded.files.get(name))
+    for name, join in plan.joins.items():
+        if join.left.kind == "join":
+            check_chained_source(f"Join({name!r})", 0, join.left, [], plan, warehouse, loaded.files.get(name),
+                                 field="left")

@@ -189,12 +189,13 @@ class GroupBy:
         self._validate_columns(obj)
 
     def _validate_columns(self, obj: str) -> None:
-        if not self.aggregations:
-            bad = [s for s in self.sources if not isinstance(s, EntitySource) or s.mutation_table is not None]
-            if bad:
-                raise DefinitionError("a GroupBy without aggregations needs entity sources without mutations",
-                                      obj=obj, field="aggregations",
-                                      fix="add aggregations=[Aggregation(...)], or use an EntitySource snapshot")
+        if not self.aggregations:  # an attribute lookup: the selected columns of the latest row before q
+            for index, source in enumerate(self.sources):
+                if not [c for c in source.query.columns if c not in self.keys]:
+                    raise DefinitionError(
+                        f"source {index} selects no column besides the keys, so there is nothing to look up",
+                        obj=obj, field="aggregations",
+                        fix="list the columns to look up in the Query's selects, or add aggregations=[...]")
         needed = list(self.keys)
         for agg in self.aggregations or ():
             needed.append(agg.input_column)

@@ -43,6 +43,24 @@ def shift_ds(ds: str, days: int) -> str:
     return (dt.date.fromisoformat(ds) + dt.timedelta(days=days)).isoformat()
 
 
+def entity_partitions(query_times: Iterable[int]) -> tuple[list[str], list[str]]:
+    """SPEC §4: the (snapshot, mutation) partitions that entity values at these query times read.
+
+    The value at q reads snapshot ``ds(q) - 1`` and, unless q is a midnight, the mutations of
+    ``ds(q)`` before q.
+
+    >>> entity_partitions([ds_to_ms("2026-04-10") + 2 * 3_600_000, ds_to_ms("2026-04-12")])
+    (['2026-04-09', '2026-04-11'], ['2026-04-10'])
+    """
+    snapshots: set[str] = set()
+    mutations: set[str] = set()
+    for q in query_times:
+        snapshots.add(ms_to_ds(q - DAY_MS))
+        if q % DAY_MS:
+            mutations.add(ms_to_ds(q))
+    return sorted(snapshots), sorted(mutations)
+
+
 def as_arrow(data: Any) -> pa.Table:
     """Accept a pyarrow Table, a pandas or Polars DataFrame, or a dict of columns."""
     if isinstance(data, pa.Table):

@@ -29,10 +29,10 @@ from gnomon.compile.plan import FeaturePlan, GroupByPlan, JoinPlan, Plan, Source
 from gnomon.compile.sql import quote
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
-from gnomon.errors import DefinitionError, ExecutionError, WarehouseError
+from gnomon.errors import DefinitionError, ExecutionError, WarehouseError, did_you_mean
 from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
-from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, ms_to_ds, shift_ds
+from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
 
 log = logging.getLogger("gnomon.offline")
 
@@ -108,6 +108,82 @@ class DuckDBEngine:
 
     # ------------------------------------------------------------------ sources
 
+    def source_sql(self, owner: str, sources: Sequence[SourcePlan], start_ds: str | None, end_ds: str | None,
+                   needed: Sequence[str] | None = None, strict: Sequence[str] = (),
+                   entity: tuple[Sequence[str], Sequence[str]] | None = None) -> str | None:
+        """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
+
+        ``__seq`` orders rows as the SPEC's source order: (ds, source index, file name, row number).
+        ``entity`` = (snapshot days, mutation days) (`entity_partitions`): entity sources then read
+        exactly those partitions, and their rows are *versions* of the table's rows with ``__ds`` =
+        the snapshot day and the validity ``__from < q <= __to`` (null: unbounded) that the
+        mutations give them (`_versions_sql`). Returns None when no partition is in range.
+        """
+        reads = []
+        file_rows: list[tuple[str, int, str]] = []
+        for index, source in enumerate(sources):
+            if source.kind == "entities" and entity is not None:
+                read = self._entity_read(owner, source, index, entity, file_rows)
+                if read is not None:
+                    reads.append(read)
+                continue
+            files = self._files(source, start_ds, end_ds, strict)
+            if not files:
+                continue
+            check_source(owner, source, self.warehouse, None)
+            columns = self._table_columns(files)
+            file_rows.extend((_file_ds(f), index, f) for f in files)
+            origin = _read_files_sql(files)
+            reads.append(self._query_sql(source, columns, needed, f"(SELECT *, ds AS __ds FROM {origin})",
+                                         "ds", versions=False))
+        if not reads:
+            return None
+        files_table = self._name("files")
+        ordered = sorted(file_rows)
+        self.con.execute(f"CREATE TEMP TABLE {files_table} (__filename VARCHAR, __ordinal BIGINT)")
+        self.con.executemany(f"INSERT INTO {files_table} VALUES (?, ?)",
+                             [(file, ordinal) for ordinal, (_, _, file) in enumerate(ordered)])
+        return " UNION ALL BY NAME ".join(f"({r.replace('{files}', files_table)})" for r in reads)
+
+    def _query_sql(self, source: SourcePlan, columns: list[str], needed: Sequence[str] | None, rows: str,
+                   ds_column: str, versions: bool) -> str:
+        """A source's Query over ``rows`` (raw columns, ``__ds``, and ``__seq`` or the file columns)."""
+        time_expr = source.time_column
+        if source.kind == "entities" and time_expr not in columns and time_expr == "ts":
+            # a snapshot row without a time is known as of the end of its day; an inserted one as of its mutation
+            end_of_day = f"((CAST({ds_column} AS DATE) - DATE '1970-01-01' + 1) * 86400000 - 1)"
+            time_expr = f"COALESCE(__from, {end_of_day})" if versions else end_of_day
+        if source.selects is not None:
+            select_list = [f"{expr} AS {quote(name)}" for name, expr in source.selects.items() if name != "ts"]
+        else:
+            select_list = [quote(c) for c in columns if c != "ts" and (needed is None or c in needed)]
+        where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
+        seq = "__seq" if versions else "(__files.__ordinal * 4294967296 + file_row_number) AS __seq"
+        validity = "__from, __to, " if versions else ""
+        join = "" if versions else " JOIN {files} AS __files ON __r.filename = __files.__filename"
+        return (f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
+                f"__ds, '{source.kind}' AS __kind, {validity}{seq} FROM {rows} AS __r{join} WHERE {where}")
+
+    def _entity_read(self, owner: str, source: SourcePlan, index: int, entity: tuple[Sequence[str], Sequence[str]],
+                     file_rows: list[tuple[str, int, str]]) -> str | None:
+        """An entity source's versions for the given (snapshot days, mutation days)."""
+        snapshot_days, mutation_days = entity
+        if not snapshot_days:
+            return None
+        self.warehouse.require_partitions(source.table, snapshot_days)
+        snapshot_files = [f for day in snapshot_days for f in self.warehouse.partition_files(source.table, day, day)]
+        check_source(owner, source, self.warehouse, None)
+        columns = self._table_columns(snapshot_files)
+        mutation_files: list[str] = []
+        if source.mutation_table is not None and mutation_days:
+            self.warehouse.require_partitions(source.mutation_table, mutation_days)
+            mutation_files = [f for day in mutation_days
+                              for f in self.warehouse.partition_files(source.mutation_table, day, day)]
+            check_mutation_columns(owner, source, columns, self._table_columns(mutation_files))
+        file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
+        versions = _versions_sql(source, columns, snapshot_files, mutation_files)
+        return self._query_sql(source, columns, None, versions, "__ds", versions=True)
+
     def _files(self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()) -> list[str]:
         table = source.table
         self.warehouse.require_table(table)
@@ -127,49 +203,6 @@ class DuckDBEngine:
 
         return [c for c in pq.read_schema(files[-1]).names if c != "ds"]
 
-    def source_sql(self, owner: str, sources: Sequence[SourcePlan], start_ds: str | None, end_ds: str | None,
-                   needed: Sequence[str] | None = None, strict: Sequence[str] = ()) -> str | None:
-        """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
-
-        ``__seq`` orders rows as the SPEC's source order: (ds, source index, file name, row number).
-        Returns None when no partition is in range.
-        """
-        reads = []
-        file_rows = []
-        for index, source in enumerate(sources):
-            files = self._files(source, start_ds, end_ds, strict)
-            if not files:
-                continue
-            check_source(owner, source, self.warehouse, None)
-            columns = self._table_columns(files)
-            time_expr = source.time_column
-            if source.kind == "entities" and time_expr not in columns and time_expr == "ts":
-                # a snapshot row without a time is known as of the end of its day
-                time_expr = "((CAST(ds AS DATE) - DATE '1970-01-01' + 1) * 86400000 - 1)"
-            if source.selects is not None:
-                select_list = [f"{expr} AS {quote(name)}" for name, expr in source.selects.items() if name != "ts"]
-            else:
-                select_list = [quote(c) for c in columns if c != "ts" and (needed is None or c in needed)]
-            for file in files:
-                file_rows.append((file.split("/ds=")[-1].split("/")[0], index, file))
-            where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
-            file_list = ", ".join(f"'{f}'" for f in files)
-            reads.append(
-                f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
-                f"ds AS __ds, '{source.kind}' AS __kind, "
-                f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
-                f"FROM read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
-                f"filename = true, file_row_number = true, union_by_name = true) AS __r "
-                f"JOIN {{files}} AS __files ON __r.filename = __files.__filename WHERE {where}")
-        if not reads:
-            return None
-        files_table = self._name("files")
-        ordered = sorted(file_rows)
-        self.con.execute(f"CREATE TEMP TABLE {files_table} (__filename VARCHAR, __ordinal BIGINT)")
-        self.con.executemany(f"INSERT INTO {files_table} VALUES (?, ?)",
-                             [(file, ordinal) for ordinal, (_, _, file) in enumerate(ordered)])
-        return " UNION ALL BY NAME ".join(f"({r.replace('{files}', files_table)})" for r in reads)
-
     def _materialize(self, stem: str, sql: str, owner: str) -> str:
         name = self._name(stem)
         try:
@@ -187,6 +220,8 @@ class DuckDBEngine:
         """A temp table (``__qid`` + raw feature columns) with the GroupBy's values per query row."""
         owner = f"GroupBy({group_by.name!r})"
         types = self.column_types(events)
+        if not group_by.features:
+            return self._lookup_values(group_by, queries, events, types, owner)
         for column in [*group_by.keys, *(f.input_column for f in group_by.features)]:
             if column not in types:
                 raise DefinitionError(f"the sources do not yield column {column!r}; they yield "
@@ -227,8 +262,10 @@ class DuckDBEngine:
         if earliest:
             conditions.append(f"e.ts >= {earliest}")
         if any(s.kind == "entities" for s in group_by.sources):
-            conditions.append("(e.__kind <> 'entities' OR e.__ds = q.__snap_ds)")
-        columns = sorted({f.input_column for f in features} | {f.bucket for f in features if f.bucket})
+            conditions.append("(e.__kind <> 'entities' OR (e.__ds = q.__snap_ds AND (e.__from IS NULL OR e.__from < q.__q) "
+                              "AND (e.__to IS NULL OR q.__q <= e.__to)))")
+        columns = sorted({f.input_column for f in features} | {f.bucket for f in features if f.bucket}
+                         | ({*group_by.value_columns} if not features else set()))
         selected = "".join(f", e.{quote(c)}" for c in columns)
         return self._materialize("joined", f"SELECT q.__qid, q.__q, e.ts, e.__seq{selected} FROM {queries} AS q "
                                  f"JOIN {events} AS e ON {' AND '.join(conditions)}", owner)
@@ -384,14 +421,24 @@ class DuckDBEngine:
         self.con.unregister(f"{name}_view")
         return name
 
-    def _latest_rows(self, group_by: GroupByPlan, queries: str, joined: str) -> str:
-        """GroupBys without aggregations: the value is the key's row in the snapshot."""
-        columns = ", ".join(quote(c) for c in group_by.value_columns)
-        picked = (f"SELECT __qid, {columns} FROM ({joined}) QUALIFY row_number() OVER "
-                  f"(PARTITION BY __qid ORDER BY ts DESC, __seq) = 1")
-        return self._materialize("values", f"SELECT q.__qid, {', '.join(f'p.{quote(c)}' for c in group_by.value_columns)} "
-                                 f"FROM {queries} AS q LEFT JOIN ({picked}) AS p USING (__qid)",
-                                 f"GroupBy({group_by.name!r})")
+    def _lookup_values(self, group_by: GroupByPlan, queries: str, events: str, types: dict[str, str],
+                       owner: str) -> str:
+        """GroupBys without aggregations: the columns of the key's row with the greatest ``ts < q``
+        (ties: the first in source order), nulls included; every column null when there is none."""
+        for column in [*group_by.keys, *group_by.value_columns]:
+            if column not in types:
+                raise DefinitionError(f"the sources do not yield column {column!r}", obj=owner, field="sources",
+                                      fix="select it in every source's Query")
+        joined = self._range_join(group_by, queries, events, [], types, owner)
+        packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in group_by.value_columns)
+        picked = self._materialize("picked", f"SELECT __qid, first(struct_pack({packed}) ORDER BY ts DESC, __seq) "
+                                   f"AS __row FROM {joined} GROUP BY __qid", owner)
+        columns = ", ".join(f"p.__row.{quote(c)} AS {quote(c)}" for c in group_by.value_columns)
+        values = self._materialize("values", f"SELECT q.__qid, {columns} FROM {queries} AS q "
+                                   f"LEFT JOIN {picked} AS p USING (__qid)", owner)
+        for table in (joined, picked):
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        return values
 
     # ------------------------------------------------------------------ per-GroupBy values for a query set
 
@@ -407,12 +454,17 @@ class DuckDBEngine:
         span = group_by.max_window_ms
         start_ds = None if span is None else ms_to_ds(low - span - DAY_MS)
         end_ds = ms_to_ds(high - 1)
+        entity = None
         if any(s.kind == "entities" for s in group_by.sources):
-            start_ds = ms_to_ds(low - DAY_MS) if span is None or start_ds is None else min(start_ds, ms_to_ds(low - DAY_MS))
+            # one query time per (day, midnight or not) is enough to name the partitions
+            representative = self.con.execute(
+                f"SELECT DISTINCT CASE WHEN __q % {DAY_MS} = 0 THEN __q ELSE __q - __q % {DAY_MS} + 1 END "
+                f"FROM {queries}").fetchall()
+            entity = entity_partitions(row[0] for row in representative)
         keys = [k for k in group_by.keys]
         needed = [*keys, *(f.input_column for f in group_by.features), *(f.bucket for f in group_by.features if f.bucket),
                   *group_by.value_columns]
-        events_sql = self.source_sql(owner, group_by.sources, start_ds, end_ds, needed, strict)
+        events_sql = self.source_sql(owner, group_by.sources, start_ds, end_ds, needed, strict, entity)
         shards = max(1, self.config.shards)
         created = False
         for shard in range(shards):
@@ -462,9 +514,9 @@ class DuckDBEngine:
             q = ds_to_ms(day) + DAY_MS
             span = group_by.max_window_ms
             start_ds = None if span is None else ms_to_ds(q - span - DAY_MS)
-            if any(s.kind == "entities" for s in group_by.sources):
-                start_ds = day if start_ds is None else min(start_ds, day)
-            events_sql = self.source_sql(owner, group_by.sources, start_ds, day, None, strict=[day])
+            event_sources = [s for s in group_by.sources if s.kind != "entities"]
+            events_sql = self.source_sql(owner, group_by.sources, start_ds, day, None,
+                                         strict=[day] if event_sources else (), entity=entity_partitions([q]))
             keys = ", ".join(quote(k) for k in group_by.keys)
             condition = f"ts < {q}"
             earliest = earliest_start_sql(group_by.features, str(q))
@@ -620,6 +672,81 @@ class DuckDBEngine:
         body = table.drop(["ds"])
         for day in days:
             yield day, body.filter(pc.equal(ds_column, day))
+
+
+def _file_ds(file: str) -> str:
+    return file.split("/ds=")[-1].split("/")[0]
+
+
+def _read_files_sql(files: Sequence[str]) -> str:
+    file_list = ", ".join(f"'{f}'" for f in files)
+    return (f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
+            "filename = true, file_row_number = true, union_by_name = true)")
+
+
+def check_mutation_columns(owner: str, source: SourcePlan, snapshot_columns: list[str],
+                           mutation_columns: list[str]) -> None:
+    """A mutation table holds the snapshot table's columns plus the mutation time and reversal columns."""
+    table = source.mutation_table
+    for column in (source.mutation_time_column, source.reversal_column):
+        if column not in mutation_columns:
+            raise DefinitionError(
+                f"mutation table {table!r} has no column {column!r} (it has {', '.join(mutation_columns)})."
+                + did_you_mean(column, mutation_columns), obj=owner, field="sources",
+                fix=f"write {column!r} in every mutation row, or name the column with "
+                    "Query(mutation_time_column=..., reversal_column=...)")
+    extra = [c for c in mutation_columns if c not in snapshot_columns
+             and c not in (source.mutation_time_column, source.reversal_column)]
+    if extra:
+        raise DefinitionError(
+            f"mutation table {table!r} has column {extra[0]!r}, which snapshot table {source.table!r} does not "
+            f"have (it has {', '.join(snapshot_columns)})." + did_you_mean(extra[0], snapshot_columns),
+            obj=owner, field="sources", fix="give both tables the same row columns")
+
+
+def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequence[str],
+                  mutation_files: Sequence[str]) -> str:
+    """The table's rows as *versions* valid for ``__from < q <= __to`` (null: unbounded) on the day
+    after their snapshot ``__ds`` (SPEC §4, with exact deletes for every operation).
+
+    Snapshot ``d`` and the mutations of ``d + 1`` are replayed per distinct row value in the order
+    (mutation time, before-rows first, source order): an insert adds a copy of the row, a delete
+    removes the oldest copy still there, or nothing when there is none. With ``p`` the running sum of
+    +1/-1, a delete removes nothing exactly when it takes ``p`` to a new low below zero; the k-th
+    delete that removes something ends the k-th copy.
+    """
+    raw = ", ".join(quote(c) for c in columns)
+    snapshot = (f"SELECT {raw}, ds AS __ds, NULL::BIGINT AS __m, false AS __before, "
+                f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
+                f"FROM {_read_files_sql(snapshot_files)} AS __r JOIN {{files}} AS __files "
+                f"ON __r.filename = __files.__filename")
+    parts = [snapshot]
+    if mutation_files:
+        table, time_column, reversal = source.mutation_table, quote(source.mutation_time_column), quote(source.reversal_column)
+        parts.append(
+            f"SELECT {raw}, strftime(CAST(ds AS DATE) - 1, '%Y-%m-%d') AS __ds, "
+            f"CASE WHEN {time_column} IS NULL THEN error('mutation table {table}: a row has no "
+            f"{source.mutation_time_column}; every mutation row needs its time') "
+            f"ELSE CAST({time_column} AS BIGINT) END AS __m, "
+            f"CASE WHEN {reversal} IS NULL THEN error('mutation table {table}: a row has no "
+            f"{source.reversal_column}; every mutation row needs true (the old row) or false (the new row)') "
+            f"ELSE CAST({reversal} AS BOOLEAN) END AS __before, "
+            f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
+            f"FROM {_read_files_sql(mutation_files)} AS __r JOIN {{files}} AS __files "
+            f"ON __r.filename = __files.__filename")
+    rows = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+    if not mutation_files:
+        return f"(SELECT *, NULL::BIGINT AS __from, NULL::BIGINT AS __to FROM ({rows}))"
+    group = f"PARTITION BY __ds, {raw} ORDER BY __m NULLS FIRST, __before DESC, __seq"
+    upto = f"({group} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    return (
+        f"(WITH __p AS (SELECT *, sum(CASE WHEN __before THEN -1 ELSE 1 END) OVER {upto} AS __p FROM ({rows})), "
+        f"__e AS (SELECT *, __before AND __p >= LEAST(0, COALESCE(min(__p) OVER ({group} ROWS BETWEEN UNBOUNDED "
+        f"PRECEDING AND 1 PRECEDING), 0)) AS __removes FROM __p), "
+        f"__c AS (SELECT *, count(*) FILTER (WHERE NOT __before) OVER {upto} AS __copy, "
+        f"list(__m) FILTER (WHERE __removes) OVER ({group} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED "
+        f"FOLLOWING) AS __ends FROM __e) "
+        f"SELECT {raw}, __ds, __seq, __m AS __from, __ends[__copy] AS __to FROM __c WHERE NOT __before)")
 
 
 def _to_arrow(values: list[Any]) -> pa.Array:
