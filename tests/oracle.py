@@ -1,4 +1,4 @@
-"""A deliberately naive oracle for SPEC §2–§3 and the snapshot-only part of §4.
+"""A deliberately naive oracle for SPEC §2–§4.
 
 Written straight from the SPEC, with plain loops over every row, and independent of Gnomon's own
 aggregation and offline code (only `gnomon.definitions` is read, to walk the user's definitions).
@@ -20,6 +20,28 @@ Semantics decided for Gnomon (beyond the SPEC text), which the oracle follows ex
 - Buckets: a map bucket value (str) -> value; null buckets ignored; None values dropped; {} -> None.
 - List inputs: every element updates, except FIRST / LAST / FIRST_K / LAST_K (the list is one value).
   Map inputs: aggregate per map key into a map. element_wise=True: position by position into a list.
+
+Entities (SPEC §4), as decided for Gnomon:
+
+- An EntitySource without ``mutation_table`` reads snapshot ``ds(q) - 1`` only.
+- With a ``mutation_table`` the rows at q are the table's STATE at q, found by replaying changes
+  (independently of the engine's "snapshot ds(q)-1 + mutations of ds(q)" recipe): start from the
+  EARLIEST snapshot partition (file order), then apply every mutation row of every mutation partition
+  with ``end of that snapshot day <= mutation_ts < q``, ordered by (mutation_ts, before-rows first, ds,
+  file row number). An after row (``is_before`` false) is appended to the state list; a before row
+  removes the FIRST state row equal to it on every column but mutation_ts / is_before / ds (None
+  equals None, NaN equals NaN), and does nothing when there is none. The state list order is the
+  rows' source order. Across sources, a state row's seq is (ds, source index, file, list position)
+  with ds = ds(q) if the row was appended on q's day (mutation partition ds(q)), else ds(q) - 1
+  (snapshot ds(q) - 1), mirroring the (ds, source, file, row) order of every other source.
+  Deletes are exact for every operation: values are always recomputed from the state rows.
+  A query needs ``ds(q) - 1 >=`` the earliest snapshot day (else `MissingPartition`).
+- A cumulative EventSource (SCD type 2) reads only the latest partition present, rows as events.
+- A GroupBy without aggregations is an attribute lookup: its output columns are taken from the key's
+  row with the greatest ts < q (ties: first in source order); no such row gives None everywhere.
+  Columns of the picked row are returned as they are (a null stays null, not filled from another
+  row), except that NaN and ±Inf become None as in every other output. Its backfill partition D
+  holds the keys with a row with ts < D+1 00:00.
 
 Sketch operations return a marker (`ApproxUniqueCount`, `ApproxPercentiles`, `ApproxHistogram`)
 holding the exact answer; `compare_values` checks the engine's answer against the sketch's
@@ -371,22 +393,123 @@ def _column(expression: str) -> str:
     return expression
 
 
-def _project(source: Any, source_index: int, ds: str, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
-    """Apply a source's Query to the rows of one partition (plain column selects only)."""
-    query = source.query
+def _project_row(query: Any, raw: Mapping[str, Any], seq: tuple[Any, ...]) -> Row | None:
+    """Apply a source's Query to one raw row (plain column selects only); None when its time is null."""
     if query.wheres:
         raise NotImplementedError("the oracle does not evaluate wheres")
-    time_column = _column(query.time_column)
+    if query.selects is None:
+        columns = {k: v for k, v in raw.items() if k != "ds"}
+    else:
+        columns = {name: raw[_column(expr)] for name, expr in query.selects.items()}
+    ts = raw[_column(query.time_column)]
+    return None if ts is None else Row(ts, seq, columns)
+
+
+def _project(source: Any, source_index: int, ds: str, rows: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Apply a source's Query to the rows of one partition (plain column selects only)."""
     projected = []
     for row_number, raw in enumerate(rows):
-        if query.selects is None:
-            columns = {k: v for k, v in raw.items() if k != "ds"}
-        else:
-            columns = {name: raw[_column(expr)] for name, expr in query.selects.items()}
-        ts = raw[time_column]
-        if ts is not None:
-            projected.append(Row(ts, (ds, source_index, PART_FILE, row_number), columns))
+        row = _project_row(source.query, raw, (ds, source_index, PART_FILE, row_number))
+        if row is not None:
+            projected.append(row)
     return projected
+
+
+# ------------------------------------------------------------------------------ entity mutations
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """One row of an entity table's state: its raw columns, and when it was appended.
+
+    ``since`` is the mutation_ts of the after row that appended it, None for a row of the initial
+    snapshot.
+    """
+
+    columns: Mapping[str, Any]
+    since: int | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One mutation row, with the sort key of SPEC §4's replay: (mutation_ts, before first, ds, row)."""
+
+    mutation_ts: int
+    is_before: bool
+    ds: str
+    row_number: int
+    columns: Mapping[str, Any]  # raw columns, without mutation_ts / is_before / ds
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (self.mutation_ts, not self.is_before, self.ds, self.row_number)
+
+
+class _NaN:
+    """Stands for every NaN in a match key (NaN equals NaN when matching a before row)."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+_NAN = _NaN()
+
+
+def _match_value(value: Any) -> Any:
+    """A hashable, comparable stand-in for a column value: NaN equals NaN, lists and maps by content."""
+    if _is_nan(value):
+        return _NAN
+    if isinstance(value, (list, tuple)):
+        return ("<list>", tuple(_match_value(v) for v in value))
+    if isinstance(value, Mapping):
+        return ("<map>", tuple(sorted((repr(k), _match_value(v)) for k, v in value.items())))
+    return (isinstance(value, bool), value)  # True must not equal 1
+
+
+def match_key(columns: Sequence[str], row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Rows with equal match keys are equal on every one of ``columns`` (a missing column is None)."""
+    return tuple(_match_value(row.get(c)) for c in columns)
+
+
+def mutation_changes(mutations: Mapping[str, Sequence[Mapping[str, Any]]], *, mutation_time_column: str = "mutation_ts",
+                     reversal_column: str = "is_before") -> list[Change]:
+    """Every mutation row of every partition (ds -> rows in file order), in replay order."""
+    reserved = {mutation_time_column, reversal_column, "ds"}
+    changes = []
+    for ds in sorted(mutations):
+        for row_number, row in enumerate(mutations[ds]):
+            when, before = row[mutation_time_column], row[reversal_column]
+            assert _is_int(when), f"mutation row {row_number} of ds={ds}: {mutation_time_column} is {when!r}"
+            assert isinstance(before, bool), f"mutation row {row_number} of ds={ds}: {reversal_column} is {before!r}"
+            changes.append(Change(when, before, ds, row_number, {k: v for k, v in row.items() if k not in reserved}))
+    changes.sort(key=Change.sort_key)
+    return changes
+
+
+def apply_changes(initial: Sequence[Mapping[str, Any]], changes: Iterable[Change]) -> list[StateRow]:
+    """Replay changes (already filtered and in replay order) over the initial rows, SPEC §4 as decided:
+    an after row is appended; a before row removes the first equal row, or does nothing."""
+    changes = list(changes)
+    state = [StateRow({k: v for k, v in row.items() if k != "ds"}, None) for row in initial]
+    columns = sorted({c for r in state for c in r.columns} | {c for change in changes for c in change.columns})
+    keys = [match_key(columns, r.columns) for r in state]
+    for change in changes:
+        key = match_key(columns, change.columns)
+        if not change.is_before:
+            state.append(StateRow(dict(change.columns), change.mutation_ts))
+            keys.append(key)
+        elif key in keys:
+            position = keys.index(key)
+            del state[position]
+            del keys[position]
+    return state
+
+
+def replay(initial: Sequence[Mapping[str, Any]], mutations: Mapping[str, Sequence[Mapping[str, Any]]], q: int, *,
+           after: int | None = None, mutation_time_column: str = "mutation_ts",
+           reversal_column: str = "is_before") -> list[StateRow]:
+    """The state at q: ``initial`` rows, then every mutation with ``after <= mutation_ts < q``."""
+    changes = mutation_changes(mutations, mutation_time_column=mutation_time_column, reversal_column=reversal_column)
+    return apply_changes(initial, [c for c in changes if c.mutation_ts < q and (after is None or c.mutation_ts >= after)])
 
 
 def _partition_allowed(query: Any, ds: str) -> bool:
@@ -412,20 +535,56 @@ class Oracle:
 
     # ---- source rows
 
+    def entity_state(self, source: EntitySource, q: int) -> list[StateRow]:
+        """The entity table's state at q (its rows in source order), replayed from the earliest snapshot."""
+        query = source.query
+        snapshots = self.tables.get(source.snapshot_table, {})
+        needed = shift_ds(ds_of(q), -1)
+        if not snapshots or needed < min(snapshots):
+            raise MissingPartition(f"{source.snapshot_table} ds={needed} (state at {iso(q)})")
+        earliest = min(snapshots)
+        assert source.mutation_table is not None
+        mutation_time_column, reversal_column = _column(query.mutation_time_column), _column(query.reversal_column)
+        prepared_key = ("changes", source.mutation_table, mutation_time_column, reversal_column)
+        if prepared_key not in self._cache:
+            self._cache[prepared_key] = mutation_changes(self.tables.get(source.mutation_table, {}),
+                                                         mutation_time_column=mutation_time_column,
+                                                         reversal_column=reversal_column)
+        state_key = ("state", source.snapshot_table, *prepared_key, q)
+        if state_key not in self._cache:
+            after = midnight(earliest) + DAY_MS
+            changes = [c for c in self._cache[prepared_key] if after <= c.mutation_ts < q]
+            self._cache[state_key] = apply_changes(snapshots[earliest], changes)
+        return self._cache[state_key]  # type: ignore[no-any-return]
+
+    def _entity_rows(self, source: EntitySource, index: int, q: int) -> list[Row]:
+        """A mutated entity source's rows at q; seq (ds, index, file, list position), see the module doc."""
+        today, yesterday = ds_of(q), shift_ds(ds_of(q), -1)
+        rows = []
+        for position, state_row in enumerate(self.entity_state(source, q)):
+            appended_today = state_row.since is not None and state_row.since >= midnight(today)
+            row = _project_row(source.query, state_row.columns,
+                               (today if appended_today else yesterday, index, PART_FILE, position))
+            if row is not None:
+                rows.append(row)
+        return rows
+
     def source_rows(self, group_by: GroupBy, q: int) -> list[Row]:
-        """Every row the GroupBy may see at q: all event partitions, and snapshot ds(q) - 1 of entities."""
+        """Every row the GroupBy may see at q: all event partitions (the latest only if cumulative),
+        snapshot ds(q) - 1 of entities without mutations, the replayed state at q of entities with."""
         rows: list[Row] = []
         for index, source in enumerate(group_by.sources):
             if isinstance(source, EventSource):
-                if source.cumulative:
-                    raise NotImplementedError("cumulative event sources")
                 partitions = self.tables.get(source.table, {})
-                for ds in sorted(partitions):
-                    if _partition_allowed(source.query, ds):
-                        rows.extend(_project(source, index, ds, partitions[ds]))
+                allowed = [ds for ds in sorted(partitions) if _partition_allowed(source.query, ds)]
+                if source.cumulative:  # every partition holds the full history: read the latest only
+                    allowed = allowed[-1:]
+                for ds in allowed:
+                    rows.extend(_project(source, index, ds, partitions[ds]))
             elif isinstance(source, EntitySource):
                 if source.mutation_table is not None:
-                    raise NotImplementedError("entity mutations")
+                    rows.extend(self._entity_rows(source, index, q))
+                    continue
                 snapshot = shift_ds(ds_of(q), -1)
                 partitions = self.tables.get(source.snapshot_table, {})
                 if snapshot not in partitions:
@@ -438,8 +597,12 @@ class Oracle:
 
     def rows_by_key(self, group_by: GroupBy, q: int) -> dict[tuple[Any, ...], list[Row]]:
         """Source rows grouped by key; rows with a null key belong to no key."""
-        has_entities = any(isinstance(s, EntitySource) for s in group_by.sources)
-        cache_key = ("rows", id(group_by), ds_of(q) if has_entities else None)
+        entities = [s for s in group_by.sources if isinstance(s, EntitySource)]
+        if any(s.mutation_table is not None for s in entities):
+            when: Any = q  # the state changes at every mutation
+        else:
+            when = ds_of(q) if entities else None
+        cache_key = ("rows", id(group_by), when)
         if cache_key not in self._cache:
             grouped: dict[tuple[Any, ...], list[Row]] = {}
             for row in self.source_rows(group_by, q):
@@ -460,10 +623,21 @@ class Oracle:
 
     def raw_values(self, group_by: GroupBy, rows: Sequence[Row], q: int) -> dict[str, Any]:
         if not group_by.aggregations:
-            raise NotImplementedError("GroupBys without aggregations")
+            return self.lookup_values(group_by, rows, q)
         return {name: aggregate_column(aggregation, window, bucket, rows, q)
                 for aggregation in group_by.aggregations
                 for window, bucket, name in aggregation.output_columns()}
+
+    @staticmethod
+    def lookup_values(group_by: GroupBy, rows: Sequence[Row], q: int) -> dict[str, Any]:
+        """A GroupBy without aggregations: the columns of the row with the greatest ts < q (ties: the
+        first in source order), None everywhere without one; NaN and ±Inf become None."""
+        columns = group_by.output_columns()
+        before = [r for r in rows if r.ts < q]
+        if not before:
+            return dict.fromkeys(columns)
+        picked = min(before, key=lambda r: (-r.ts, r.seq))
+        return {c: clean_output(picked.columns.get(c)) for c in columns}
 
     def derive(self, derivations: Sequence[Any], base: dict[str, Any], raw_columns: Sequence[str]) -> dict[str, Any]:
         """Apply derivations; without Derivation("*", "*") the raw feature columns are dropped."""

@@ -22,6 +22,7 @@ from gnomon.errors import (
     ExecutionError,
     GnomonError,
     UnknownObjectError,
+    UnsupportedError,
     WarehouseError,
 )
 from gnomon.project import Project
@@ -31,5 +32,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Accuracy", "Aggregation", "Client", "ConfigError", "DefinitionError", "Derivation", "EntitySource",
            "EventSource", "ExecutionError", "GnomonError", "GroupBy", "Join", "JoinPart", "JoinSource",
-           "Operation", "Project", "Query", "StagingQuery", "TimeUnit", "UnknownObjectError", "WarehouseError",
+           "Operation", "Project", "Query", "StagingQuery", "TimeUnit", "UnknownObjectError", "UnsupportedError",
+           "WarehouseError",
            "Window", "__version__"]

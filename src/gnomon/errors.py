@@ -25,6 +25,11 @@ class DefinitionError(GnomonError, ValueError):
         super().__init__(text)
 
 
+class UnsupportedError(DefinitionError, NotImplementedError):
+    """A definition the chosen engine or path accepts but does not implement: raised by ``compile``
+    (naming the object, the field and what to do), never a silently wrong value."""
+
+
 class ConfigError(GnomonError, ValueError):
     """`gnomon.yaml` is missing or invalid."""
 

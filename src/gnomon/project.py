@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gnomon.compile.guards import check_supported
 from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, build_plan
 from gnomon.compile.repo import LoadedRepo, load_repo
 from gnomon.compile.validate import validate
@@ -48,6 +49,7 @@ class Project:
         self._loaded = load_repo(self.root, self._objects)
         plan = build_plan(self._loaded, self.config.dialect)
         validate(plan, self._loaded, self.warehouse)
+        check_supported(plan, self.config.offline.engine, self._loaded.files)
         self._plan = plan
         if write and (self.root / "gnomon.yaml").exists():
             path = self.root / PLAN_FILE
@@ -78,10 +80,10 @@ class Project:
         return node
 
     def _engine(self) -> Any:
-        if self.config.offline.engine != "duckdb":
-            raise ConfigError(f"offline engine {self.config.offline.engine!r} is not available in this release; "
-                              "set `offline: {engine: duckdb}` in gnomon.yaml")
+        from gnomon.compile.guards import check_engine
         from gnomon.offline.engines.duckdb import DuckDBEngine
+
+        check_engine(self.config.offline.engine)
 
         return DuckDBEngine(self.warehouse, self.plan, self.config.offline)
 
@@ -143,7 +145,7 @@ class Project:
             if not deps:
                 raise WarehouseError(
                     f"{kind} {name!r} reads the output of Join {parent!r} (JoinSource), and its table "
-                    f"{join.output_table!r} is missing {len(missing)} partition(s): {shown}. Fix: run the backfill "
+                    f"{join.output_table!r} is missing {len(missing)} partition(s) ({shown}). Fix: run the backfill "
                     f"without --no-deps (deps=True) to compute them first, or backfill the parent: "
                     f"gnomon backfill {parent} --start-ds {missing[0]} --end-ds {missing[-1]}")
             if parent in chain:
@@ -310,43 +312,64 @@ class Project:
             engine.close()
             store.close()
 
-    def source_schema(self, group_by: str) -> Any:
-        """The Arrow schema of the warehouse table behind a GroupBy's streamed source (None if no data yet)."""
+    def source_schema(self, group_by: str, topic: str | None = None) -> Any:
+        """The Arrow schema events of a GroupBy's topic are read with (its first topic by default):
+        the warehouse table behind the source, plus the mutation time and reversal columns for a
+        mutation topic; None when the table has no data yet."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        sources = [s for s in self.plan.group_bys[group_by].sources if s.topic]
-        files = self.warehouse.partition_files(sources[0].table) if sources else []
-        return pq.read_schema(files[-1]) if files else None
+        from gnomon.streaming.worker import streamed_topics
+
+        topics = streamed_topics(self.plan.group_bys[group_by])
+        source = topics.get(topic) if topic is not None else next(iter(topics.values()), None)
+        files = self.warehouse.partition_files(source.table) if source is not None else []
+        if not files:
+            return None
+        schema = pq.read_schema(files[-1])
+        if source is not None and source.kind == "entities":
+            mutation_files = self.warehouse.partition_files(source.mutation_table) if source.mutation_table else []
+            mutation_schema = pq.read_schema(mutation_files[-1]) if mutation_files else pa.schema([])
+            for name, default in ((source.mutation_time_column, pa.int64()), (source.reversal_column, pa.bool_())):
+                if name not in schema.names:
+                    index = mutation_schema.get_field_index(name)
+                    schema = schema.append(mutation_schema.field(index) if index >= 0 else pa.field(name, default))
+        return schema
 
     def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
-        """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread each,
-        until stopped (or caught up); returns each worker's counters. ``options``: ``group``, ``name``,
-        ``metrics`` (a `gnomon.metrics.StreamMetrics` the workers report to), and `StreamWorker.run`'s
-        ``max_records``, ``poll_timeout_s``, ``stop``."""
+        """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread per
+        topic, until stopped (or caught up); returns each GroupBy's counters. ``options``: ``group``,
+        ``name``, ``metrics`` (a `gnomon.metrics.StreamMetrics` the workers report to), and
+        `StreamWorker.run`'s ``max_records``, ``poll_timeout_s``, ``stop``."""
         import threading
 
-        from gnomon.streaming.worker import StreamWorker
+        from gnomon.streaming.worker import StreamWorker, WorkerStats, streamed_topics
 
         store, broker = self.store(), self.broker()
-        names = [g for g in self.online_group_bys(name) if any(s.topic for s in self.plan.group_bys[g].sources)]
+        names = [g for g in self.online_group_bys(name) if streamed_topics(self.plan.group_bys[g])]
+        jobs = [(g, topic) for g in names for topic in streamed_topics(self.plan.group_bys[g])]
         worker_options = {k: v for k, v in options.items() if k in ("group", "name", "metrics")}
         run_options = {k: v for k, v in options.items() if k not in ("group", "name", "metrics")}
         stats: dict[str, Any] = {}
         errors: list[BaseException] = []
+        lock = threading.Lock()
 
-        def run(group_by: str) -> None:
+        def run(group_by: str, topic: str) -> None:
             try:
-                worker = StreamWorker(self.plan.group_bys[group_by], store, broker,
-                                      schema=self.source_schema(group_by), **worker_options)
+                worker = StreamWorker(self.plan.group_bys[group_by], store, broker, topic=topic,
+                                      schema=self.source_schema(group_by, topic), **worker_options)
                 try:
-                    stats[group_by] = worker.run(until_caught_up=until_caught_up, **run_options)
+                    result = worker.run(until_caught_up=until_caught_up, **run_options)
                 finally:
                     worker.close()
+                with lock:
+                    stats[group_by] = _add_stats(stats.get(group_by, WorkerStats()), result)
             except BaseException as error:  # noqa: BLE001 — re-raised in the caller's thread
                 errors.append(error)
 
         try:
-            threads = [threading.Thread(target=run, args=(g,), name=f"gnomon-stream-{g}", daemon=True) for g in names]
+            threads = [threading.Thread(target=run, args=job, name=f"gnomon-stream-{job[0]}-{job[1]}", daemon=True)
+                       for job in jobs]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -364,6 +387,19 @@ class Project:
         plan = self.plan
         node = plan.group_bys.get(name_or_table) or plan.joins.get(name_or_table) or plan.staging_queries.get(name_or_table)
         return self.warehouse.read_table(node.output_table if node else name_or_table, start_ds, end_ds)
+
+
+def _add_stats(total: Any, more: Any) -> Any:
+    """The counters of two workers' runs added up (a GroupBy with several topics)."""
+    from dataclasses import fields
+
+    for f in fields(total):
+        if f.name == "dead_letter_reasons":
+            for reason, count in more.dead_letter_reasons.items():
+                total.dead_letter_reasons[reason] = total.dead_letter_reasons.get(reason, 0) + count
+        else:
+            setattr(total, f.name, getattr(total, f.name) + getattr(more, f.name))
+    return total
 
 
 __all__ = ["GroupBy", "Join", "Project", "StagingQuery"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import sqlglot
@@ -50,3 +51,10 @@ def referenced_columns(expression: str, dialect: str = "duckdb") -> set[str]:
 def quote(name: str) -> str:
     """A DuckDB identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def row_id_sql(columns: Sequence[str]) -> str:
+    """The identity of a raw entity row, as the online path matches a delete to its row: 63 bits of
+    the MD5 of the row's JSON (the same for equal values whatever their integer or float width)."""
+    packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in columns)
+    return f"(md5_number_lower(to_json(struct_pack({packed}))) & 9223372036854775807)::BIGINT"

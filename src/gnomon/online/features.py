@@ -9,10 +9,26 @@ from gnomon.aggregation import Aggregator, make_aggregator
 from gnomon.compile.plan import FeaturePlan, GroupByPlan
 
 
+#: what a row of an entity source carries besides its columns: the mutation that wrote it (null for
+#: snapshot rows), whether it removes a row, and the identity of the raw row it inserts or removes
+MUTATION_COLUMNS = ("__mutation_ts", "__is_before", "__row_id")
+
+
+def keeps_rows(group_by: GroupByPlan) -> bool:
+    """Whether the online state of a GroupBy is its rows rather than tile IRs: entity sources (a
+    delete must find its row, for every operation) and attribute lookups (the latest row)."""
+    return not group_by.features or any(s.kind == "entities" for s in group_by.sources)
+
+
 def row_columns(group_by: GroupByPlan) -> list[str]:
-    """The columns a streamed row keeps: every aggregation input and bucket, sorted."""
-    columns = {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
-    return sorted(columns)
+    """The columns a streamed row keeps: every aggregation input and bucket (or, for a lookup, every
+    looked-up column), sorted; then `MUTATION_COLUMNS` for entity sources."""
+    if not group_by.features:
+        columns = set(group_by.value_columns)
+    else:
+        columns = {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
+    entities = any(s.kind == "entities" for s in group_by.sources)
+    return sorted(columns) + (list(MUTATION_COLUMNS) if entities else [])
 
 
 def aggregation_type(duck_type: str) -> str:

@@ -21,11 +21,21 @@ from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
 from gnomon.definitions.windows import window_start
 from gnomon.errors import UnknownObjectError
 from gnomon.online.derive import Deriver
-from gnomon.online.features import OnlineFeature, online_features
-from gnomon.online.records import BatchState, StreamRow, UploadMeta, batch_key, entity_key, meta_key, rows_key
+from gnomon.online.features import OnlineFeature, keeps_rows, online_features, row_columns
+from gnomon.online.records import (
+    BatchState,
+    StreamRow,
+    UploadMeta,
+    batch_key,
+    decode_batch_rows,
+    entity_key,
+    meta_key,
+    rows_key,
+)
 from gnomon.online.stores.base import OnlineStore
 
 SUCCESS = "Success"
+DAY_MS = 86_400_000
 DEFAULT_HORIZON_MS = 2 * 86_400_000
 
 
@@ -193,6 +203,11 @@ class Fetcher:
         elif q - meta.batch_end > self.horizon_ms:
             failure = ("StaleUpload", f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older "
                        f"than the horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
+        elif (meta.accuracy == "temporal" and _entities(group_by) and q >= meta.batch_end + DAY_MS
+              and not any(s.mutation_topic for s in group_by.sources)):
+            failure = ("StaleUpload", f"GroupBy {group_by.name!r}: at q={q} its value reads a snapshot newer than the "
+                       f"upload (batch end {meta.batch_end}) and it has no mutation topic to follow the changes; run "
+                       "`gnomon upload` for the newer day, or add mutation_topic=... to its EntitySource")
         if failure is not None:
             pending.results = [FetchResult(failure[0], r, error=failure[1]) for r in requests]
             return pending
@@ -235,7 +250,39 @@ class Fetcher:
         _, values = decode_value(raw)
         return dict(values)
 
+    def _row_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
+        """Entity GroupBys and lookups: the state's rows at q (the upload's, then the streamed
+        mutations before q replayed in order, or the streamed events), aggregated or looked up."""
+        meta, group_by = state.meta, state.plan
+        rows = decode_batch_rows(raw) if raw is not None else []
+        streamed = [StreamRow.decode(blob) for blob in row_blobs]
+        if _entities(group_by):
+            rows = replay_mutations(rows, streamed, meta.batch_end, q)
+        else:
+            late = [r for r in streamed if r.ts >= meta.batch_end or r.arrived_at > meta.uploaded_at]
+            rows = rows + [(r.ts, r.values) for r in sorted(late, key=lambda r: r.seq)]
+        if not group_by.features:  # a lookup: the latest row before q, the first in source order on a tie
+            latest = None
+            for ts, values in rows:
+                if ts < q and (latest is None or ts > latest[0]):
+                    latest = (ts, values)
+            columns = row_columns(group_by)
+            return {c: None if latest is None else latest[1][columns.index(c)] for c in group_by.value_columns}
+        out = {}
+        ordered = sorted(((ts, seq, values) for seq, (ts, values) in enumerate(rows) if ts < q),
+                         key=lambda row: (row[0], row[1]))
+        for feature in state.features:
+            start = window_start(q, feature.plan.window_ms)
+            ir = None
+            for ts, seq, values in ordered:
+                if start is None or ts >= start:
+                    ir = feature.accumulate(ir, values, ts, seq)
+            out[feature.plan.name] = feature.aggregator.finalize(ir)
+        return out
+
     def _temporal_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
+        if keeps_rows(state.plan):
+            return self._row_values(state, raw, row_blobs, q)
         meta = state.meta
         batch = BatchState(raw) if raw is not None else None
         rows = [StreamRow.decode(blob) for blob in row_blobs]
@@ -263,6 +310,32 @@ class Fetcher:
             columns = join_feature_columns(join, self.plan)
             self._join_derivers[join.name] = Deriver(join.derivations, [], columns) if join.derivations else None
         return self._join_derivers[join.name]
+
+
+def _entities(group_by: GroupByPlan) -> bool:
+    return any(s.kind == "entities" for s in group_by.sources)
+
+
+def replay_mutations(rows: list[tuple[int, list[Any]]], streamed: list[StreamRow], batch_end: int,
+                     q: int) -> list[tuple[int, list[Any]]]:
+    """SPEC §4 online: the uploaded rows (the snapshot at the batch end), then every streamed
+    mutation with ``batch_end <= mutation_ts < q`` in the order (mutation time, before-rows first,
+    arrival): an insert appends its row, a delete removes the first row of the same identity, or
+    nothing when there is none — exactly the offline versions' rule. Rows carry
+    `MUTATION_COLUMNS` last; earlier mutations are in the snapshot already."""
+    mutations = [r for r in streamed if r.values[-3] is not None and batch_end <= r.values[-3] < q]
+    mutations.sort(key=lambda r: (r.values[-3], not r.values[-2], r.seq))
+    state = list(rows)
+    for mutation in mutations:
+        if not mutation.values[-2]:
+            state.append((mutation.ts, mutation.values))
+            continue
+        row_id = mutation.values[-1]
+        for index, (_, values) in enumerate(state):
+            if values[-1] == row_id:
+                del state[index]
+                break
+    return state
 
 
 _Reads = tuple[list[bytes], list[bytes]]

@@ -132,6 +132,22 @@ class BatchState:
         return bytes(view[blobs_at + begin: blobs_at + end])
 
 
+BATCH_ROWS_VERSION = 3
+
+
+def encode_batch_rows(rows: Sequence[tuple[int, Sequence[Any]]]) -> bytes:
+    """A batch record that keeps rows (entity GroupBys, lookups): ``0x03`` + the MessagePack array of
+    ``[ts, values]`` in source order (values in `row_columns` order)."""
+    return bytes([BATCH_ROWS_VERSION]) + msgpack.packb([[ts, list(values)] for ts, values in rows], default=coerce)
+
+
+def decode_batch_rows(data: bytes) -> list[tuple[int, list[Any]]]:
+    """The rows of an `encode_batch_rows` record."""
+    if data[:1] != bytes([BATCH_ROWS_VERSION]):
+        raise ValueError(f"unknown batch rows record version {data[:1]!r}; re-run `gnomon upload`")
+    return [(ts, values) for ts, values in _unpack(memoryview(data)[1:])]
+
+
 STREAM_ROW_VERSION = 2
 _STREAM_ROW_PREFIX = bytes([STREAM_ROW_VERSION])
 

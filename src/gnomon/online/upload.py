@@ -20,12 +20,13 @@ from gnomon.compile.plan import GroupByPlan
 from gnomon.compile.sql import quote
 from gnomon.definitions.windows import floor_to
 from gnomon.offline.engines.duckdb import DuckDBEngine
-from gnomon.offline.warehouse import DAY_MS, ds_to_ms, ms_to_ds
-from gnomon.online.features import aggregation_type, online_features, row_columns
+from gnomon.offline.warehouse import DAY_MS, ds_to_ms, entity_partitions, ms_to_ds
+from gnomon.online.features import MUTATION_COLUMNS, aggregation_type, keeps_rows, online_features, row_columns
 from gnomon.online.records import (
     RECORD_VERSION,
     UploadMeta,
     batch_key,
+    encode_batch_rows,
     encode_batch_state,
     entity_key,
     meta_key,
@@ -41,6 +42,8 @@ def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store:
     uploaded_at = int(time.time() * 1000)
     if group_by.accuracy == "snapshot":
         written, types = _upload_snapshot(engine, group_by, ds, batch_end, store)
+    elif keeps_rows(group_by):
+        written, types = _upload_rows(engine, group_by, ds, batch_end, store)
     else:
         written, types = _upload_temporal(engine, group_by, ds, batch_end, store)
     # the meta record goes last: until it is written, fetchers keep reading the previous upload
@@ -94,6 +97,47 @@ def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch
         store.put(items)
         written += len(items)
     return written, input_types
+
+
+def _upload_rows(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
+                 store: OnlineStore) -> tuple[int, dict[str, str]]:
+    """Entity GroupBys and lookups keep rows: per key, the rows of the state at the batch end that a
+    fetch at or after it may still read (entities: snapshot ``ds``; event lookups: the latest row)."""
+    owner = f"GroupBy({group_by.name!r})"
+    span = group_by.max_window_ms
+    start_ds = None if span is None else ms_to_ds(batch_end - span - DAY_MS)
+    columns = row_columns(group_by)
+    entities = any(s.kind == "entities" for s in group_by.sources)
+    values = [c for c in columns if c not in MUTATION_COLUMNS]
+    events_sql = engine.source_sql(owner, group_by.sources, start_ds, ds, [*group_by.keys, *values],
+                                   strict=[] if entities else [ds], entity=entity_partitions([batch_end]), row_ids=True)
+    keys = ", ".join(quote(k) for k in group_by.keys)
+    not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
+    selected = ", ".join([*(quote(c) for c in values),
+                          *(["NULL::BIGINT AS __mutation_ts", "false AS __is_before", "__row_id"] if entities else [])])
+    if entities:  # the snapshot's rows; those older than every window can never count again
+        lower = "" if span is None else f" AND ts >= {batch_end - span}"
+        sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE __ds = '{ds}'{lower} AND {not_null} "
+               f"ORDER BY {keys}, __seq")
+    else:  # a lookup over events: the latest row before the batch end is all a later fetch can pick
+        sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE ts < {batch_end} AND {not_null} "
+               f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY ts DESC, __seq) = 1 ORDER BY {keys}")
+    described = engine.con.sql(sql)
+    types = {name: aggregation_type(str(kind)) for name, kind in zip(described.columns, described.types, strict=True)}
+    key_count = len(group_by.keys)
+    written = 0
+    items: list[tuple[bytes, bytes]] = []
+    for key, rows in itertools.groupby(_rows(engine.con.execute(sql)), key=lambda row: row[:key_count]):
+        record = encode_batch_rows([(row[key_count], list(row[key_count + 2:])) for row in rows])
+        items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), record))
+        if len(items) >= _CHUNK:
+            store.put(items)
+            written += len(items)
+            items = []
+    if items:
+        store.put(items)
+        written += len(items)
+    return written, {c: types[c] for c in values}
 
 
 def _rows(relation: Any) -> Iterator[tuple[Any, ...]]:

@@ -137,12 +137,12 @@ def create_app(repo: str | Path = ".") -> Any:
     fetcher = project.fetcher(store)
     metrics = Metrics()
     state: dict[str, Any] = {"broker": None}
-    schemas: dict[str, Any] = {}
+    schemas: dict[tuple[str, str], Any] = {}
 
-    def schema_of(group_by: str) -> Any:
-        if group_by not in schemas:
-            schemas[group_by] = project.source_schema(group_by)
-        return schemas[group_by]
+    def schema_of(group_by: str, topic: str) -> Any:
+        if (group_by, topic) not in schemas:
+            schemas[group_by, topic] = project.source_schema(group_by, topic)
+        return schemas[group_by, topic]
 
     app = FastAPI(title="Gnomon feature server", version="1",
                   description="Chronon's fetch contract over a Gnomon feature repo.")

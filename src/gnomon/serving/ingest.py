@@ -17,10 +17,12 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
                       schemas: Callable[[str], Any] | None = None) -> list[str]:
     """Publish ``events`` to ``topic``; with ``sync``, also apply them now for every GroupBy reading
     the topic. The stream worker applies them again later, which changes nothing (event ids).
-    ``schemas(group_by)`` gives the warehouse schema events are read with."""
+    ``schemas(group_by, topic)`` gives the warehouse schema events are read with."""
     import time
 
-    known = sorted({s.topic for g in plan.group_bys.values() for s in g.sources if s.topic})
+    from gnomon.streaming.worker import streamed_topics
+
+    known = sorted({t for g in plan.group_bys.values() for t in streamed_topics(g)})
     if topic not in known:
         raise UnknownObjectError("topic", topic, known)
     bad = [index for index, event in enumerate(events) if not isinstance(event, Mapping)]
@@ -37,6 +39,7 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
             partition, _, offset = event_id.partition(":")
             records.append(Record(topic, partition, offset, payload, now))
         for group_by in plan.group_bys.values():
-            if any(s.topic == topic for s in group_by.sources):
-                RecordApplier(group_by, store, schema=schemas(group_by.name) if schemas else None).apply(records)
+            if topic in streamed_topics(group_by):
+                schema = schemas(group_by.name, topic) if schemas else None
+                RecordApplier(group_by, store, schema=schema, topic=topic).apply(records)
     return ids

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from gnomon.compile.plan import GroupByPlan, SourcePlan
-from gnomon.compile.sql import quote
+from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
 from gnomon.online.features import row_columns
 from gnomon.online.records import (
@@ -40,6 +40,7 @@ from gnomon.online.records import (
 )
 from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
+from gnomon.streaming.cdc import MutationFormatError, mutation_rows
 
 log = logging.getLogger("gnomon.stream")
 
@@ -85,14 +86,29 @@ class QueryEvaluator:
         self.columns = row_columns(group_by)
         # one thread: a micro-batch is small, and the store's server wants the other core
         self.connection = duckdb.connect(config={"threads": 1})
-        selects = source.selects or {c: quote(c) for c in [*group_by.keys, *self.columns]}
+        selects = dict(source.selects or {c: quote(c) for c in [*group_by.keys, *self.columns]})
+        time_column = source.time_column
+        self.mutations = source.kind == "entities"
+        if self.mutations:  # mutation rows: their time, their direction, and the identity of their raw row
+            if self.schema is None:
+                from gnomon.errors import ConfigError
+
+                raise ConfigError(f"GroupBy {group_by.name!r}: snapshot table {source.table!r} has no partition yet, "
+                                  "so its mutation rows cannot be read; land a snapshot and run `gnomon upload` first")
+            mutation_time, reversal = source.mutation_time_column, source.reversal_column
+            raw = [n for n in self.schema.names if n not in (mutation_time, reversal)]
+            selects.update({"__mutation_ts": f"CAST({quote(mutation_time)} AS BIGINT)",
+                            "__is_before": f"CAST({quote(reversal)} AS BOOLEAN)", "__row_id": row_id_sql(raw)})
+            if time_column == "ts" and "ts" not in raw:  # rows without a time are known as of their mutation
+                time_column = quote(mutation_time)
         wanted = [*group_by.keys, *[c for c in self.columns if c not in group_by.keys]]
         select_list = ", ".join(f"({selects[c]}) AS {quote(c)}" if c in selects else f"NULL AS {quote(c)}"
                                 for c in wanted)
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
         self.sql = (f"SELECT __index, __partition, __offset, __seq, {select_list}, "
-                    f"CAST(({source.time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
+                    f"CAST(({time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
         self.rows_prefix = rows_prefix
+        self.source = source
         self._relation: duckdb.DuckDBPyRelation | None = None
         self._json_parse = _json_parse_options(self.schema)
 
@@ -117,29 +133,39 @@ class QueryEvaluator:
             return None
         columns = [column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
                    for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)]
+        if self.mutations and any(columns[self.schema.get_field_index(name)].null_count
+                                  for name in (self.source.mutation_time_column, self.source.reversal_column)):
+            return None  # not mutation rows (e.g. Debezium events): converted event by event
         return self._with_origins(pa.Table.from_arrays(columns, schema=self.schema), records)
 
-    def table(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None) -> pa.Table:
+    def table(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None,
+              suffixes: Sequence[str] | None = None) -> pa.Table:
         """Parsed events as an Arrow table of the warehouse schema, plus ``__index`` (their
         position) and their records' ``__partition`` and ``__offset``.
 
         Column by column, with the conversions of ``pa.Table.from_pylist`` (a missing field is null,
         a value of the wrong type raises), without its per-row overhead."""
         if self.schema is None:
-            return self._with_origins(pa.Table.from_pylist(events), origins, len(events))
+            return self._with_origins(pa.Table.from_pylist(events), origins, len(events), suffixes)
         arrays = [pa.array(_as_decimals([event.get(f.name) for event in events])
                            if pa.types.is_decimal(f.type) else [event.get(f.name) for event in events], type=f.type)
                   for f in self.schema]
-        return self._with_origins(pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events))
+        return self._with_origins(pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events), suffixes)
 
     @staticmethod
-    def _with_origins(table: pa.Table, origins: Sequence[Record] | None, count: int | None = None) -> pa.Table:
+    def _with_origins(table: pa.Table, origins: Sequence[Record] | None, count: int | None = None,
+                      suffixes: Sequence[str] | None = None) -> pa.Table:
+        """``suffixes``: appended to each row's offset in its event id (a record that converts to
+        several mutation rows gives each its own id; the order ``__seq`` is the record's)."""
         n = len(origins) if origins is not None else count or 0
         table = table.append_column("__index", pa.array(range(n), pa.int64()))
         table = table.append_column("__partition", pa.array(
             ["0"] * n if origins is None else [r.partition for r in origins], pa.string()))
         offsets = pa.array(["0"] * n if origins is None else [r.offset for r in origins], pa.string())
-        return table.append_column("__offset", offsets).append_column("__seq", _seqs(offsets))
+        seqs = _seqs(offsets)
+        if suffixes is not None:
+            offsets = pc.binary_join_element_wise(offsets, pa.array(suffixes, pa.string()), "")
+        return table.append_column("__offset", offsets).append_column("__seq", seqs)
 
     def evaluate_table(self, table: pa.Table, stored: bool = True, arrived_at: int | None = None) -> dict[str, list[Any]]:
         """The Query's output columns (``__index`` = row of ``table``, ``__seq``) for the rows the
@@ -173,11 +199,11 @@ class QueryEvaluator:
             columns["__row"] = encoded
         return columns
 
-    def evaluate_columns(self, events: list[dict[str, Any]],
-                         origins: Sequence[Record] | None = None) -> dict[str, list[Any]]:
+    def evaluate_columns(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None,
+                         suffixes: Sequence[str] | None = None) -> dict[str, list[Any]]:
         """`evaluate_table` of parsed events (``__index`` = position in ``events``); with
         ``origins`` (the events' records), also ``__key``, ``__event_id`` and ``__seq``."""
-        return self.evaluate_table(self.table(events, origins), stored=origins is not None)
+        return self.evaluate_table(self.table(events, origins, suffixes), stored=origins is not None)
 
     def evaluate(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`evaluate_columns` as one dict per row."""
@@ -257,16 +283,20 @@ class RecordApplier:
     ``NaN``) and evaluated one by one, to isolate the bad ones as dead letters."""
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None) -> None:
-        streamed = [s for s in group_by.sources if s.topic]
-        if not streamed:
+                 schema: pa.Schema | None = None, topic: str | None = None) -> None:
+        topics = streamed_topics(group_by)
+        if not topics:
             from gnomon.errors import ConfigError
 
             raise ConfigError(f"GroupBy {group_by.name!r} has no source with a topic; add topic=... to its "
-                              "EventSource to stream it")
+                              "EventSource (or mutation_topic=... to its EntitySource) to stream it")
+        if topic is not None and topic not in topics:
+            from gnomon.errors import UnknownObjectError
+
+            raise UnknownObjectError(f"topic of GroupBy {group_by.name!r}", topic, topics)
         self.group_by = group_by
-        self.source = streamed[0]
-        self.topic: str = streamed[0].topic  # type: ignore[assignment]
+        self.topic: str = topic or next(iter(topics))
+        self.source = topics[self.topic]
         self.store = store
         self.clock = clock
         self.evaluator = _evaluator(group_by, self.source, schema, rows_key(group_by.name, b""))
@@ -294,6 +324,7 @@ class RecordApplier:
                                       arrived_at)
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
+        suffixes: list[str] = []
         dead = []
         loads = orjson.loads
         for record in records:
@@ -308,9 +339,20 @@ class RecordApplier:
             if type(event) is not dict:
                 dead.append((record, f"an event must be a JSON object, got {type(event).__name__}"))
                 continue
+            if self.evaluator.mutations:  # a mutation-table row, or a Debezium change event: 1 or 2 rows
+                try:
+                    converted = mutation_rows(event, self.source.mutation_time_column, self.source.reversal_column)
+                except MutationFormatError as error:
+                    dead.append((record, str(error)))
+                    continue
+                events.extend(converted)
+                origins.extend([record] * len(converted))
+                suffixes.extend([""] if len(converted) == 1 else [f":{i}" for i in range(len(converted))])
+                continue
             events.append(event)
             origins.append(record)
-        rows, evaluation_dead = self._evaluate(events, origins)
+            suffixes.append("")
+        rows, evaluation_dead = self._evaluate(events, origins, suffixes)
         dead.extend(evaluation_dead)
         return self._prepared(records, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group,
                               arrived_at)
@@ -350,19 +392,19 @@ class RecordApplier:
                                                         zip(*[rows[c] for c in self.evaluator.columns], strict=True))
         return list(zip(keys, rows["__event_id"], blobs, strict=True))
 
-    def _evaluate(self, events: list[dict[str, Any]],
-                  origins: list[Record]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
+    def _evaluate(self, events: list[dict[str, Any]], origins: list[Record],
+                  suffixes: list[str]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
         if not events:
             return {}, []
         try:
-            rows = self.evaluator.evaluate_columns(events, origins)
+            rows = self.evaluator.evaluate_columns(events, origins, suffixes)
         except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
             if len(events) == 1:
                 return {}, [(origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")]
             merged: dict[str, list[Any]] = {}
             dead: list[tuple[Record, str]] = []
             for index, (event, origin) in enumerate(zip(events, origins, strict=True)):  # isolate the bad events
-                one, bad = self._evaluate([event], [origin])
+                one, bad = self._evaluate([event], [origin], [suffixes[index]])
                 dead.extend(bad)
                 if one:
                     one["__index"] = [index] * len(one["__index"])
@@ -394,14 +436,15 @@ class StreamWorker:
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
                  name: str | None = None, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None, metrics: StreamMetrics | None = None) -> None:
-        self.applier = RecordApplier(group_by, store, clock, schema)
+                 schema: pa.Schema | None = None, metrics: StreamMetrics | None = None,
+                 topic: str | None = None) -> None:
+        self.applier = RecordApplier(group_by, store, clock, schema, topic)
         self.metrics = metrics
         self.group_by = group_by
         self.topic = self.applier.topic
         self.store = store
         self.broker = broker
-        self.group = group or f"gnomon.{group_by.name}"
+        self.group = group or consumer_group(group_by, self.topic)
         self.consumer: Consumer = broker.consumer(self.topic, self.group, name)
 
     @property
@@ -465,19 +508,37 @@ class StreamWorker:
         self.consumer.close()
 
 
-_EVALUATORS: dict[tuple[str, int, str | None], QueryEvaluator] = {}
+_EVALUATORS: dict[tuple[str, int, int, str | None], QueryEvaluator] = {}
 
 
 def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None,
                rows_prefix: bytes) -> QueryEvaluator:
-    """One evaluator per GroupBy, schema and thread (DuckDB connections are not shared across threads)."""
+    """One evaluator per GroupBy, source, schema and thread (DuckDB connections are not shared across
+    threads)."""
     import threading
 
-    key = (group_by.name, threading.get_ident(), None if schema is None else schema.to_string())
+    index = group_by.sources.index(source)
+    key = (group_by.name, index, threading.get_ident(), None if schema is None else schema.to_string())
     evaluator = _EVALUATORS.get(key)
     if evaluator is None or evaluator.group_by is not group_by:
         evaluator = _EVALUATORS[key] = QueryEvaluator(group_by, source, schema, rows_prefix)
     return evaluator
+
+
+def consumer_group(group_by: GroupByPlan, topic: str) -> str:
+    """The default consumer group of a GroupBy's topic: ``gnomon.<group_by>``, and
+    ``gnomon.<group_by>.<topic>`` for each topic of a GroupBy with several."""
+    return f"gnomon.{group_by.name}" if len(streamed_topics(group_by)) == 1 else f"gnomon.{group_by.name}.{topic}"
+
+
+def streamed_topics(group_by: GroupByPlan) -> dict[str, SourcePlan]:
+    """Every topic a GroupBy streams from (event topics and mutation topics), with its source."""
+    topics: dict[str, SourcePlan] = {}
+    for source in group_by.sources:
+        topic = source.topic or source.mutation_topic
+        if topic is not None:
+            topics.setdefault(topic, source)
+    return topics
 
 
 def _why(evaluator: QueryEvaluator, event: dict[str, Any]) -> str:

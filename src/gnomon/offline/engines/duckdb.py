@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from gnomon.compile.plan import FeaturePlan, GroupByPlan, JoinPlan, Plan, SourcePlan
-from gnomon.compile.sql import quote
+from gnomon.compile.sql import quote, row_id_sql
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError, did_you_mean
@@ -110,20 +110,21 @@ class DuckDBEngine:
 
     def source_sql(self, owner: str, sources: Sequence[SourcePlan], start_ds: str | None, end_ds: str | None,
                    needed: Sequence[str] | None = None, strict: Sequence[str] = (),
-                   entity: tuple[Sequence[str], Sequence[str]] | None = None) -> str | None:
+                   entity: tuple[Sequence[str], Sequence[str]] | None = None, row_ids: bool = False) -> str | None:
         """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
 
         ``__seq`` orders rows as the SPEC's source order: (ds, source index, file name, row number).
         ``entity`` = (snapshot days, mutation days) (`entity_partitions`): entity sources then read
         exactly those partitions, and their rows are *versions* of the table's rows with ``__ds`` =
         the snapshot day and the validity ``__from < q <= __to`` (null: unbounded) that the
-        mutations give them (`_versions_sql`). Returns None when no partition is in range.
+        mutations give them (`_versions_sql`); with ``row_ids``, also ``__row_id``, the identity of
+        the raw row (`row_id_sql`). Returns None when no partition is in range.
         """
         reads = []
         file_rows: list[tuple[str, int, str]] = []
         for index, source in enumerate(sources):
             if source.kind == "entities" and entity is not None:
-                read = self._entity_read(owner, source, index, entity, file_rows)
+                read = self._entity_read(owner, source, index, entity, file_rows, row_ids)
                 if read is not None:
                     reads.append(read)
                 continue
@@ -146,7 +147,7 @@ class DuckDBEngine:
         return " UNION ALL BY NAME ".join(f"({r.replace('{files}', files_table)})" for r in reads)
 
     def _query_sql(self, source: SourcePlan, columns: list[str], needed: Sequence[str] | None, rows: str,
-                   ds_column: str, versions: bool) -> str:
+                   ds_column: str, versions: bool, row_ids: bool = False) -> str:
         """A source's Query over ``rows`` (raw columns, ``__ds``, and ``__seq`` or the file columns)."""
         time_expr = source.time_column
         if source.kind == "entities" and time_expr not in columns and time_expr == "ts":
@@ -159,13 +160,13 @@ class DuckDBEngine:
             select_list = [quote(c) for c in columns if c != "ts" and (needed is None or c in needed)]
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
         seq = "__seq" if versions else "(__files.__ordinal * 4294967296 + file_row_number) AS __seq"
-        validity = "__from, __to, " if versions else ""
+        validity = ("__from, __to, " if versions else "") + ("__row_id, " if row_ids else "")
         join = "" if versions else " JOIN {files} AS __files ON __r.filename = __files.__filename"
         return (f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
                 f"__ds, '{source.kind}' AS __kind, {validity}{seq} FROM {rows} AS __r{join} WHERE {where}")
 
     def _entity_read(self, owner: str, source: SourcePlan, index: int, entity: tuple[Sequence[str], Sequence[str]],
-                     file_rows: list[tuple[str, int, str]]) -> str | None:
+                     file_rows: list[tuple[str, int, str]], row_ids: bool = False) -> str | None:
         """An entity source's versions for the given (snapshot days, mutation days)."""
         snapshot_days, mutation_days = entity
         if not snapshot_days:
@@ -181,8 +182,8 @@ class DuckDBEngine:
                               for f in self.warehouse.partition_files(source.mutation_table, day, day)]
             check_mutation_columns(owner, source, columns, self._table_columns(mutation_files))
         file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
-        versions = _versions_sql(source, columns, snapshot_files, mutation_files)
-        return self._query_sql(source, columns, None, versions, "__ds", versions=True)
+        versions = _versions_sql(source, columns, snapshot_files, mutation_files, row_ids)
+        return self._query_sql(source, columns, None, versions, "__ds", versions=True, row_ids=row_ids)
 
     def _files(self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()) -> list[str]:
         table = source.table
@@ -705,7 +706,7 @@ def check_mutation_columns(owner: str, source: SourcePlan, snapshot_columns: lis
 
 
 def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequence[str],
-                  mutation_files: Sequence[str]) -> str:
+                  mutation_files: Sequence[str], row_ids: bool = False) -> str:
     """The table's rows as *versions* valid for ``__from < q <= __to`` (null: unbounded) on the day
     after their snapshot ``__ds`` (SPEC §4, with exact deletes for every operation).
 
@@ -735,8 +736,9 @@ def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequen
             f"FROM {_read_files_sql(mutation_files)} AS __r JOIN {{files}} AS __files "
             f"ON __r.filename = __files.__filename")
     rows = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+    row_id = f", {row_id_sql(columns)} AS __row_id" if row_ids else ""
     if not mutation_files:
-        return f"(SELECT *, NULL::BIGINT AS __from, NULL::BIGINT AS __to FROM ({rows}))"
+        return f"(SELECT *, NULL::BIGINT AS __from, NULL::BIGINT AS __to{row_id} FROM ({rows}))"
     group = f"PARTITION BY __ds, {raw} ORDER BY __m NULLS FIRST, __before DESC, __seq"
     upto = f"({group} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     return (
@@ -746,7 +748,10 @@ def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequen
         f"__c AS (SELECT *, count(*) FILTER (WHERE NOT __before) OVER {upto} AS __copy, "
         f"list(__m) FILTER (WHERE __removes) OVER ({group} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED "
         f"FOLLOWING) AS __ends FROM __e) "
-        f"SELECT {raw}, __ds, __seq, __m AS __from, __ends[__copy] AS __to FROM __c WHERE NOT __before)")
+        # inserted rows follow the snapshot's in the order they were applied (source order for ties)
+        f"SELECT {raw}, __ds, CASE WHEN __m IS NULL THEN __seq ELSE 4611686018427387904 + row_number() OVER "
+        f"(PARTITION BY __ds, __m IS NULL ORDER BY __m, __seq) END AS __seq, __m AS __from, "
+        f"__ends[__copy] AS __to{row_id} FROM __c WHERE NOT __before)")
 
 
 def _to_arrow(values: list[Any]) -> pa.Array:
