@@ -245,7 +245,7 @@ class SQLiteStore(OnlineStore):
             if offsets:
                 # offsets only move forward: a worker finishing an older batch after another worker
                 # of its group went further must not move them back
-                from gnomon.streaming.brokers import offset_order
+                from gnomon.offsets import offset_order
 
                 current = dict(connection.execute(_GET_OFFSETS, (consumer,)).fetchall())
                 advanced = [(consumer, partition, offset) for partition, offset in offsets.items()

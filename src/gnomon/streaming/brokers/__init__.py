@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gnomon.errors import ConfigError, GnomonError
+from gnomon.offsets import offset_order
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
 
 __all__ = ["Broker", "BrokerError", "Consumer", "Record", "offset_order", "open_broker"]
@@ -30,17 +31,6 @@ _ACCEPTED = ("embedded, embedded:///relative/path.db, embedded:////absolute/path
 
 class BrokerError(GnomonError, RuntimeError):
     """The broker refused or lost a publish, or a consumer hit an unrecoverable error."""
-
-
-def offset_order(offset: str) -> tuple[int, ...]:
-    """A sort key that orders the offsets of one partition, whatever the broker.
-
-    >>> sorted(["10", "9"], key=offset_order)
-    ['9', '10']
-    >>> offset_order("1700000000000-2") < offset_order("1700000000000-10")
-    True
-    """
-    return tuple(int(part) for part in offset.split("-"))
 
 
 def open_broker(url: str, root: Path) -> Broker:
