@@ -8,7 +8,6 @@ from typing import Any
 from gnomon.aggregation import Aggregator, make_aggregator
 from gnomon.compile.plan import FeaturePlan, GroupByPlan
 
-
 #: what a row of an entity source carries besides its columns: the mutation that wrote it (null for
 #: snapshot rows), whether it removes a row, and the identity of the raw row it inserts or removes
 MUTATION_COLUMNS = ("__mutation_ts", "__is_before", "__row_id")

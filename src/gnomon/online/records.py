@@ -138,7 +138,8 @@ BATCH_ROWS_VERSION = 3
 def encode_batch_rows(rows: Sequence[tuple[int, Sequence[Any]]]) -> bytes:
     """A batch record that keeps rows (entity GroupBys, lookups): ``0x03`` + the MessagePack array of
     ``[ts, values]`` in source order (values in `row_columns` order)."""
-    return bytes([BATCH_ROWS_VERSION]) + msgpack.packb([[ts, list(values)] for ts, values in rows], default=coerce)
+    packed: bytes = msgpack.packb([[ts, list(values)] for ts, values in rows], default=coerce)
+    return bytes([BATCH_ROWS_VERSION]) + packed
 
 
 def decode_batch_rows(data: bytes) -> list[tuple[int, list[Any]]]:

@@ -21,7 +21,13 @@ from gnomon.compile.sql import quote
 from gnomon.definitions.windows import floor_to
 from gnomon.offline.engines.duckdb import DuckDBEngine
 from gnomon.offline.warehouse import DAY_MS, ds_to_ms, entity_partitions, ms_to_ds
-from gnomon.online.features import MUTATION_COLUMNS, aggregation_type, keeps_rows, online_features, row_columns
+from gnomon.online.features import (
+    MUTATION_COLUMNS,
+    aggregation_type,
+    keeps_rows,
+    online_features,
+    row_columns,
+)
 from gnomon.online.records import (
     RECORD_VERSION,
     UploadMeta,

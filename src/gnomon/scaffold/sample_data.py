@@ -4,12 +4,21 @@ Everything is drawn from one seeded ``numpy.random.RandomState`` (whose stream n
 across releases, unlike ``Generator``'s) and written with fixed Parquet options, so the same seed
 gives byte-identical files. The dates are fixed (2026-10-01 .. 2026-10-30), never "today", so the
 commands and the numbers quoted in the docs stay true.
+
+The ratings are a database table (an entity source), not an event log: an initial table of ratings
+given before the month, then every day a change-data-capture stream of inserts (new ratings),
+updates (a user changes a rating: the old and the new row at the same mutation time) and a few
+deletes. ``item_info.ratings_mutations`` partition D holds the changes of day D, sorted by
+(``mutation_ts``, ``is_before`` descending); ``item_info.ratings_snapshots`` partition D is the table
+replayed to the end of D (an insert appends its row, a delete removes the first equal row), plus
+partition ``FIRST_DS - 1`` holding the initial table, which the first day's values read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +36,13 @@ END_MS = START_MS + DAYS * DAY_MS
 N_USERS = 300
 N_ITEMS = 300
 N_SESSIONS = 18_000  # about 3.3 events each: ~60k view rows
-N_RATINGS = 8_000
+N_INITIAL_RATINGS = 3_000  # given over the INITIAL_DAYS before FIRST_DS
+INITIAL_DAYS = 60
+DAILY_NEW_RATINGS = 160  # Poisson means of the day's changes
+DAILY_CHANGED_RATINGS = 20
+DAILY_DELETED_RATINGS = 3
+BOB_I001_RATING = 2  # Bob's own rating of i001, which the quickstart changes online
+BOB_I001_AGE = 10 * DAY_MS  # given that long before FIRST_DS: inside every 90-day window of the month
 N_WATCHES = 3_000
 N_COLD_WATCHES = 200  # watches of items the user never touched: their 5h count is null
 N_NULL_USER_VIEWS = 25
@@ -41,14 +56,19 @@ ITEMS = np.array([f"i{i:03d}" for i in range(1, N_ITEMS + 1)], dtype=object)
 _TABLES = {
     "user_activity.user_views": pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
                                            ("activity_type", pa.string()), ("ts", pa.int64())]),
-    "item_info.ratings": pa.schema([("item_id", pa.string()), ("rating", pa.int64()), ("ts", pa.int64())]),
+    "item_info.ratings_snapshots": pa.schema([("rating_id", pa.int64()), ("user_id", pa.string()),
+                                              ("item_id", pa.string()), ("rating", pa.int64()), ("ts", pa.int64())]),
+    "item_info.ratings_mutations": pa.schema([("rating_id", pa.int64()), ("user_id", pa.string()),
+                                              ("item_id", pa.string()), ("rating", pa.int64()), ("ts", pa.int64()),
+                                              ("mutation_ts", pa.int64()), ("is_before", pa.bool_())]),
     "user_activity.watches": pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
                                         ("ts", pa.int64())]),
 }
 
 
 def write_sample_data(warehouse: Path, seed: int = 7, last_ds: str = LAST_DS) -> dict[str, int]:
-    """Write the three sample tables under ``warehouse``; returns the row count of each table.
+    """Write the four sample tables under ``warehouse``; returns the row count of each table (for the
+    snapshots: of all partitions together).
 
     ``last_ds`` moves the whole month by whole days so that it ends on that day (the quickstart ends
     it yesterday, to fetch values "ending now"); whole days keep every ds and hop boundary the same.
@@ -62,11 +82,15 @@ def write_sample_data(warehouse: Path, seed: int = 7, last_ds: str = LAST_DS) ->
     views = {column: np.concatenate([views[column], bob_views[column]]) for column in views}
     watches = _watches(rng, views, user_activity, item_popularity)
     watches = {column: np.concatenate([watches[column], bob_watches[column]]) for column in watches}
-    ratings = _ratings(rng, item_popularity)
+    snapshots, mutations = _ratings(rng, item_popularity, user_activity)  # drawn last: views and watches stay put
     counts = {}
-    for table, columns in (("user_activity.user_views", views), ("item_info.ratings", ratings),
-                           ("user_activity.watches", watches)):
+    for table, columns in (("user_activity.user_views", views), ("user_activity.watches", watches)):
         counts[table] = _write_partitioned(warehouse, table, columns, shift_days)
+    first = dt.date.fromisoformat(FIRST_DS) + dt.timedelta(days=shift_days)
+    counts["item_info.ratings_snapshots"] = _write_days(warehouse, "item_info.ratings_snapshots", snapshots,
+                                                        first - dt.timedelta(days=1), shift_days)
+    counts["item_info.ratings_mutations"] = _write_days(warehouse, "item_info.ratings_mutations", mutations,
+                                                        first, shift_days)
     return counts
 
 
@@ -137,12 +161,83 @@ def _watches(rng: np.random.RandomState, views: dict[str, np.ndarray], user_acti
             "ts": np.concatenate([ts, cold_ts])}
 
 
-def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray) -> dict[str, np.ndarray]:
+Rating = tuple[int, str, str, int, int]  # rating_id, user_id, item_id, rating, ts
+Mutation = tuple[int, str, str, int, int, int, bool]  # a Rating, mutation_ts, is_before
+
+
+def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray,
+             user_activity: np.ndarray) -> tuple[list[list[Rating]], list[list[Mutation]]]:
+    """The ratings database: its snapshots (the initial table, then the table at the end of each day)
+    and each day's mutation rows, replayed change by change."""
     quality = rng.uniform(2.0, 4.8, size=N_ITEMS)
-    item = rng.choice(N_ITEMS, size=N_RATINGS, p=item_popularity)
-    rating = np.clip(np.rint(rng.normal(quality[item], 0.9)), 1, 5).astype(np.int64)
-    ts = rng.randint(START_MS, END_MS, size=N_RATINGS, dtype=np.int64)
-    return {"item_id": ITEMS[item], "rating": rating, "ts": ts}
+
+    def new_ratings(n: int) -> list[tuple[str, str, int]]:
+        item = rng.choice(N_ITEMS, size=n, p=item_popularity)
+        user = rng.choice(N_USERS, size=n, p=user_activity)
+        rating = np.clip(np.rint(rng.normal(quality[item], 0.9)), 1, 5).astype(np.int64)
+        return [(str(USERS[u]), str(ITEMS[i]), int(r)) for u, i, r in zip(user, item, rating, strict=True)]
+
+    initial_ts = rng.randint(START_MS - INITIAL_DAYS * DAY_MS, START_MS, size=N_INITIAL_RATINGS, dtype=np.int64)
+    initial = [(*rating, int(ts)) for rating, ts in zip(new_ratings(N_INITIAL_RATINGS), initial_ts, strict=True)]
+    initial.append(("bob", "i001", BOB_I001_RATING, START_MS - BOB_I001_AGE))
+    initial.sort(key=lambda row: row[3])
+    table: list[Rating] = [(rating_id, *row) for rating_id, row in enumerate(initial, start=1)]
+    next_id = len(table) + 1
+    snapshots, mutations = [list(table)], []
+
+    def pick() -> int:
+        """A row to change or delete: any but Bob's i001 rating, which the quickstart changes."""
+        while True:
+            index = int(rng.randint(len(table)))
+            if table[index][1] != "bob":
+                return index
+
+    for day in range(DAYS):
+        counts = rng.poisson([DAILY_NEW_RATINGS, DAILY_CHANGED_RATINGS, DAILY_DELETED_RATINGS])
+        kinds = rng.permutation(np.repeat(np.array(["insert", "update", "delete"]), counts))
+        # distinct, increasing mutation times inside the day
+        times = START_MS + day * DAY_MS + np.sort(rng.randint(0, DAY_MS - kinds.size, size=kinds.size)) \
+            + np.arange(kinds.size)
+        inserts = iter(new_ratings(int(counts[0])))
+        changes: list[Mutation] = []
+        for kind, mutation_ts in zip(kinds, times.tolist(), strict=True):
+            if kind == "insert":
+                user, item, rating = next(inserts)
+                row: Rating = (next_id, user, item, rating, mutation_ts)
+                next_id += 1
+                table.append(row)
+                changes.append((*row, mutation_ts, False))
+                continue
+            old = table.pop(pick())  # rating ids are unique: the first equal row is this one
+            changes.append((*old, mutation_ts, True))
+            if kind == "update":  # the user changes the rating: a new value, rated at the mutation time
+                rating = (old[3] - 1 + int(rng.randint(1, 5))) % 5 + 1
+                row = (old[0], old[1], old[2], rating, mutation_ts)
+                table.append(row)
+                changes.append((*row, mutation_ts, False))
+        changes.sort(key=lambda change: (change[5], not change[6]))  # (mutation_ts, is_before desc), stable
+        mutations.append(changes)
+        snapshots.append(list(table))
+    return snapshots, mutations
+
+
+def _write_days(warehouse: Path, table: str, days: list[list[Any]], first: dt.date, shift_days: int) -> int:
+    """Partition ``first + i`` holds the rows of ``days[i]``, in their order; returns the rows written."""
+    schema = _TABLES[table]
+    namespace, name = table.split(".")
+    shift = shift_days * DAY_MS
+    times = {"ts", "mutation_ts"}
+    written = 0
+    for index, rows in enumerate(days):
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
+        arrow = pa.table({column: pa.array([v + shift for v in values] if column in times else values,
+                                           type=schema.field(column).type)
+                          for column, values in zip(schema.names, columns, strict=True)}, schema=schema)
+        folder = warehouse / namespace / name / f"ds={(first + dt.timedelta(days=index)).isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(arrow, folder / "part-0.parquet", compression="snappy")
+        written += arrow.num_rows
+    return written
 
 
 def _write_partitioned(warehouse: Path, table: str, columns: dict[str, np.ndarray], shift_days: int = 0) -> int:
