@@ -264,9 +264,13 @@ class Project:
             name = join
         if name not in self.plan.joins:
             raise UnknownObjectError("Join", name, self.plan.joins)
+        rows = as_arrow(left)
+        days = _left_days(rows)
+        if days:  # chained parts read their parent Joins' outputs: backfill what the rows need first
+            self._backfill_parents(name, days, deps=True)
         engine = self._engine()
         try:
-            return engine.training_data(self.plan.joins[name], as_arrow(left))
+            return engine.training_data(self.plan.joins[name], rows)
         finally:
             engine.close()
 
@@ -387,6 +391,19 @@ class Project:
         plan = self.plan
         node = plan.group_bys.get(name_or_table) or plan.joins.get(name_or_table) or plan.staging_queries.get(name_or_table)
         return self.warehouse.read_table(node.output_table if node else name_or_table, start_ds, end_ds)
+
+
+def _left_days(rows: pa.Table) -> list[str]:
+    """The days a notebook's left rows ask for (by ``ts``, or ``ds`` for entity lefts)."""
+    import pyarrow.compute as pc
+
+    if "ts" in rows.column_names and rows.num_rows and rows["ts"].null_count < rows.num_rows:
+        bounds = pc.min_max(pc.cast(rows["ts"], pa.int64())).as_py()
+        return ds_range(ms_to_ds(bounds["min"]), ms_to_ds(bounds["max"]))
+    if "ds" in rows.column_names and rows.num_rows and rows["ds"].null_count < rows.num_rows:
+        bounds = pc.min_max(pc.cast(rows["ds"], pa.string())).as_py()
+        return ds_range(bounds["min"], bounds["max"])
+    return []
 
 
 def _add_stats(total: Any, more: Any) -> Any:
