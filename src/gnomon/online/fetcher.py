@@ -203,6 +203,10 @@ class Fetcher:
         elif q - meta.batch_end > self.horizon_ms:
             failure = ("StaleUpload", f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older "
                        f"than the horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
+        elif meta.accuracy == "snapshot" and q >= meta.batch_end + DAY_MS:
+            failure = ("StaleUpload", f"GroupBy {group_by.name!r} is SNAPSHOT: its value at q={q} is the one at the "
+                       f"midnight before q, newer than its upload (batch end {meta.batch_end}); run `gnomon upload` "
+                       "for the day before q")
         elif (meta.accuracy == "temporal" and _entities(group_by) and q >= meta.batch_end + DAY_MS
               and not any(s.mutation_topic for s in group_by.sources)):
             failure = ("StaleUpload", f"GroupBy {group_by.name!r}: at q={q} its value reads a snapshot newer than the "
