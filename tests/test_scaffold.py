@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -21,9 +22,10 @@ DAY_MS = 86_400_000
 TABLES = {
     "user_activity.user_views": {"user_id": "string", "item_id": "string", "activity_type": "string",
                                  "ts": "int64"},
-    "item_info.ratings": {"item_id": "string", "rating": "int64", "ts": "int64"},
     "user_activity.watches": {"user_id": "string", "item_id": "string", "ts": "int64"},
 }
+SNAPSHOTS, MUTATIONS = "item_info.ratings_snapshots", "item_info.ratings_mutations"
+RATING_COLUMNS = {"rating_id": "int64", "user_id": "string", "item_id": "string", "rating": "int64", "ts": "int64"}
 DAYS = [(dt.date(2026, 10, 1) + dt.timedelta(days=i)).isoformat() for i in range(30)]
 
 
@@ -39,7 +41,7 @@ def features(repo: Path) -> Iterator[dict[str, object]]:
     sys.path.insert(0, str(repo))
     importlib.invalidate_caches()
     try:
-        modules = {name: importlib.import_module(f"features.{name}")
+        modules: dict[str, object] = {name: importlib.import_module(f"features.{name}")
                    for name in ("user_activity", "item_ratings", "training")}
         yield modules
     finally:
@@ -90,15 +92,86 @@ def test_partitions_and_columns(repo: Path, table: str) -> None:
         assert pc.max(part["ts"]).as_py() < start + DAY_MS
 
 
+def _partition(repo: Path, table: str, day: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = pq.read_table(_table(repo, table) / f"ds={day}" / "part-0.parquet").to_pylist()
+    return rows
+
+
+def _replay(state: list[tuple[Any, ...]], mutations: list[dict[str, Any]], before: int | None = None) -> None:
+    """The documented rule, in place: in (mutation_ts, before-rows first, source order), an insert
+    appends its row, a delete removes the first equal row (or nothing)."""
+    ordered = sorted(mutations, key=lambda m: (m["mutation_ts"], not m["is_before"]))
+    for mutation in ordered:
+        if before is not None and mutation["mutation_ts"] >= before:
+            continue
+        row = tuple(mutation[c] for c in RATING_COLUMNS)
+        if not mutation["is_before"]:
+            state.append(row)
+        elif row in state:
+            state.remove(row)
+
+
+def test_entity_partitions_and_columns(repo: Path) -> None:
+    """Snapshots: the initial table on the day before the month, then every day; mutations every day."""
+    assert sorted(p.name for p in _table(repo, SNAPSHOTS).iterdir()) == ["ds=2026-09-30"] + [f"ds={d}" for d in DAYS]
+    assert sorted(p.name for p in _table(repo, MUTATIONS).iterdir()) == [f"ds={d}" for d in DAYS]
+    for table, columns in ((SNAPSHOTS, RATING_COLUMNS),
+                           (MUTATIONS, {**RATING_COLUMNS, "mutation_ts": "int64", "is_before": "bool"})):
+        for folder in _table(repo, table).iterdir():
+            assert [f.name for f in folder.iterdir()] == ["part-0.parquet"]
+            part = pq.read_table(folder / "part-0.parquet")
+            assert {f.name: str(f.type) for f in part.schema} == columns
+            assert part.num_rows > 0
+    for day in DAYS:
+        start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+        changes = _partition(repo, MUTATIONS, day)
+        keys = [(m["mutation_ts"], not m["is_before"]) for m in changes]
+        assert keys == sorted(keys)  # sorted by (mutation_ts, is_before desc)
+        assert all(start <= m["mutation_ts"] < start + DAY_MS for m in changes)
+        assert all(m["ts"] <= m["mutation_ts"] for m in changes)
+        assert all(m["ts"] == m["mutation_ts"] for m in changes if not m["is_before"])  # new rows: rated then
+
+
+def test_snapshot_is_the_replayed_table(repo: Path) -> None:
+    """Snapshot D = snapshot D-1 + the mutations of D, replayed by the documented rule, rows in order."""
+    previous = "2026-09-30"
+    for day in DAYS:
+        state = [tuple(r.values()) for r in _partition(repo, SNAPSHOTS, previous)]
+        _replay(state, _partition(repo, MUTATIONS, day))
+        assert state == [tuple(r.values()) for r in _partition(repo, SNAPSHOTS, day)], day
+        previous = day
+
+
 def test_sample_data_shape(repo: Path) -> None:
     views = ds.dataset(_table(repo, "user_activity.user_views"), format="parquet").to_table()
     watches = ds.dataset(_table(repo, "user_activity.watches"), format="parquet").to_table()
-    ratings = ds.dataset(_table(repo, "item_info.ratings"), format="parquet").to_table()
+    ratings = _partition(repo, SNAPSHOTS, DAYS[-1])
     assert 40_000 <= views.num_rows <= 100_000
     assert 1_000 <= watches.num_rows <= 10_000
     assert 0 < views["user_id"].null_count < 100
     assert set(views["activity_type"].to_pylist()) == {"item_view", "add_to_cart", "share"}
-    assert set(pc.unique(ratings["rating"]).to_pylist()) == {1, 2, 3, 4, 5}
+    assert {r["rating"] for r in ratings} == {1, 2, 3, 4, 5}
+    assert 2_000 <= len(_partition(repo, SNAPSHOTS, "2026-09-30")) < len(ratings) <= 10_000
+    assert len({r["rating_id"] for r in ratings}) == len(ratings)
+    # the change stream has inserts, updates (a before and an after row at one time) and deletes
+    changes = [m for day in DAYS for m in _partition(repo, MUTATIONS, day)]
+    images: dict[tuple[int, int], list[bool]] = {}
+    for m in changes:
+        images.setdefault((m["mutation_ts"], m["rating_id"]), []).append(m["is_before"])
+    kinds = [tuple(flags) for flags in images.values()]
+    assert kinds.count((False,)) > 1_000 and kinds.count((True, False)) > 100 and 10 < kinds.count((True,)) < 500
+    assert set(kinds) == {(False,), (True, False), (True,)}
+    readme = (repo / "README.md").read_text()
+    counts = (len(_partition(repo, SNAPSHOTS, "2026-09-30")), len(ratings),
+              kinds.count((False,)), kinds.count((True, False)), kinds.count((True,)))
+    assert f"{counts[0]:,} rows on\n" in readme and f"{counts[1]:,} on 2026-10-30" in readme
+    assert "{:,} new ratings, {:,} changed, {:,} deleted".format(*counts[2:]) in readme
+    # Bob's rating of i001, which the quickstart changes online, is in every snapshot, unchanged
+    for day in ["2026-09-30", *DAYS]:
+        bob = [r for r in _partition(repo, SNAPSHOTS, day) if r["user_id"] == "bob"]
+        assert bob == [{"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000}], day
+    assert '"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000' in (
+        repo / "README.md").read_text()
     bob_watches = watches.filter(pc.equal(watches["user_id"], "bob"))
     assert bob_watches.num_rows >= 10
     assert set(bob_watches["item_id"].to_pylist()) <= set(
@@ -108,17 +181,24 @@ def test_sample_data_shape(repo: Path) -> None:
 def test_readme_example_holds(repo: Path) -> None:
     """The numbers the repo's README works out by hand for Bob's first watch, by brute force."""
     views = ds.dataset(_table(repo, "user_activity.user_views"), format="parquet").to_table().to_pylist()
-    ratings = ds.dataset(_table(repo, "item_info.ratings"), format="parquet").to_table().to_pylist()
     q, item = 1791141100174, "i003"
     start = (q - 5 * 3_600_000) - (q - 5 * 3_600_000) % (5 * 60_000)  # floor(q - W, hop(5h) = 5 minutes)
     count = sum(1 for v in views if v["user_id"] == "bob" and v["item_id"] == item and start <= v["ts"] < q)
     assert count == 7
     assert any(v["user_id"] == "bob" and v["item_id"] == item and v["ts"] == q for v in views)
-    rated = [r["rating"] for r in ratings if r["item_id"] == item and r["ts"] < q]
-    assert len(rated) == 36
-    assert sum(rated) / len(rated) == pytest.approx(7 / 3)
+    # the ratings table at q: snapshot 2026-10-03, then the mutations of 2026-10-04 before q
+    state = [tuple(r.values()) for r in _partition(repo, SNAPSHOTS, "2026-10-03")]
+    assert [sum(1 for r in state if r[2] == item), sum(r[3] for r in state if r[2] == item)] == [127, 294]
+    changes = [m for m in _partition(repo, MUTATIONS, "2026-10-04") if m["item_id"] == item and m["mutation_ts"] < q]
+    assert [(m["mutation_ts"], m["is_before"], m["rating"]) for m in changes] == [(1791086492090, False, 1)]
+    _replay(state, _partition(repo, MUTATIONS, "2026-10-04"), before=q)
+    window_start = (q - 90 * DAY_MS) - (q - 90 * DAY_MS) % DAY_MS  # hop(90d) = 1 day
+    rated = [r[3] for r in state if r[2] == item and window_start <= r[4] < q]
+    assert len(rated) == 128
+    assert sum(rated) / len(rated) == 295 / 128
     readme = (repo / "README.md").read_text()
     assert "1791141100174" in readme and "= 7`" in readme
+    assert "295 / 128 = 2.3046875" in readme and "1791086492090" in readme
 
 
 def test_same_seed_same_bytes(repo: Path, tmp_path: Path) -> None:
@@ -128,8 +208,24 @@ def test_same_seed_same_bytes(repo: Path, tmp_path: Path) -> None:
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for file in files:
         assert (repo / file).read_bytes() == (again / file).read_bytes(), file
-    views = "warehouse/user_activity/user_views/ds=2026-10-05/part-0.parquet"
-    assert (repo / views).read_bytes() != (other / views).read_bytes()
+    for table in ("user_activity/user_views", "item_info/ratings_snapshots", "item_info/ratings_mutations"):
+        part = f"warehouse/{table}/ds=2026-10-05/part-0.parquet"
+        assert (repo / part).read_bytes() != (other / part).read_bytes()
+
+
+def test_last_ds_shifts_whole_days(repo: Path, tmp_path: Path) -> None:
+    """``--last-ds`` moves the month (and the initial snapshot) by whole days; nothing else changes."""
+    shifted = create_example_repo(tmp_path / "shifted", last_ds="2026-11-30")
+    shift = 31 * DAY_MS
+    for table, first in ((SNAPSHOTS, "2026-09-30"), (MUTATIONS, "2026-10-01"), ("user_activity.watches", "2026-10-01")):
+        old_days = sorted(p.name[3:] for p in _table(repo, table).iterdir())
+        new_days = sorted(p.name[3:] for p in _table(shifted, table).iterdir())
+        assert old_days[0] == first
+        assert new_days == [(dt.date.fromisoformat(d) + dt.timedelta(days=31)).isoformat() for d in old_days]
+        for old_day, new_day in zip(old_days[:3], new_days[:3], strict=True):
+            moved = [{k: v + shift if k in ("ts", "mutation_ts") else v for k, v in r.items()}
+                     for r in _partition(repo, table, old_day)]
+            assert _partition(shifted, table, new_day) == moved
 
 
 def test_definitions_import(features: dict[str, object]) -> None:
@@ -141,9 +237,14 @@ def test_definitions_import(features: dict[str, object]) -> None:
     assert user_item_views.output_columns() == ["view_count_5h"]
     assert user_item_views.effective_accuracy is gnomon.Accuracy.TEMPORAL
     assert item_ratings.output_columns() == ["rating_average_90d"]
+    assert item_ratings.effective_accuracy is gnomon.Accuracy.TEMPORAL
+    [ratings] = item_ratings.sources
+    assert isinstance(ratings, gnomon.EntitySource)
+    assert (ratings.snapshot_table, ratings.mutation_table, ratings.mutation_topic) == (
+        SNAPSHOTS, MUTATIONS, "ratings_mutations")
     assert isinstance(training, gnomon.Join) and training.name == "user_item_training"
     assert [p.group_by for p in training.right_parts] == [user_item_views, item_ratings]
-    assert training.left.table == "user_activity.watches"
+    assert training.left.table == "user_activity.watches"  # type: ignore[union-attr]
 
 
 def test_refuses_non_empty_folder(tmp_path: Path) -> None:
@@ -174,7 +275,7 @@ def test_quickstart_runs_as_the_readme_says(tmp_path: Path) -> None:
     bob = [r for r in table.to_pylist() if r["user"] == "bob" and r["ts"] == 1791141100174]
     assert len(bob) == 1
     assert bob[0]["user_item_views_view_count_5h"] == 7
-    assert bob[0]["item_ratings_rating_average_90d"] == pytest.approx(7 / 3)
-    assert bob[0]["views_per_rating"] == pytest.approx(3.0)
+    assert bob[0]["item_ratings_rating_average_90d"] == 295 / 128
+    assert bob[0]["views_per_rating"] == pytest.approx(7 / (295 / 128))
     watches = ds.dataset(_table(repo, "user_activity.watches"), format="parquet").to_table()
     assert project.read_table("user_item_training").num_rows == watches.num_rows  # one row per left row

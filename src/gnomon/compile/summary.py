@@ -19,10 +19,11 @@ def summarize(plan: Plan) -> str:
     """One block per GroupBy, Join and StagingQuery: what it reads, computes and writes."""
     lines = []
     for name, group_by in plan.group_bys.items():
-        tables = ", ".join(s.table for s in group_by.sources)
+        tables = ", ".join(t for s in group_by.sources for t in (s.table, s.mutation_table) if t)
+        topics = ", ".join(t for s in group_by.sources for t in (s.topic, s.mutation_topic) if t)
         lines.append(f"GroupBy {name}  ({group_by.accuracy}, keys: {', '.join(group_by.keys)}"
                      f"{', online' if group_by.online else ''})")
-        lines.append(f"  reads  {tables}")
+        lines.append(f"  reads  {tables}" + (f"; streams {topics}" if topics else ""))
         lines.append(f"  writes {group_by.output_table}")
         for feature in group_by.features:
             bucket = f", by {feature.bucket}" if feature.bucket else ""

@@ -183,6 +183,8 @@ class QueryEvaluator:
         if stored:
             keys = _row_keys(result, self.group_by.keys, self.rows_prefix)
             event_ids = pc.binary_join_element_wise(result["__partition"], result["__offset"], ":")
+            if len(streamed_topics(self.group_by)) > 1:  # offsets of two topics may be equal: ids name the topic
+                event_ids = pc.binary_join_element_wise(self.source.topic or self.source.mutation_topic, event_ids, ":")
             result = (result.drop_columns(["__partition", "__offset"])
                       .append_column("__key", keys).append_column("__event_id", event_ids.cast(pa.binary())))
         encoded = None
