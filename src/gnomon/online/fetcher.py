@@ -207,8 +207,9 @@ class Fetcher:
             failure = ("StaleUpload", f"GroupBy {group_by.name!r} is SNAPSHOT: its value at q={q} is the one at the "
                        f"midnight before q, newer than its upload (batch end {meta.batch_end}); run `gnomon upload` "
                        "for the day before q")
-        elif (meta.accuracy == "temporal" and _entities(group_by) and q >= meta.batch_end + DAY_MS
-              and not any(s.mutation_topic for s in group_by.sources)):
+        elif (meta.accuracy == "temporal" and _entities(group_by) and not any(s.mutation_topic for s in group_by.sources)
+              and (q >= meta.batch_end + DAY_MS or (q > meta.batch_end and any(s.mutation_table for s in group_by.sources)))):
+            # without the mutation topic the day's changes (offline: the mutation table) are unknown online
             failure = ("StaleUpload", f"GroupBy {group_by.name!r}: at q={q} its value reads a snapshot newer than the "
                        f"upload (batch end {meta.batch_end}) and it has no mutation topic to follow the changes; run "
                        "`gnomon upload` for the newer day, or add mutation_topic=... to its EntitySource")
