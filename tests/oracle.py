@@ -372,7 +372,8 @@ def aggregate(aggregation: Aggregation, rows: Iterable[Row]) -> Any:
 def aggregate_column(aggregation: Aggregation, window: Window | None, bucket: str | None, rows: Iterable[Row],
                      q: int) -> Any:
     """One output column's value at q over one key's rows (SPEC §2 window, §3 buckets)."""
-    selected = [r for r in rows if in_window(r.ts, q, window)]
+    start = window_start(q, window)  # in_window(ts, q, window), with the start computed once
+    selected = [r for r in rows if r.ts < q and (start is None or r.ts >= start)]
     if bucket is None:
         return aggregate(aggregation, selected)
     by_bucket: dict[str, list[Row]] = {}
@@ -489,11 +490,18 @@ def apply_changes(initial: Sequence[Mapping[str, Any]], changes: Iterable[Change
     """Replay changes (already filtered and in replay order) over the initial rows, SPEC §4 as decided:
     an after row is appended; a before row removes the first equal row, or does nothing."""
     changes = list(changes)
-    state = [StateRow({k: v for k, v in row.items() if k != "ds"}, None) for row in initial]
-    columns = sorted({c for r in state for c in r.columns} | {c for change in changes for c in change.columns})
-    keys = [match_key(columns, r.columns) for r in state]
-    for change in changes:
-        key = match_key(columns, change.columns)
+    rows = [{k: v for k, v in row.items() if k != "ds"} for row in initial]
+    columns = sorted({c for r in rows for c in r} | {c for change in changes for c in change.columns})
+    return _apply_keyed([(row, match_key(columns, row)) for row in rows],
+                        [(change, match_key(columns, change.columns)) for change in changes])
+
+
+def _apply_keyed(initial: Sequence[tuple[Mapping[str, Any], tuple[Any, ...]]],
+                 changes: Iterable[tuple[Change, tuple[Any, ...]]]) -> list[StateRow]:
+    """`apply_changes` with every row's match key already computed."""
+    state = [StateRow(row, None) for row, _ in initial]
+    keys = [key for _, key in initial]
+    for change, key in changes:
         if not change.is_before:
             state.append(StateRow(dict(change.columns), change.mutation_ts))
             keys.append(key)
@@ -545,16 +553,20 @@ class Oracle:
         earliest = min(snapshots)
         assert source.mutation_table is not None
         mutation_time_column, reversal_column = _column(query.mutation_time_column), _column(query.reversal_column)
-        prepared_key = ("changes", source.mutation_table, mutation_time_column, reversal_column)
-        if prepared_key not in self._cache:
-            self._cache[prepared_key] = mutation_changes(self.tables.get(source.mutation_table, {}),
-                                                         mutation_time_column=mutation_time_column,
-                                                         reversal_column=reversal_column)
-        state_key = ("state", source.snapshot_table, *prepared_key, q)
-        if state_key not in self._cache:
+        prepared_key = ("changes", source.snapshot_table, source.mutation_table, mutation_time_column, reversal_column)
+        if prepared_key not in self._cache:  # every row with its match key, computed once
             after = midnight(earliest) + DAY_MS
-            changes = [c for c in self._cache[prepared_key] if after <= c.mutation_ts < q]
-            self._cache[state_key] = apply_changes(snapshots[earliest], changes)
+            changes = [c for c in mutation_changes(self.tables.get(source.mutation_table, {}),
+                                                   mutation_time_column=mutation_time_column,
+                                                   reversal_column=reversal_column) if c.mutation_ts >= after]
+            initial = [{k: v for k, v in row.items() if k != "ds"} for row in snapshots[earliest]]
+            columns = sorted({c for r in initial for c in r} | {c for change in changes for c in change.columns})
+            self._cache[prepared_key] = ([(row, match_key(columns, row)) for row in initial],
+                                         [(change, match_key(columns, change.columns)) for change in changes])
+        state_key = ("state", *prepared_key, q)
+        if state_key not in self._cache:
+            initial, changes = self._cache[prepared_key]
+            self._cache[state_key] = _apply_keyed(initial, [(c, k) for c, k in changes if c.mutation_ts < q])
         return self._cache[state_key]  # type: ignore[no-any-return]
 
     def _entity_rows(self, source: EntitySource, index: int, q: int) -> list[Row]:

@@ -96,6 +96,7 @@ E = [rating(40, "E", 1.0, at("2026-04-07", 10)), rating(41, "E", 2.0, at("2026-0
 E_NEVER = rating(99, "E", 50.0, at("2026-04-07", 12))  # never existed
 E_NEAR_MISS = {**E[0], "rating": 1.5}  # id 40 but another rating: not equal, so not deleted
 F = [rating(50, "F", math.nan, at("2026-04-07", 10), stars=None), rating(51, "F", 2.0, at("2026-04-07", 11))]
+G_NEW = rating(60, "G", 6.0, at("2026-04-08", 10))  # an "update" of a row not in the table, before == after
 
 SNAPSHOT_0409 = [*A, *B, *C, *D, *E, *F]
 MUTATIONS_0410 = [  # sorted by (mutation_ts, is_before desc), as a CDC export writes them
@@ -106,9 +107,10 @@ MUTATIONS_0410 = [  # sorted by (mutation_ts, is_before desc), as a CDC export w
     mutation(D[1], at(DAY, 6), True),                                                  # delete the max, 9
     mutation(E_NEVER, at(DAY, 8), True), mutation(E_NEAR_MISS, at(DAY, 8), True),      # no-op deletes
     mutation(F[0], at(DAY, 9), True),                                                  # NaN, null: deleted
+    mutation(G_NEW, at(DAY, 11), True), mutation(G_NEW, at(DAY, 11), False),          # no-op delete, then insert
 ]
 # the state at the end of 04-10, in source order: survivors, then the appended rows
-SNAPSHOT_0410 = [*A[1:], *B, C[0], C[1], D[0], D[2], *E, F[1], A1_UPDATED, B_INSERT, C22_UPDATED, C_INSERT]
+SNAPSHOT_0410 = [*A[1:], *B, C[0], C[1], D[0], D[2], *E, F[1], A1_UPDATED, B_INSERT, C22_UPDATED, C_INSERT, G_NEW]
 
 ITEM_TABLES: dict[str, dict[str, list[dict[str, Any]]]] = {
     SNAPSHOTS: {"2026-04-09": SNAPSHOT_0409, DAY: SNAPSHOT_0410},
@@ -155,6 +157,10 @@ PROBES_EXPECTED: list[tuple[int, str | None, int, dict[str, Any]]] = [
     # (MAX over {NaN, 2} is NaN, NaN ordering above every number, and a NaN output becomes null)
     (19, "F", at(DAY, 8), {"avg": None, "count": 2, "max": None, "sum": None}),
     (20, "F", at(DAY, 10), {"avg": 2.0, "count": 1, "max": 2.0, "sum": 2.0}),
+    # G: before and after rows equal at one mutation_ts, the row absent: before rows go first, so the
+    # delete is a no-op and the insert stays
+    (23, "G", at(DAY, 11), {"count": None}),
+    (24, "G", at(DAY, 12), {"count": 1, "sum": 6.0, "row_id": 60}),
     # no data / no key
     (21, "Z", at(DAY, 12), {"avg90": None, "count": None, "row_id": None, "row_rating": None}),
     (22, None, at(DAY, 12), {"avg90": None, "count": None, "row_id": None}),
@@ -221,9 +227,11 @@ BACKFILL_0410 = {
     "D": {"rating_max": 7.0, "rating_count": 2, "rating_sum_4d": 11.0},  # 7 @04-07 10:00 and 4 @04-08: both in
     "E": {"rating_sum": 3.0, "rating_count": 2, "rating_sum_4d": 3.0},
     "F": {"rating_average": 2.0, "rating_count": 1},
+    "G": {"rating_sum": 6.0, "rating_count": 1},
 }
 # the lookup at 04-11 00:00: each item's row with the greatest ts (A: id 4 @04-09; the updated id 1 kept ts 03-01)
-LOOKUP_BACKFILL_0410 = {"A": (4, 5.0), "B": (12, 3.0), "C": (23, 5.0), "D": (32, 4.0), "E": (41, 2.0), "F": (51, 2.0)}
+LOOKUP_BACKFILL_0410 = {"A": (4, 5.0), "B": (12, 3.0), "C": (23, 5.0), "D": (32, 4.0), "E": (41, 2.0), "F": (51, 2.0),
+                        "G": (60, 6.0)}
 
 
 def check_backfill(rows: Sequence[dict[str, Any]]) -> None:
@@ -283,34 +291,17 @@ def test_oracle_state_matches_the_hand_snapshots() -> None:
     oracle = Oracle(ITEM_TABLES)
     state = oracle.entity_state(ratings_source(), midnight(NEXT))
     assert [r.columns for r in state] == SNAPSHOT_0410  # no NaN left by then: plain equality
-    assert [r.since for r in state][-4:] == [at(DAY, 2), at(DAY, 2, 10), at(DAY, 2, 15), at(DAY, 3, 30)]
+    assert [r.since for r in state][-5:] == [at(DAY, 2), at(DAY, 2, 10), at(DAY, 2, 15), at(DAY, 3, 30), at(DAY, 11)]
     with pytest.raises(MissingPartition, match="2026-04-08"):
         oracle.entity_state(ratings_source(), at("2026-04-09", 12))
 
 
 def test_oracle_hand_values() -> None:
     oracle = Oracle(ITEM_TABLES)
-    join = hand_join([hand_ratings(), hand_lookup_for_oracle()])
+    join = hand_join([hand_ratings(), hand_lookup()])
     check_probes(oracle.join_rows(join, probe_rows()), set(SHORT_NAMES) | {"row_id", "row_rating"})
     check_backfill(oracle.group_by_backfill(hand_ratings(Accuracy.SNAPSHOT), DAY))
-    check_lookup_backfill(oracle.group_by_backfill(hand_lookup_for_oracle(), DAY))
-
-
-def hand_lookup_for_oracle() -> GroupBy:
-    """The lookup GroupBy; until GroupBy accepts lookups over mutations, the oracle gets one built around it."""
-    try:
-        return hand_lookup()
-    except gnomon.DefinitionError:
-        return _unchecked_lookup(HAND_LOOKUP, ratings_source({"item": "item", "row_id": "id", "row_rating": "rating"}),
-                                 ["item"])
-
-
-def _unchecked_lookup(name: str, source: Any, keys: list[str]) -> GroupBy:
-    """A GroupBy without aggregations over any source, skipping today's validation (oracle tests only)."""
-    group_by = GroupBy(name=name, keys=keys, accuracy=Accuracy.TEMPORAL,
-                       sources=[EntitySource(snapshot_table="x.placeholder", query=source.query)])
-    object.__setattr__(group_by, "sources", (source,))
-    return group_by
+    check_lookup_backfill(oracle.group_by_backfill(hand_lookup(), DAY))
 
 
 # ------------------------------------------------------------------------------ the engine, by hand
@@ -398,10 +389,7 @@ def address_source() -> EventSource:
 def address_group_bys() -> tuple[GroupBy, GroupBy]:
     last = GroupBy(name="hand.address_last", sources=[address_source()], keys=["user"], accuracy=Accuracy.TEMPORAL,
                    aggregations=[Aggregation("address", Operation.LAST), Aggregation("address", Operation.COUNT)])
-    try:
-        lookup = GroupBy(name="hand.address", sources=[address_source()], keys=["user"], accuracy=Accuracy.TEMPORAL)
-    except gnomon.DefinitionError:  # today's validation; the oracle can still be checked
-        lookup = _unchecked_lookup("hand.address", address_source(), ["user"])
+    lookup = GroupBy(name="hand.address", sources=[address_source()], keys=["user"], accuracy=Accuracy.TEMPORAL)
     return last, lookup
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gnomon.aggregation import decode_ir
+from gnomon.aggregation.base import clean_output
 from gnomon.aggregation.codec import decode_value
 from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
 from gnomon.definitions.windows import window_start
@@ -272,7 +273,8 @@ class Fetcher:
                 if ts < q and (latest is None or ts > latest[0]):
                     latest = (ts, values)
             columns = row_columns(group_by)
-            return {c: None if latest is None else latest[1][columns.index(c)] for c in group_by.value_columns}
+            return {c: None if latest is None else clean_output(latest[1][columns.index(c)])
+                    for c in group_by.value_columns}
         out = {}
         ordered = sorted(((ts, seq, values) for seq, (ts, values) in enumerate(rows) if ts < q),
                          key=lambda row: (row[0], row[1]))

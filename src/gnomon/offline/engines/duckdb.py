@@ -434,7 +434,8 @@ class DuckDBEngine:
         packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in group_by.value_columns)
         picked = self._materialize("picked", f"SELECT __qid, first(struct_pack({packed}) ORDER BY ts DESC, __seq) "
                                    f"AS __row FROM {joined} GROUP BY __qid", owner)
-        columns = ", ".join(f"p.__row.{quote(c)} AS {quote(c)}" for c in group_by.value_columns)
+        columns = ", ".join(f"{null_non_finite(f'p.__row.{quote(c)}', types[c])} AS {quote(c)}"
+                            for c in group_by.value_columns)
         values = self._materialize("values", f"SELECT q.__qid, {columns} FROM {queries} AS q "
                                    f"LEFT JOIN {picked} AS p USING (__qid)", owner)
         for table in (joined, picked):

@@ -37,7 +37,8 @@ def null_non_finite(column: str, duck_type: str) -> str:
     if duck_type in ("DOUBLE[]", "FLOAT[]"):
         return f"list_transform({column}, lambda e: {finite('e')})"
     if duck_type.startswith("MAP(") and duck_type.endswith(("DOUBLE)", "FLOAT)")):
-        return f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': {finite('e.value')}}}))"
+        # an entry whose value is not finite is left out, as the IR's finalize leaves out a null value
+        return f"NULLIF(map_from_entries(list_filter(map_entries({column}), lambda e: isfinite(e.value))), MAP {{}})"
     if duck_type.startswith("MAP(") and duck_type.endswith(("DOUBLE[])", "FLOAT[])")):
         return (f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': "
                 f"list_transform(e.value, lambda v: {finite('v')})}}))")
