@@ -173,7 +173,7 @@ def _read_varint(view: memoryview, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def _decode(view: memoryview, position: int) -> tuple[Any, int]:
+def _decode(view: memoryview, position: int) -> tuple[Any, int]:  # noqa: C901 — one branch per type tag
     tag = view[position]
     position += 1
     if tag == 0x4E:  # N

@@ -121,7 +121,7 @@ class FetchFastPath:
         await self.app(scope, receive, send)
 
 
-def create_app(repo: str | Path = ".") -> Any:
+def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are closures over the app's state
     """The ASGI app serving one feature repo."""
     try:
         from fastapi import FastAPI, Request
