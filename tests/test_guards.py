@@ -42,14 +42,22 @@ def test_an_online_group_by_mixing_entities_and_events_is_refused_at_compile(tmp
     Project(repo(tmp_path), objects={"mixed": offline_only}).compile()  # offline it is computed exactly
 
 
-def test_online_chaining_is_refused_at_compile(tmp_path: Path) -> None:
+def test_online_chaining_needs_the_parent_join_online(tmp_path: Path) -> None:
     left = EventSource(table="a.views", topic="views", query=Query(selects={"user": "user_id", "x": "x"}))
-    counts = GroupBy(name="counts", sources=[left], keys=["user"], aggregations=[Aggregation("x", Operation.COUNT)])
-    parent = Join(name="parent", left=left, right_parts=[JoinPart(counts)])
-    child = GroupBy(name="child", sources=[JoinSource(parent, Query(selects={"user": "user", "x": "x"}))],
-                    keys=["user"], aggregations=[Aggregation("x", Operation.SUM)], online=True)
-    with pytest.raises(UnsupportedError, match="online chaining"):
-        Project(repo(tmp_path), objects={"counts": counts, "parent": parent, "child": child}).compile()
+
+    def repo_with(parent_online: bool) -> Project:
+        counts = GroupBy(name="counts", sources=[left], keys=["user"], online=parent_online,
+                         aggregations=[Aggregation("x", Operation.COUNT)])
+        parent = Join(name="parent", left=left, right_parts=[JoinPart(counts)])
+        child = GroupBy(name="child", sources=[JoinSource(parent, Query(selects={"user": "user", "x": "x"}))],
+                        keys=["user"], aggregations=[Aggregation("x", Operation.SUM)], online=True)
+        return Project(repo(tmp_path), objects={"counts": counts, "parent": parent, "child": child})
+
+    with pytest.raises(UnsupportedError, match="'counts' is not online"):
+        repo_with(parent_online=False).compile()
+    plan = repo_with(parent_online=True).compile()
+    assert plan.group_bys["child"].accuracy == "temporal"  # the parent's left topic streams it
+    assert plan.group_bys["child"].sources[0].topic == "views"
 
 
 def test_an_engine_that_is_not_built_fails_compile_naming_the_setting(tmp_path: Path) -> None:

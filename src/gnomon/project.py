@@ -307,11 +307,13 @@ class Project:
         """Write the state as of ``ds + 1 day`` of a GroupBy (or a Join's online GroupBys) online."""
         from gnomon.online.upload import upload_group_by
 
+        names = self.online_group_bys(name)
+        for group_by in names:  # a chained GroupBy reads its parent Join's output: backfill what it needs
+            self._backfill_parents(group_by, [ds], deps=True)
         store = self.store()
         engine = self._engine()
         try:
-            return {group_by: upload_group_by(engine, self.plan.group_bys[group_by], ds, store)
-                    for group_by in self.online_group_bys(name)}
+            return {group_by: upload_group_by(engine, self.plan.group_bys[group_by], ds, store) for group_by in names}
         finally:
             engine.close()
             store.close()
@@ -340,6 +342,18 @@ class Project:
                     schema = schema.append(mutation_schema.field(index) if index >= 0 else pa.field(name, default))
         return schema
 
+    def _left_schema(self, group_by: str, topic: str) -> Any:
+        """For a JoinSource's topic, the schema of the parent Join's left table (None otherwise)."""
+        import pyarrow.parquet as pq
+
+        from gnomon.streaming.worker import streamed_topics
+
+        source = streamed_topics(self.plan.group_bys[group_by]).get(topic)
+        if source is None or source.kind != "join":
+            return None
+        files = self.warehouse.partition_files(self.plan.joins[source.upstream_join].left.table)  # type: ignore[index]
+        return pq.read_schema(files[-1]) if files else None
+
     def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
         """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread per
         topic, until stopped (or caught up); returns each GroupBy's counters. ``options``: ``group``,
@@ -361,7 +375,8 @@ class Project:
         def run(group_by: str, topic: str) -> None:
             try:
                 worker = StreamWorker(self.plan.group_bys[group_by], store, broker, topic=topic,
-                                      schema=self.source_schema(group_by, topic), **worker_options)
+                                      schema=self.source_schema(group_by, topic), plan=self.plan,
+                                      left_schema=self._left_schema(group_by, topic), **worker_options)
                 try:
                     result = worker.run(until_caught_up=until_caught_up, **run_options)
                 finally:

@@ -158,7 +158,9 @@ def source_plan(source: EventSource | EntitySource | JoinSource, loaded: LoadedR
         return SourcePlan(kind="entities", table=source.snapshot_table, mutation_table=source.mutation_table,
                           mutation_topic=source.mutation_topic, **common)  # type: ignore[arg-type]
     upstream = loaded.name_of(source.join)
-    return SourcePlan(kind="join", table=output_table(upstream, source.join.output_namespace),
+    # online, the rows of a JoinSource are the parent's left events enriched with its features
+    left_topic = source.join.left.topic if isinstance(source.join.left, EventSource) else None
+    return SourcePlan(kind="join", table=output_table(upstream, source.join.output_namespace), topic=left_topic,
                       upstream_join=upstream, **common)  # type: ignore[arg-type]
 
 

@@ -84,7 +84,8 @@ class JoinSource:
 
     @property
     def has_stream(self) -> bool:
-        return False
+        """Online, a JoinSource streams the parent Join's left topic, enriched with its features."""
+        return isinstance(self.join.left, EventSource) and self.join.left.topic is not None
 
 
 Source = EventSource | EntitySource | JoinSource

@@ -38,8 +38,10 @@ def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str
         for event_id, payload in zip(ids, payloads, strict=True):
             partition, _, offset = event_id.partition(":")
             records.append(Record(topic, partition, offset, payload, now))
-        for group_by in plan.group_bys.values():
-            if topic in streamed_topics(group_by):
-                schema = schemas(group_by.name, topic) if schemas else None
-                RecordApplier(group_by, store, schema=schema, topic=topic).apply(records)
+        readers = [g for g in plan.group_bys.values() if topic in streamed_topics(g)]
+        # a chained GroupBy enriches the events with its parent's features: the parents' GroupBys first
+        readers.sort(key=lambda g: streamed_topics(g)[topic].kind == "join")
+        for group_by in readers:
+            schema = schemas(group_by.name, topic) if schemas else None
+            RecordApplier(group_by, store, schema=schema, topic=topic, plan=plan).apply(records)
     return ids

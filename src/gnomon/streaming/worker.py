@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from gnomon.compile.plan import GroupByPlan, SourcePlan
+from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
 from gnomon.online.features import row_columns
@@ -285,7 +285,8 @@ class RecordApplier:
     ``NaN``) and evaluated one by one, to isolate the bad ones as dead letters."""
 
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None, topic: str | None = None) -> None:
+                 schema: pa.Schema | None = None, topic: str | None = None, plan: Plan | None = None,
+                 left_schema: pa.Schema | None = None) -> None:
         topics = streamed_topics(group_by)
         if not topics:
             from gnomon.errors import ConfigError
@@ -302,6 +303,13 @@ class RecordApplier:
         self.store = store
         self.clock = clock
         self.evaluator = _evaluator(group_by, self.source, schema, rows_key(group_by.name, b""))
+        self.enricher = None
+        if self.source.kind == "join":  # chaining: the parent's left events, enriched with its features
+            if plan is None:
+                raise ValueError(f"GroupBy {group_by.name!r} reads a JoinSource: pass the plan to enrich its events")
+            from gnomon.streaming.chain import Enricher
+
+            self.enricher = Enricher(plan, self.source, store, left_schema)
         self.stats = WorkerStats()
 
     def apply(self, records: Sequence[Record], consumer_group: str | None = None) -> None:
@@ -314,6 +322,14 @@ class RecordApplier:
 
     def prepare(self, records: Sequence[Record], consumer_group: str | None = None) -> PreparedBatch:
         """Parse, evaluate and encode one micro-batch (everything but the store write)."""
+        if self.enricher is None:
+            return self._prepare(records, records, [], consumer_group)
+        enriched, dead = self.enricher.enrich(records)  # a JoinSource: the parent's output rows
+        return self._prepare(enriched, records, dead, consumer_group)
+
+    def _prepare(self, records: Sequence[Record], consumed: Sequence[Record], enrichment_dead: list[tuple[Record, str]],
+                 consumer_group: str | None) -> PreparedBatch:
+        """`prepare` of ``records`` (what the Query reads), for the ``consumed`` ones (offsets, counts)."""
         arrived_at = int(self.clock() * 1000)
         table = self.evaluator.json_table(records)
         if table is not None:  # the fast path: the whole batch read by Arrow, evaluated in one query
@@ -322,12 +338,12 @@ class RecordApplier:
             except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
                 pass  # e.g. a cast in the Query that fails for one event: find it event by event
             else:
-                return self._prepared(records, records, rows, dead, len(records) - len(dead), consumer_group,
-                                      arrived_at)
+                return self._prepared(consumed, records, rows, enrichment_dead + dead, len(records) - len(dead),
+                                      consumer_group, arrived_at)
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
         suffixes: list[str] = []
-        dead = []
+        dead = list(enrichment_dead)
         loads = orjson.loads
         for record in records:
             try:
@@ -356,7 +372,7 @@ class RecordApplier:
             suffixes.append("")
         rows, evaluation_dead = self._evaluate(events, origins, suffixes)
         dead.extend(evaluation_dead)
-        return self._prepared(records, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group,
+        return self._prepared(consumed, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group,
                               arrived_at)
 
     def _prepared(self, records: Sequence[Record], origins: Sequence[Record], rows: dict[str, list[Any]],
@@ -439,8 +455,8 @@ class StreamWorker:
     def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
                  name: str | None = None, clock: Callable[[], float] = time.time,
                  schema: pa.Schema | None = None, metrics: StreamMetrics | None = None,
-                 topic: str | None = None) -> None:
-        self.applier = RecordApplier(group_by, store, clock, schema, topic)
+                 topic: str | None = None, plan: Plan | None = None, left_schema: pa.Schema | None = None) -> None:
+        self.applier = RecordApplier(group_by, store, clock, schema, topic, plan, left_schema)
         self.metrics = metrics
         self.group_by = group_by
         self.topic = self.applier.topic
