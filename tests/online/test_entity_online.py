@@ -665,11 +665,6 @@ def test_malformed_mutations_are_dead_letters_and_the_rest_is_applied(tmp_path: 
     assert [f["ent_rows_row_id"] for f in m1] == [1001, 1001, 1003]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: gnomon/compile/sql.py row_id_sql (the identity the worker and the upload give an entity row, "
-    "matched by fetcher.replay_mutations) hashes to_json(struct_pack(...)), which writes -0.0 and 0.0 "
-    "differently; offline (_versions_sql, PARTITION BY the raw columns) and SPEC §4's 'equal on all raw "
-    "columns' treat them as equal, so a delete whose before image has -0.0 removes the 0.0 row offline only"))
 def test_a_delete_matches_a_row_equal_up_to_the_sign_of_zero(tmp_path: Path, store_url: str) -> None:
     project = make_repo(tmp_path / "repo", store_url)
     row = {"id": 1, "user_id": "z", "price": 0.0, "item": "a", "ts": BATCH_END - HOUR}
@@ -806,11 +801,6 @@ def test_rows_of_two_topics_with_equal_offsets_are_both_kept(tmp_path: Path, sto
     assert result["features"]["amount_count_5h"] == 2 and result["features"]["amount_sum_1h"] == 12.0, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: gnomon/online/fetcher.py Fetcher._temporal_values orders streamed rows by (ts, seq), seq being "
-    "the offset in the row's own topic; offline (DuckDBEngine.source_sql) breaks a ts tie by (ds, source "
-    "index, file, row). For equal ts across two topics online picks the lower offset, offline the earlier "
-    "source: LAST / LAST_K differ"))
 def test_a_ts_tie_across_two_topics_breaks_in_source_order(tmp_path: Path, store_url: str) -> None:
     """An order and a sale of one key at the same ts (the order: source 0, but a higher offset in its
     topic than the sale in its own; offsets differ, so the two event ids do not collide)."""

@@ -11,6 +11,8 @@ from gnomon.compile.plan import FeaturePlan, GroupByPlan
 #: what a row of an entity source carries besides its columns: the mutation that wrote it (null for
 #: snapshot rows), whether it removes a row, and the identity of the raw row it inserts or removes
 MUTATION_COLUMNS = ("__mutation_ts", "__is_before", "__row_id")
+#: the index (in ``GroupBy.sources``) of the source a streamed event row came from
+SOURCE_COLUMN = "__source"
 
 
 def keeps_rows(group_by: GroupByPlan) -> bool:
@@ -21,13 +23,17 @@ def keeps_rows(group_by: GroupByPlan) -> bool:
 
 def row_columns(group_by: GroupByPlan) -> list[str]:
     """The columns a streamed row keeps: every aggregation input and bucket (or, for a lookup, every
-    looked-up column), sorted; then `MUTATION_COLUMNS` for entity sources."""
+    looked-up column), sorted; then `MUTATION_COLUMNS` for entity sources, or `SOURCE_COLUMN` for
+    the events of a GroupBy with several sources."""
     if not group_by.features:
         columns = set(group_by.value_columns)
     else:
         columns = {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
     entities = any(s.kind == "entities" for s in group_by.sources)
-    return sorted(columns) + (list(MUTATION_COLUMNS) if entities else [])
+    if entities:
+        return sorted(columns) + list(MUTATION_COLUMNS)
+    # rows of several sources tie on ts in source order, as offline: the row carries its source's index
+    return sorted(columns) + ([SOURCE_COLUMN] if len(group_by.sources) > 1 and group_by.features else [])
 
 
 def aggregation_type(duck_type: str) -> str:

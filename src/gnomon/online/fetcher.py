@@ -22,7 +22,7 @@ from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
 from gnomon.definitions.windows import window_start
 from gnomon.errors import UnknownObjectError
 from gnomon.online.derive import Deriver
-from gnomon.online.features import OnlineFeature, keeps_rows, online_features, row_columns
+from gnomon.online.features import SOURCE_COLUMN, OnlineFeature, keeps_rows, online_features, row_columns
 from gnomon.online.records import (
     BatchState,
     StreamRow,
@@ -86,6 +86,7 @@ class _GroupByState:
     features: list[OnlineFeature]
     deriver: Deriver | None
     read_at: float
+    several_sources: bool = False
 
 
 class Fetcher:
@@ -184,7 +185,7 @@ class Fetcher:
             return state
         features = online_features(group_by, meta.input_types) if meta.accuracy == "temporal" else []
         deriver = Deriver(group_by.derivations, group_by.keys, group_by.raw_columns) if group_by.derivations else None
-        state = _GroupByState(group_by, meta, features, deriver, now)
+        state = _GroupByState(group_by, meta, features, deriver, now, SOURCE_COLUMN in row_columns(group_by))
         self._states[group_by.name] = state
         return state
 
@@ -294,7 +295,11 @@ class Fetcher:
         batch = BatchState(raw) if raw is not None else None
         rows = [StreamRow.decode(blob) for blob in row_blobs]
         rows = [r for r in rows if r.ts < q and (r.ts >= meta.batch_end or r.arrived_at > meta.uploaded_at)]
-        rows.sort(key=lambda r: (r.ts, r.seq))
+        if state.several_sources:  # a ts tie between sources goes in source order, then arrival (as offline)
+            rows.sort(key=lambda r: (r.ts, r.values[-1], r.seq))
+            rows = [StreamRow(r.ts, r.arrived_at, position, r.values) for position, r in enumerate(rows)]
+        else:
+            rows.sort(key=lambda r: (r.ts, r.seq))
         out = {}
         for index, feature in enumerate(state.features):
             plan = feature.plan

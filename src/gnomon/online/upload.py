@@ -23,6 +23,7 @@ from gnomon.offline.engines.duckdb import DuckDBEngine
 from gnomon.offline.warehouse import DAY_MS, ds_to_ms, entity_partitions, ms_to_ds
 from gnomon.online.features import (
     MUTATION_COLUMNS,
+    SOURCE_COLUMN,
     aggregation_type,
     keeps_rows,
     online_features,
@@ -81,7 +82,8 @@ def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch
     keys = ", ".join(quote(k) for k in group_by.keys)
     lower = "" if span is None else f" AND ts >= {batch_end - span}"
     not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
-    selected = ", ".join(quote(c) for c in columns)
+    # the source index only orders streamed rows among themselves; the batch tiles hold offline's order
+    selected = ", ".join(f"NULL AS {quote(c)}" if c == SOURCE_COLUMN else quote(c) for c in columns)
     sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
            f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq")
     described = engine.con.sql(sql)

@@ -30,7 +30,7 @@ import pyarrow.json as pa_json
 from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
-from gnomon.online.features import row_columns
+from gnomon.online.features import SOURCE_COLUMN, row_columns
 from gnomon.online.records import (
     dead_letter_key,
     encode_stream_rows,
@@ -88,6 +88,7 @@ class QueryEvaluator:
         self.connection = duckdb.connect(config={"threads": 1})
         selects = dict(source.selects or {c: quote(c) for c in [*group_by.keys, *self.columns]})
         time_column = source.time_column
+        selects[SOURCE_COLUMN] = str(group_by.sources.index(source))
         self.mutations = source.kind == "entities"
         if self.mutations:  # mutation rows: their time, their direction, and the identity of their raw row
             if self.schema is None:
