@@ -23,5 +23,6 @@ fi
 # the Kafka tests: librdkafka's in-process mock cluster unless GNOMON_TEST_KAFKA names a real broker
 export GNOMON_TEST_KAFKA="${GNOMON_TEST_KAFKA:-mock}"
 ruff check src tests bench
+ruff format --check src tests bench
 mypy
 python -m pytest tests --doctest-modules src/gnomon "$@"

@@ -30,8 +30,29 @@ from gnomon.serving.client import Client
 
 __version__ = "0.1.0"
 
-__all__ = ["Accuracy", "Aggregation", "Client", "ConfigError", "DefinitionError", "Derivation", "EntitySource",
-           "EventSource", "ExecutionError", "GnomonError", "GroupBy", "Join", "JoinPart", "JoinSource",
-           "Operation", "Project", "Query", "StagingQuery", "TimeUnit", "UnknownObjectError", "UnsupportedError",
-           "WarehouseError",
-           "Window", "__version__"]
+__all__ = [
+    "Accuracy",
+    "Aggregation",
+    "Client",
+    "ConfigError",
+    "DefinitionError",
+    "Derivation",
+    "EntitySource",
+    "EventSource",
+    "ExecutionError",
+    "GnomonError",
+    "GroupBy",
+    "Join",
+    "JoinPart",
+    "JoinSource",
+    "Operation",
+    "Project",
+    "Query",
+    "StagingQuery",
+    "TimeUnit",
+    "UnknownObjectError",
+    "UnsupportedError",
+    "WarehouseError",
+    "Window",
+    "__version__",
+]

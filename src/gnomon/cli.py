@@ -12,8 +12,13 @@ import click
 
 from gnomon.errors import GnomonError
 
-repo_option = click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False),
-                           help="The feature repo folder (holds gnomon.yaml).")
+repo_option = click.option(
+    "--repo",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The feature repo folder (holds gnomon.yaml).",
+)
 
 
 class _Group(click.Group):
@@ -32,13 +37,18 @@ class _Group(click.Group):
 @click.version_option(package_name="gnomon")
 def main(verbose: bool) -> None:
     """Gnomon: one Python definition of a feature, computed identically offline and online."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--last-ds", default=None, help="End the sample month on this day (default 2026-10-30), e.g. "
-              "yesterday, to fetch values ending now.")
+@click.option(
+    "--last-ds",
+    default=None,
+    help="End the sample month on this day (default 2026-10-30), e.g. yesterday, to fetch values ending now.",
+)
 def init(directory: str, last_ds: str | None) -> None:
     """Create a runnable example repo (definitions and sample data) in DIRECTORY."""
     from gnomon.scaffold import create_example_repo
@@ -60,6 +70,14 @@ def compile_command(repo: str) -> None:
     click.echo(summarize(plan))
     if (Path(repo) / "gnomon.yaml").exists():
         click.echo(f"\nplan written to {Path(repo) / 'compiled' / 'plan.json'}")
+        stale = project.stale_uploads()
+        if stale:
+            click.echo(
+                "\nonline GroupBys whose upload no longer matches the definition (fetches answer "
+                "DefinitionChanged until re-uploaded):"
+            )
+            for name, reason in stale.items():
+                click.echo(f"  {name}: {reason}")
 
 
 @main.command()
@@ -68,9 +86,13 @@ def compile_command(repo: str) -> None:
 @click.option("--end-ds", required=True, help="Last partition to compute (YYYY-MM-DD).")
 @click.option("--force", is_flag=True, help="Recompute partitions that already exist.")
 @click.option("--show", default=0, show_default=True, help="Print this many output rows when done.")
-@click.option("--no-deps", "no_deps", is_flag=True,
-              help="Do not first backfill the missing partitions of parent Joins read through a JoinSource "
-                   "(chaining); fail naming them instead.")
+@click.option(
+    "--no-deps",
+    "no_deps",
+    is_flag=True,
+    help="Do not first backfill the missing partitions of parent Joins read through a JoinSource "
+    "(chaining); fail naming them instead.",
+)
 @repo_option
 def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, no_deps: bool, repo: str) -> None:
     """Compute partitions of a GroupBy, Join or StagingQuery into its output table.
@@ -85,8 +107,10 @@ def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, no_d
     if written:
         click.echo(f"{name}: wrote {len(written)} partition(s) of {table} ({written[0]} .. {written[-1]})")
     else:
-        click.echo(f"{name}: nothing to do, every partition of {table} in [{start_ds}, {end_ds}] exists "
-                   "(use --force to recompute)")
+        click.echo(
+            f"{name}: nothing to do, every partition of {table} in [{start_ds}, {end_ds}] exists "
+            "(use --force to recompute)"
+        )
     if show:
         rows = project.warehouse.read_table(table, start_ds, end_ds).slice(0, show).to_pylist()
         for row in rows:
@@ -95,7 +119,9 @@ def backfill(name: str, start_ds: str, end_ds: str, force: bool, show: int, no_d
 
 @main.command()
 @click.argument("name")
-@click.option("--ds", required=True, help="Upload the state as of the end of this day (batch end = ds + 1 day).")
+@click.option(
+    "--ds", required=True, help="Upload the state as of the end of this day (batch end = ds + 1 day)."
+)
 @repo_option
 def upload(name: str, ds: str, repo: str) -> None:
     """Write a GroupBy's (or a Join's online GroupBys') state as of DS+1 00:00 to the online store."""
@@ -109,13 +135,23 @@ def upload(name: str, ds: str, repo: str) -> None:
 @click.argument("name")
 @click.option("--until-caught-up", is_flag=True, help="Stop once the topic's current end is processed.")
 @click.option("--group", default=None, help="Consumer group (default gnomon.<GroupBy name>).")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve Prometheus metrics (event-to-servable freshness, records, dead letters) on "
-                   "http://HOST:PORT/metrics while streaming.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus metrics (event-to-servable freshness, records, dead letters) on "
+    "http://HOST:PORT/metrics while streaming.",
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Interface for --metrics-port.")
 @repo_option
-def stream(name: str, until_caught_up: bool, group: str | None, metrics_port: int | None, metrics_host: str,
-           repo: str) -> None:
+def stream(
+    name: str,
+    until_caught_up: bool,
+    group: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    repo: str,
+) -> None:
     """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store."""
     from gnomon.metrics import StreamMetrics, serve_metrics
     from gnomon.project import Project
@@ -127,8 +163,10 @@ def stream(name: str, until_caught_up: bool, group: str | None, metrics_port: in
         try:
             server = serve_metrics(metrics.render, metrics_host, metrics_port)
         except OSError as error:
-            raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port} ({error.strerror}); "
-                                     "pick a free port", param_hint="--metrics-port") from None
+            raise click.BadParameter(
+                f"cannot listen on {metrics_host}:{metrics_port} ({error.strerror}); pick a free port",
+                param_hint="--metrics-port",
+            ) from None
         click.echo(f"metrics on http://{metrics_host}:{server.server_address[1]}/metrics", err=True)
     try:
         stats = Project(repo).stream(name, until_caught_up=until_caught_up, **options)
@@ -138,8 +176,10 @@ def stream(name: str, until_caught_up: bool, group: str | None, metrics_port: in
         if server is not None:
             server.shutdown()
     for group_by, worker_stats in stats.items():
-        click.echo(f"{group_by}: {worker_stats.records} record(s), {worker_stats.rows} row(s) applied, "
-                   f"{worker_stats.filtered} filtered by the Query, {worker_stats.dead_letters} dead letter(s)")
+        click.echo(
+            f"{group_by}: {worker_stats.records} record(s), {worker_stats.rows} row(s) applied, "
+            f"{worker_stats.filtered} filtered by the Query, {worker_stats.dead_letters} dead letter(s)"
+        )
 
 
 @main.command()
@@ -153,7 +193,11 @@ def push(topic: str, file: Any, sync: bool, repo: str) -> None:
 
     text = file.read().strip()
     try:
-        events = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+        events = (
+            json.loads(text)
+            if text.startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except ValueError as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="FILE") from None
     with Client(repo) as client:
@@ -163,7 +207,9 @@ def push(topic: str, file: Any, sync: bool, repo: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--keys", required=True, help='One key object or an array, e.g. \'{"user": "bob", "item": "i42"}\'.')
+@click.option(
+    "--keys", required=True, help='One key object or an array, e.g. \'{"user": "bob", "item": "i42"}\'.'
+)
 @click.option("--at", type=int, default=None, help="Epoch ms to fetch the values as of (default: now).")
 @click.option("--url", default=None, help="Ask a running `gnomon serve` instead of the repo's store.")
 @repo_option
@@ -185,9 +231,12 @@ def fetch(name: str, keys: str, at: int | None, url: str | None, repo: str) -> N
             from gnomon.errors import UnknownObjectError
 
             raise UnknownObjectError("Join or GroupBy", name, [*project.plan.joins, *project.plan.group_bys])
-    if not isinstance(parsed, dict) and not (isinstance(parsed, list) and all(isinstance(k, dict) for k in parsed)):
-        raise click.BadParameter('expected a key object or an array of them, e.g. \'{"user": "bob"}\'',
-                                 param_hint="--keys")
+    if not isinstance(parsed, dict) and not (
+        isinstance(parsed, list) and all(isinstance(k, dict) for k in parsed)
+    ):
+        raise click.BadParameter(
+            'expected a key object or an array of them, e.g. \'{"user": "bob"}\'', param_hint="--keys"
+        )
     with Client(url or repo) as client:
         results = (client.fetch_join if kind == "join" else client.fetch_group_by)(name, parsed, at=at)
     for result in results:
@@ -197,13 +246,113 @@ def fetch(name: str, keys: str, at: int | None, url: str | None, repo: str) -> N
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM, the chain after the server's own); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The private key (PEM) of --tls-cert.",
+)
 @repo_option
-def serve(host: str, port: int, repo: str) -> None:
-    """Serve the repo's online Joins and GroupBys over HTTP (Chronon's fetch contract)."""
+def serve(host: str, port: int, tls_cert: str | None, tls_key: str | None, repo: str) -> None:
+    """Serve the repo's online Joins and GroupBys over HTTP (Chronon's fetch contract).
+
+    With `serving: {auth: {tokens_file: tokens.yaml}}` in gnomon.yaml, requests need a bearer token
+    (`gnomon token create`)."""
+    from gnomon.config import Config
     from gnomon.serving.app import serve as run
 
-    click.echo(f"serving {Path(repo).resolve()} on http://{host}:{port} (docs at /docs)")
-    run(repo, host, port)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both (or neither, for plain HTTP)")
+    scheme = "https" if tls_cert else "http"
+    serving = Config.load(repo).serving
+    click.echo(f"serving {Path(repo).resolve()} on {scheme}://{host}:{port} (docs at /docs)")
+    if serving.tokens_file is not None:
+        metrics = "open" if serving.metrics == "open" else "token of any scope"
+        click.echo(f"auth on: bearer tokens of {serving.tokens_file} (/health open, /metrics: {metrics})")
+        if scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
+            click.secho(
+                "warning: tokens cross the network in clear text over http; "
+                "use --tls-cert/--tls-key or a TLS-terminating proxy",
+                fg="yellow",
+                err=True,
+            )
+    run(repo, host, port, tls_cert=tls_cert, tls_key=tls_key)
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens of the HTTP service (needs `serving: {auth: {tokens_file: ...}}` in gnomon.yaml)."""
+
+
+def _tokens_file(repo: str) -> Any:
+    from gnomon.config import Config
+    from gnomon.errors import ConfigError
+    from gnomon.serving.auth import TokensFile
+
+    config = Config.load(repo)
+    if config.serving.tokens_file is None:
+        raise ConfigError(
+            f"auth is not configured in {config.root / 'gnomon.yaml'}: add "
+            "`serving: {auth: {tokens_file: tokens.yaml}}` (a path relative to the repo), then create tokens"
+        )
+    return TokensFile(config.serving.tokens_file)
+
+
+@token.command(name="create")
+@click.argument("name")
+@click.option(
+    "--scopes",
+    required=True,
+    help="fetch (the fetch routes), push (POST /v1/events) or fetch,push.",
+)
+@repo_option
+def token_create(name: str, scopes: str, repo: str) -> None:
+    """Create a token NAME; prints it alone on the last line of stdout (it is stored hashed: copy it now)."""
+    from gnomon.serving.auth import parse_scopes
+
+    try:
+        parsed = parse_scopes(scopes)
+    except GnomonError as error:
+        raise click.BadParameter(str(error).removeprefix("scopes: "), param_hint="--scopes") from None
+    tokens = _tokens_file(repo)
+    secret = tokens.create(name, parsed)
+    click.echo(
+        f"created token {name!r} with scope(s) {','.join(parsed)} in {tokens.path}; only its SHA-256 is "
+        "stored, so copy it now (running servers accept it within a second):",
+        err=True,
+    )
+    click.echo(secret)
+
+
+@token.command(name="list")
+@repo_option
+def token_list(repo: str) -> None:
+    """The tokens' names, scopes and creation times (never the tokens)."""
+    tokens = _tokens_file(repo)
+    entries = tokens.read()
+    if not entries:
+        click.echo(f"no tokens in {tokens.path}; create one with `gnomon token create NAME --scopes fetch`")
+        return
+    width = max(4, *(len(e.name) for e in entries))
+    click.echo(f"{'NAME':<{width}}  {'SCOPES':<10}  CREATED")
+    for entry in entries:
+        click.echo(f"{entry.name:<{width}}  {','.join(entry.scopes):<10}  {entry.created}")
+
+
+@token.command(name="revoke")
+@click.argument("name")
+@repo_option
+def token_revoke(name: str, repo: str) -> None:
+    """Delete the token NAME; running servers refuse it within a second."""
+    tokens = _tokens_file(repo)
+    tokens.revoke(name)
+    click.echo(f"revoked token {name!r}; running servers refuse it within a second")
 
 
 if __name__ == "__main__":

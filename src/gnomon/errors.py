@@ -13,8 +13,15 @@ class GnomonError(Exception):
 class DefinitionError(GnomonError, ValueError):
     """A definition (or a whole repo) is invalid: names the object, the field and the fix."""
 
-    def __init__(self, message: str, *, obj: str | None = None, field: str | None = None,
-                 fix: str | None = None, file: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        obj: str | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+        file: str | None = None,
+    ) -> None:
         self.obj, self.field, self.fix, self.file = obj, field, fix, file
         where = ".".join(p for p in (obj, field) if p)
         text = f"{where}: {message}" if where else message

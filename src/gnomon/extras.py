@@ -17,4 +17,6 @@ def require(module: str, extra: str, needed_by: str) -> ModuleType:
     try:
         return importlib.import_module(module)  # typed as a module whether or not it is installed
     except ImportError as error:
-        raise MissingExtraError(f"{needed_by} needs the {module} package: pip install 'gnomon[{extra}]'") from error
+        raise MissingExtraError(
+            f"{needed_by} needs the {module} package: pip install 'gnomon[{extra}]'"
+        ) from error

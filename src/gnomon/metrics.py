@@ -43,8 +43,9 @@ class Histogram:
         if not len(seconds):
             return
         values = np.asarray(seconds, dtype=np.float64)
-        binned = np.bincount(np.searchsorted(np.asarray(self.buckets), values, side="left"),
-                             minlength=len(self.buckets) + 1)
+        binned = np.bincount(
+            np.searchsorted(np.asarray(self.buckets), values, side="left"), minlength=len(self.buckets) + 1
+        )
         with self._lock:
             counts = self._counts[label_value]
             for index, count in enumerate(binned.tolist()):
@@ -87,15 +88,27 @@ class Metrics:
     """Everything `GET /metrics` reports."""
 
     def __init__(self) -> None:
-        self.latency = Histogram("gnomon_request_seconds", "HTTP request latency by route.", "route", LATENCY_BUCKETS)
-        self.freshness = Histogram("gnomon_event_to_servable_seconds",
-                                   "From an event's publication to the moment it is servable, by topic.",
-                                   "topic", FRESHNESS_BUCKETS)
+        self.latency = Histogram(
+            "gnomon_request_seconds", "HTTP request latency by route.", "route", LATENCY_BUCKETS
+        )
+        self.freshness = Histogram(
+            "gnomon_event_to_servable_seconds",
+            "From an event's publication to the moment it is servable, by topic.",
+            "topic",
+            FRESHNESS_BUCKETS,
+        )
         self.results = Counter("gnomon_fetch_results_total", "Fetched keys by result status.", "status")
-        self.events = Counter("gnomon_events_ingested_total", "Events accepted by POST /v1/events, by topic.", "topic")
+        self.events = Counter(
+            "gnomon_events_ingested_total", "Events accepted by POST /v1/events, by topic.", "topic"
+        )
 
     def render(self) -> str:
-        lines = [*self.latency.render(), *self.freshness.render(), *self.results.render(), *self.events.render()]
+        lines = [
+            *self.latency.render(),
+            *self.freshness.render(),
+            *self.results.render(),
+            *self.events.render(),
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -103,17 +116,28 @@ class StreamMetrics:
     """What a stream worker reports, per GroupBy."""
 
     def __init__(self) -> None:
-        self.freshness = Histogram("gnomon_stream_event_to_servable_seconds",
-                                   "From an event's publication (broker time) to the end of the store write "
-                                   "that makes it servable, by GroupBy.", "group_by", FRESHNESS_BUCKETS)
+        self.freshness = Histogram(
+            "gnomon_stream_event_to_servable_seconds",
+            "From an event's publication (broker time) to the end of the store write "
+            "that makes it servable, by GroupBy.",
+            "group_by",
+            FRESHNESS_BUCKETS,
+        )
         self.records = Counter("gnomon_stream_records_total", "Records consumed, by GroupBy.", "group_by")
-        self.rows = Counter("gnomon_stream_rows_total", "Rows stored (events the Query kept), by GroupBy.",
-                            "group_by")
-        self.dead_letters = Counter("gnomon_stream_dead_letters_total", "Malformed events set aside, by GroupBy.",
-                                    "group_by")
+        self.rows = Counter(
+            "gnomon_stream_rows_total", "Rows stored (events the Query kept), by GroupBy.", "group_by"
+        )
+        self.dead_letters = Counter(
+            "gnomon_stream_dead_letters_total", "Malformed events set aside, by GroupBy.", "group_by"
+        )
 
     def render(self) -> str:
-        lines = [*self.freshness.render(), *self.records.render(), *self.rows.render(), *self.dead_letters.render()]
+        lines = [
+            *self.freshness.render(),
+            *self.records.render(),
+            *self.rows.render(),
+            *self.dead_letters.render(),
+        ]
         return "\n".join(lines) + "\n"
 
 

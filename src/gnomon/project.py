@@ -89,7 +89,9 @@ class Project:
 
     # -------------------------------------------------------------- offline jobs
 
-    def backfill(self, name: str, start_ds: str, end_ds: str, force: bool = False, deps: bool = True) -> list[str]:
+    def backfill(
+        self, name: str, start_ds: str, end_ds: str, force: bool = False, deps: bool = True
+    ) -> list[str]:
         """Compute partitions [start_ds, end_ds] of a GroupBy, Join or StagingQuery's output table.
 
         Only missing partitions are computed unless ``force``. Partitions are committed together
@@ -111,7 +113,9 @@ class Project:
             have = set(self.warehouse.partitions(node.output_table))
             days = [d for d in days if d not in have]
         if not days:
-            log.info("%s: every partition in [%s, %s] exists; use force=True to recompute", name, start_ds, end_ds)
+            log.info(
+                "%s: every partition in [%s, %s] exists; use force=True to recompute", name, start_ds, end_ds
+            )
             return []
         self._backfill_parents(name, days, deps)
         return self._backfill_days(name, node, days)
@@ -125,7 +129,9 @@ class Project:
             elif name in self.plan.joins:
                 produced = engine.backfill_join(node, days)
             else:
-                produced = engine.run_staging_query(self._render_staging(node.query, days), days, f"StagingQuery({name!r})")
+                produced = engine.run_staging_query(
+                    self._render_staging(node.query, days), days, f"StagingQuery({name!r})"
+                )
             return self._write_all(node.output_table, produced)
         finally:
             engine.close()
@@ -147,7 +153,8 @@ class Project:
                     f"{kind} {name!r} reads the output of Join {parent!r} (JoinSource), and its table "
                     f"{join.output_table!r} is missing {len(missing)} partition(s) ({shown}). Fix: run the backfill "
                     f"without --no-deps (deps=True) to compute them first, or backfill the parent: "
-                    f"gnomon backfill {parent} --start-ds {missing[0]} --end-ds {missing[-1]}")
+                    f"gnomon backfill {parent} --start-ds {missing[0]} --end-ds {missing[-1]}"
+                )
             if parent in chain:
                 raise ExecutionError(f"chaining cycle: {' -> '.join([*chain, name, parent])}")
             producible = self._producible_partitions(join)
@@ -156,9 +163,15 @@ class Project:
                 raise WarehouseError(
                     f"{kind} {name!r} reads partition ds={blocked[0]} of Join {parent!r}'s output "
                     f"{join.output_table!r}, which cannot be computed: the Join's left table {join.left.table!r} "
-                    f"has no partition ds={blocked[0]}. Fix: land that partition, or backfill a range it covers.")
-            log.info("%s reads Join %s: backfilling its %d missing partition(s) %s first", name, parent,
-                     len(missing), shown)
+                    f"has no partition ds={blocked[0]}. Fix: land that partition, or backfill a range it covers."
+                )
+            log.info(
+                "%s reads Join %s: backfilling its %d missing partition(s) %s first",
+                name,
+                parent,
+                len(missing),
+                shown,
+            )
             self._backfill_parents(parent, missing, deps, (*chain, name))
             self._backfill_days(parent, join, missing)
 
@@ -178,7 +191,9 @@ class Project:
             readers = [(plan.group_bys[name], DAY_MS, True)]
         elif name in plan.joins:
             join = plan.joins[name]
-            readers = [(plan.group_bys[p.group_by], 0, False) for p in join.parts if p.group_by in plan.group_bys]
+            readers = [
+                (plan.group_bys[p.group_by], 0, False) for p in join.parts if p.group_by in plan.group_bys
+            ]
             if join.left.kind == "join" and join.left.upstream_join in plan.joins:
                 wanted.setdefault(join.left.upstream_join, set()).update(days)
         else:
@@ -206,8 +221,10 @@ class Project:
         """min over features of floor(q - W, hop(W)) (SPEC §2); None when a window is unbounded."""
         if not group_by.features or any(f.window_ms is None or not f.hop_ms for f in group_by.features):
             return None
-        return min((q - f.window_ms) - (q - f.window_ms) % f.hop_ms  # type: ignore[operator]
-                   for f in group_by.features)
+        return min(
+            (q - f.window_ms) - (q - f.window_ms) % f.hop_ms  # type: ignore[operator]
+            for f in group_by.features
+        )
 
     def _producible_partitions(self, join: JoinPlan, _seen: frozenset[str] = frozenset()) -> set[str]:
         """The ds a Join's output has or can compute: its left table's partitions (through chained lefts)."""
@@ -244,11 +261,15 @@ class Project:
 
         rendered = re.sub(r"\{\{\s*max_date\(\s*table\s*=\s*([\w.]+)\s*\)\s*\}\}", max_date, sql)
         values = {"start_date": days[0], "end_date": days[-1], "latest_date": days[-1]}
-        rendered = re.sub(r"\{\{\s*(start_date|end_date|latest_date)\s*\}\}", lambda m: values[m.group(1)], rendered)
+        rendered = re.sub(
+            r"\{\{\s*(start_date|end_date|latest_date)\s*\}\}", lambda m: values[m.group(1)], rendered
+        )
         leftover = re.search(r"\{\{.*?\}\}", rendered)
         if leftover:
-            raise ExecutionError(f"unknown template variable {leftover.group(0)}; use start_date, end_date, "
-                                 "latest_date or max_date(table=ns.t)")
+            raise ExecutionError(
+                f"unknown template variable {leftover.group(0)}; use start_date, end_date, "
+                "latest_date or max_date(table=ns.t)"
+            )
         return rendered
 
     def training_data(self, join: str | Join, left: Any) -> pa.Table:
@@ -313,10 +334,27 @@ class Project:
         store = self.store()
         engine = self._engine()
         try:
-            return {group_by: upload_group_by(engine, self.plan.group_bys[group_by], ds, store) for group_by in names}
+            return {
+                group_by: upload_group_by(engine, self.plan.group_bys[group_by], ds, store)
+                for group_by in names
+            }
         finally:
             engine.close()
             store.close()
+
+    def stale_uploads(self) -> dict[str, str]:
+        """Online GroupBys whose upload no longer matches their definition, with what changed."""
+        from gnomon.online.fetcher import upload_mismatch
+
+        online = [g for g in self.plan.group_bys.values() if g.online]
+        if not online:
+            return {}
+        store = self.store()
+        try:
+            found = {g.name: upload_mismatch(g, store) for g in online}
+        finally:
+            store.close()
+        return {name: reason for name, reason in found.items() if reason is not None}
 
     def source_schema(self, group_by: str, topic: str | None = None) -> Any:
         """The Arrow schema events of a GroupBy's topic are read with (its first topic by default):
@@ -334,12 +372,19 @@ class Project:
             return None
         schema = pq.read_schema(files[-1])
         if source is not None and source.kind == "entities":
-            mutation_files = self.warehouse.partition_files(source.mutation_table) if source.mutation_table else []
+            mutation_files = (
+                self.warehouse.partition_files(source.mutation_table) if source.mutation_table else []
+            )
             mutation_schema = pq.read_schema(mutation_files[-1]) if mutation_files else pa.schema([])
-            for name, default in ((source.mutation_time_column, pa.int64()), (source.reversal_column, pa.bool_())):
+            for name, default in (
+                (source.mutation_time_column, pa.int64()),
+                (source.reversal_column, pa.bool_()),
+            ):
                 if name not in schema.names:
                     index = mutation_schema.get_field_index(name)
-                    schema = schema.append(mutation_schema.field(index) if index >= 0 else pa.field(name, default))
+                    schema = schema.append(
+                        mutation_schema.field(index) if index >= 0 else pa.field(name, default)
+                    )
         return schema
 
     def _left_schema(self, group_by: str, topic: str) -> Any:
@@ -374,9 +419,16 @@ class Project:
 
         def run(group_by: str, topic: str) -> None:
             try:
-                worker = StreamWorker(self.plan.group_bys[group_by], store, broker, topic=topic,
-                                      schema=self.source_schema(group_by, topic), plan=self.plan,
-                                      left_schema=self._left_schema(group_by, topic), **worker_options)
+                worker = StreamWorker(
+                    self.plan.group_bys[group_by],
+                    store,
+                    broker,
+                    topic=topic,
+                    schema=self.source_schema(group_by, topic),
+                    plan=self.plan,
+                    left_schema=self._left_schema(group_by, topic),
+                    **worker_options,
+                )
                 try:
                     result = worker.run(until_caught_up=until_caught_up, **run_options)
                 finally:
@@ -387,8 +439,10 @@ class Project:
                 errors.append(error)
 
         try:
-            threads = [threading.Thread(target=run, args=job, name=f"gnomon-stream-{job[0]}-{job[1]}", daemon=True)
-                       for job in jobs]
+            threads = [
+                threading.Thread(target=run, args=job, name=f"gnomon-stream-{job[0]}-{job[1]}", daemon=True)
+                for job in jobs
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -401,10 +455,16 @@ class Project:
             raise errors[0]
         return {g: stats[g] for g in names if g in stats}
 
-    def read_table(self, name_or_table: str, start_ds: str | None = None, end_ds: str | None = None) -> pa.Table:
+    def read_table(
+        self, name_or_table: str, start_ds: str | None = None, end_ds: str | None = None
+    ) -> pa.Table:
         """Read a warehouse table, or the output table of a definition by its name."""
         plan = self.plan
-        node = plan.group_bys.get(name_or_table) or plan.joins.get(name_or_table) or plan.staging_queries.get(name_or_table)
+        node = (
+            plan.group_bys.get(name_or_table)
+            or plan.joins.get(name_or_table)
+            or plan.staging_queries.get(name_or_table)
+        )
         return self.warehouse.read_table(node.output_table if node else name_or_table, start_ds, end_ds)
 
 

@@ -1,9 +1,9 @@
 """Helpers for testing feature repos (Gnomon's own tests and benchmarks use them too).
 
-    from gnomon.testing import redis_server
+from gnomon.testing import redis_server
 
-    with redis_server(tmp_path) as url:          # "redis://127.0.0.1:PORT"
-        ...                                      # gnomon.yaml: online: f"{url}/0", stream: f"{url}/1"
+with redis_server(tmp_path) as url:          # "redis://127.0.0.1:PORT"
+    ...                                      # gnomon.yaml: online: f"{url}/0", stream: f"{url}/1"
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def free_port() -> int:
 def find_redis_server() -> str | None:
     """The ``redis-server`` executable, or None when it is not installed."""
     return shutil.which("redis-server") or next(
-        (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(path).exists()), None)
+        (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(path).exists()),
+        None,
+    )
 
 
 @contextmanager
@@ -46,9 +48,23 @@ def redis_server(directory: str | Path, attempts: int = 3, start_timeout_s: floa
     last_output = b""
     for _attempt in range(attempts):  # another process may take the probed port first
         port = free_port()
-        process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no", "--dir", str(directory)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + start_timeout_s
         started = False

@@ -30,7 +30,7 @@ import gnomon
 from gnomon import Project
 from gnomon.online.records import dead_letter_key
 from gnomon.streaming.brokers.base import Record
-from gnomon.streaming.worker import StreamWorker
+from gnomon.streaming.worker import StreamWorker, consumer_group
 
 from .helpers import (
     DAY,
@@ -62,12 +62,19 @@ WAREHOUSE_DAYS = [ds_of(START + d * DAY) for d in range(4)]  # 01-01 .. 01-04: b
 LATER_DAYS = [ds_of(START + d * DAY) for d in range(4, LAST_DAY + 1)]  # 01-05 .. 01-07: streamed
 
 RAW = ["id", "user_id", "price", "item", "ts"]
-ROW_SCHEMA = pa.schema([("id", pa.int64()), ("user_id", pa.string()), ("price", pa.float64()),
-                        ("item", pa.string()), ("ts", pa.int64())])
+ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("user_id", pa.string()),
+        ("price", pa.float64()),
+        ("item", pa.string()),
+        ("ts", pa.int64()),
+    ]
+)
 MUTATION_SCHEMA = pa.schema([*ROW_SCHEMA, ("mutation_ts", pa.int64()), ("is_before", pa.bool_())])
 PROBE_SCHEMA = pa.schema([("user_id", pa.string()), ("ts", pa.int64())])
 
-ENTITY_PY = '''
+ENTITY_PY = """
 from gnomon import Accuracy, Aggregation, EntitySource, EventSource, GroupBy, Join, JoinPart, Operation, Query
 
 def accounts(selects, topic="account_mutations"):
@@ -126,7 +133,7 @@ static = GroupBy(
     online=True,
 )
 static_join = Join(name="ent.static_join", left=join.left, right_parts=[JoinPart(static)])
-'''
+"""
 
 
 # ------------------------------------------------------------------ fixtures and the repo
@@ -148,13 +155,15 @@ def store_url(request: pytest.FixtureRequest) -> str:
 def make_repo(root: Path, store_url: str, features_py: str = ENTITY_PY) -> Project:
     root.mkdir(parents=True, exist_ok=True)
     (root / "gnomon.yaml").write_text(
-        f"project: entity_online\nonline: {{url: '{store_url}', horizon: 3d}}\nstream: embedded\n")
+        f"project: entity_online\nonline: {{url: '{store_url}', horizon: 3d}}\nstream: embedded\n"
+    )
     (root / "features").mkdir(exist_ok=True)
     (root / "features" / "__init__.py").write_text("")
     (root / "features" / "defs.py").write_text(textwrap.dedent(features_py))
     project = Project(root)
-    project.warehouse.write_partition(PROBES, FIRST_DS, pa.Table.from_pylist([{"user_id": "u1", "ts": START}],
-                                                                             schema=PROBE_SCHEMA))
+    project.warehouse.write_partition(
+        PROBES, FIRST_DS, pa.Table.from_pylist([{"user_id": "u1", "ts": START}], schema=PROBE_SCHEMA)
+    )
     return project
 
 
@@ -218,9 +227,13 @@ class History:
             ts -= ts % HOUR  # on an hour: window tails land on hop boundaries
         else:
             ts = t - rng.randrange(0, 3 * DAY)
-        return {"id": next(self.ids), "user_id": rng.choice(USERS),
-                "price": None if rng.random() < 0.12 else round(rng.uniform(-5, 50), 2),
-                "item": None if rng.random() < 0.1 else rng.choice(ITEMS), "ts": ts}
+        return {
+            "id": next(self.ids),
+            "user_id": rng.choice(USERS),
+            "price": None if rng.random() < 0.12 else round(rng.uniform(-5, 50), 2),
+            "item": None if rng.random() < 0.1 else rng.choice(ITEMS),
+            "ts": ts,
+        }
 
     def day(self, day_start: int, state: list[dict[str, Any]], count: int) -> list[Op]:
         rng = self.rng
@@ -254,7 +267,11 @@ class History:
                 if "item" in changes:
                     new["item"] = None if rng.random() < 0.1 else rng.choice(ITEMS)
                 if "ts" in changes:
-                    new["ts"] = t + rng.randrange(1, 6 * HOUR) if rng.random() < 0.2 else t - rng.randrange(0, 2 * DAY)
+                    new["ts"] = (
+                        t + rng.randrange(1, 6 * HOUR)
+                        if rng.random() < 0.2
+                        else t - rng.randrange(0, 2 * DAY)
+                    )
                 if new == old:
                     new["price"] = (old["price"] or 0.0) + 1.25
                 images = [(old, True), (new, False)]
@@ -268,7 +285,9 @@ class History:
             live = replay(live, op.rows())
         return ops
 
-    def tables(self, copies: dict[str, int] | None = None) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    def tables(
+        self, copies: dict[str, int] | None = None
+    ) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
         """(snapshot partitions, mutation partitions) by ds; ``copies``: days whose changes were
         published that many times (the mutation table then holds every row that many times)."""
         snapshots = {FIRST_DS: self.initial}
@@ -283,13 +302,17 @@ class History:
         return [op for ds in LATER_DAYS for op in self.ops[ds]]
 
 
-def write_entity_tables(project: Project, snapshots: dict[str, list[Any]], mutations: dict[str, list[Any]],
-                        days: list[str]) -> None:
+def write_entity_tables(
+    project: Project, snapshots: dict[str, list[Any]], mutations: dict[str, list[Any]], days: list[str]
+) -> None:
     for ds in days:
-        project.warehouse.write_partition(SNAPSHOTS, ds, pa.Table.from_pylist(snapshots[ds], schema=ROW_SCHEMA))
+        project.warehouse.write_partition(
+            SNAPSHOTS, ds, pa.Table.from_pylist(snapshots[ds], schema=ROW_SCHEMA)
+        )
         if ds in mutations:
-            project.warehouse.write_partition(MUTATIONS, ds,
-                                              pa.Table.from_pylist(mutations[ds], schema=MUTATION_SCHEMA))
+            project.warehouse.write_partition(
+                MUTATIONS, ds, pa.Table.from_pylist(mutations[ds], schema=MUTATION_SCHEMA)
+            )
 
 
 def debezium(op: Op, rng: random.Random) -> dict[str, Any]:
@@ -301,10 +324,16 @@ def debezium(op: Op, rng: random.Random) -> dict[str, Any]:
         envelope = {"before": op.images[0][0], "after": None, "op": "d"}
     else:
         envelope = {"before": None, "after": op.images[0][0], "op": rng.choice("cr")}
-    envelope.update(ts_ms=op.mutation_ts, source={"connector": "postgresql", "table": "accounts",
-                                                  "ts_ms": op.mutation_ts - 3}, transaction=None)
+    envelope.update(
+        ts_ms=op.mutation_ts,
+        source={"connector": "postgresql", "table": "accounts", "ts_ms": op.mutation_ts - 3},
+        transaction=None,
+    )
     if rng.random() < 0.5:
-        return {"schema": {"type": "struct", "name": "crm.accounts.Envelope", "optional": False}, "payload": envelope}
+        return {
+            "schema": {"type": "struct", "name": "crm.accounts.Envelope", "optional": False},
+            "payload": envelope,
+        }
     return envelope
 
 
@@ -327,15 +356,21 @@ def query_times(rng: random.Random, history: History, count: int = 14) -> list[i
         queries |= {START + day * DAY - 1, START + day * DAY, START + day * DAY + 1}
     for t in rng.sample(times, min(count, len(times))):
         queries |= {t, t + 1}
-    future = [row["ts"] for op in history.streamed_ops() for row, _ in op.images if row["ts"] > op.mutation_ts]
+    future = [
+        row["ts"] for op in history.streamed_ops() for row, _ in op.images if row["ts"] > op.mutation_ts
+    ]
     for t in rng.sample(future, min(5, len(future))):
         queries |= {t, t + 1}
     queries |= {rng.randrange(BATCH_END, END) for _ in range(count)}
     return sorted(q for q in queries if BATCH_END <= q <= END)
 
 
-def uploaded_repo(root: Path, store_url: str, seed: int, copies: dict[str, int] | None = None,
-                  ) -> tuple[Project, History]:
+def uploaded_repo(
+    root: Path,
+    store_url: str,
+    seed: int,
+    copies: dict[str, int] | None = None,
+) -> tuple[Project, History]:
     """A repo with the warehouse up to UPLOAD_DS, uploaded; then the later days written to the
     warehouse (the offline side sees them; online only what is streamed)."""
     history = History(random.Random(seed))
@@ -348,8 +383,9 @@ def uploaded_repo(root: Path, store_url: str, seed: int, copies: dict[str, int] 
     return project, history
 
 
-def assert_parity(project: Project, queries: list[int], join: str = JOIN,
-                  keys: list[dict[str, Any]] = KEYS) -> list[list[dict[str, Any]]]:
+def assert_parity(
+    project: Project, queries: list[int], join: str = JOIN, keys: list[dict[str, Any]] = KEYS
+) -> list[list[dict[str, Any]]]:
     """``gnomon.Client(repo).fetch_join`` at each q == ``training_data`` at q, for every key, all
     "Success"; returns the fetched results (per q, per key)."""
     expected = offline_rows(project, keys, queries, join)
@@ -403,7 +439,11 @@ def test_entity_online_equals_offline(tmp_path: Path, store_url: str) -> None:
     later = mutation_events(history.streamed_ops(), rng)
     kinds = {op.kind for op in history.streamed_ops()}
     assert kinds == {"insert", "duplicate", "update", "move", "delete", "ghost"}, kinds
-    assert any("payload" in e for e in later) and any("op" in e for e in later) and any("is_before" in e for e in later)
+    assert (
+        any("payload" in e for e in later)
+        and any("op" in e for e in later)
+        and any("is_before" in e for e in later)
+    )
     # the worker runs before the upload too: the upload day's changes (in its snapshot: never applied
     # twice) and the first ones after its batch end
     early = len(later) // 5
@@ -413,7 +453,9 @@ def test_entity_online_equals_offline(tmp_path: Path, store_url: str) -> None:
     write_entity_tables(project, snapshots, mutations, LATER_DAYS)  # offline sees the later days
     publish(project, later[early:], batch=7, topic=TOPIC)
     second = project.stream(JOIN, until_caught_up=True, max_records=50)
-    streamed_rows = sum(len(op.images) for ops in (history.ops[UPLOAD_DS], history.streamed_ops()) for op in ops)
+    streamed_rows = sum(
+        len(op.images) for ops in (history.ops[UPLOAD_DS], history.streamed_ops()) for op in ops
+    )
     for name in STREAMED:
         assert first[name].records + second[name].records == len(earlier) + len(later)
         assert first[name].dead_letters == second[name].dead_letters == 0, second[name].dead_letter_reasons
@@ -446,22 +488,31 @@ def test_replays_and_duplicate_delivery_change_nothing(tmp_path: Path, store_url
     try:
         # the same records again (as a broker redelivers them), copies, reversed, split differently
         for name in STREAMED:
-            worker = StreamWorker(plan.group_bys[name], store, broker, group=f"dup-{name}",
-                                  schema=project.source_schema(name, TOPIC))
+            worker = StreamWorker(
+                plan.group_bys[name],
+                store,
+                broker,
+                group=f"dup-{name}",
+                schema=project.source_schema(name, TOPIC),
+            )
             records = worker.consumer.poll(5000, 1.0)
             assert len(records) == len(events)
             worker.process(records)
-            worker.process([Record(r.topic, r.partition, r.offset, r.payload, r.published_at_ms + 7) for r in records])
+            worker.process(
+                [Record(r.topic, r.partition, r.offset, r.payload, r.published_at_ms + 7) for r in records]
+            )
             worker.process(records[::-1][: len(records) // 2])
             for start in range(0, len(records), 3):
-                worker.process(records[start:start + 3])
+                worker.process(records[start : start + 3])
             worker.close()
     finally:
         store.close()
         broker.close()
     # other consumer groups re-read the whole topic, in micro-batches of other sizes
     for name, size in ((STATS, 4), (ROWS, 13), (RECENT, 1000)):
-        replay_stats = project.stream(name, until_caught_up=True, group=f"replay-{name}", max_records=size)[name]
+        replay_stats = project.stream(name, until_caught_up=True, group=f"replay-{name}", max_records=size)[
+            name
+        ]
         assert replay_stats.records == len(events)
     # and the default groups' workers again: nothing left to do
     again = project.stream(JOIN, until_caught_up=True, poll_timeout_s=0.05)
@@ -471,8 +522,10 @@ def test_replays_and_duplicate_delivery_change_nothing(tmp_path: Path, store_url
 
 
 # A worker that runs until killed, in small micro-batches so that a kill lands in the middle.
-WORKER = ("import sys; from gnomon import Project; "
-          "Project(sys.argv[1]).stream(sys.argv[2], max_records=2, poll_timeout_s=0.05)")
+WORKER = (
+    "import sys; from gnomon import Project; "
+    "Project(sys.argv[1]).stream(sys.argv[2], max_records=2, poll_timeout_s=0.05)"
+)
 
 
 def test_worker_killed_mid_way_then_restarted(tmp_path: Path, store_url: str) -> None:
@@ -481,14 +534,24 @@ def test_worker_killed_mid_way_then_restarted(tmp_path: Path, store_url: str) ->
     events = mutation_events(history.streamed_ops(), rng)
     published = 0
     for _ in range(3):  # until a kill lands while the worker still has mutations to apply
-        worker = subprocess.Popen([sys.executable, "-c", WORKER, str(project.root), JOIN], env=subprocess_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(project.root), JOIN],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             upto = published + len(events) // 3
             publish(project, events[published:upto], batch=5, topic=TOPIC)
             threshold, published = published + (upto - published) // 4, upto
             deadline = time.monotonic() + 30
-            while min(stored_offset(project, f"gnomon.{g}") for g in STREAMED) < threshold:
+            while (
+                min(
+                    stored_offset(project, consumer_group(project.plan.group_bys[g], TOPIC)) for g in STREAMED
+                )
+                < threshold
+            ):
                 if worker.poll() is not None:
                     raise AssertionError(f"the worker exited: {worker.communicate()[1][-3000:]}")
                 assert time.monotonic() < deadline, "timed out waiting for the worker"
@@ -498,14 +561,17 @@ def test_worker_killed_mid_way_then_restarted(tmp_path: Path, store_url: str) ->
                 worker.send_signal(signal.SIGKILL)
             worker.communicate(timeout=20)
         assert worker.returncode == -signal.SIGKILL
-        if min(stored_offset(project, f"gnomon.{g}") for g in STREAMED) < published - 1:
+        if (
+            min(stored_offset(project, consumer_group(project.plan.group_bys[g], TOPIC)) for g in STREAMED)
+            < published - 1
+        ):
             break
     else:
         raise AssertionError("the worker was never killed while it had mutations left to apply")
     publish(project, events[published:], batch=5, topic=TOPIC)
     project.stream(JOIN, until_caught_up=True)
     for name in STREAMED:
-        assert stored_offset(project, f"gnomon.{name}") == len(events) - 1
+        assert stored_offset(project, consumer_group(project.plan.group_bys[name], TOPIC)) == len(events) - 1
     assert_parity(project, query_times(rng, history, count=6))
 
 
@@ -532,8 +598,8 @@ def test_sync_pushes_are_servable_at_once(tmp_path: Path, store_url: str) -> Non
     client = gnomon.Client(project.root)
     try:
         for start in range(0, len(events), 9):
-            ids = client.push(TOPIC, events[start:start + 9], sync=True)
-            assert len(ids) == len(events[start:start + 9])
+            ids = client.push(TOPIC, events[start : start + 9], sync=True)
+            assert len(ids) == len(events[start : start + 9])
     finally:
         client.close()
     queries = query_times(rng, history, count=6)
@@ -554,7 +620,10 @@ def test_a_sync_push_is_servable_for_the_next_fetch(tmp_path: Path, store_url: s
     steps: list[tuple[list[dict[str, Any]], dict[str, Any]]] = [
         ([{**row, "mutation_ts": t, "is_before": False}], {"price_sum": 10.0, "item_last": "z"}),
         ([{"payload": {"before": row, "after": updated, "op": "u", "ts_ms": t + 1}}], {"price_sum": 4.0}),
-        ([{"before": updated, "after": None, "op": "d", "ts_ms": t + 2}], {"price_sum": None, "price_count": None}),
+        (
+            [{"before": updated, "after": None, "op": "d", "ts_ms": t + 2}],
+            {"price_sum": None, "price_count": None},
+        ),
     ]
     with gnomon.Client(project.root) as client:
         for events, expected in steps:
@@ -590,27 +659,43 @@ def test_malformed_mutations_are_dead_letters_and_the_rest_is_applied(tmp_path: 
     changed = {**victim, "price": 99.0}
     good: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [  # (event, its mutation-table rows)
         ({**fresh, "mutation_ts": t, "is_before": False}, [{**fresh, "mutation_ts": t, "is_before": False}]),
-        ({"payload": {"before": victim, "after": changed, "op": "u", "ts_ms": t + 10}},
-         [{**victim, "mutation_ts": t + 10, "is_before": True},
-          {**changed, "mutation_ts": t + 10, "is_before": False}]),
-        ({"before": None, "after": fresh2, "op": "c", "ts_ms": t + 20},
-         [{**fresh2, "mutation_ts": t + 20, "is_before": False}]),
-        ({"before": doomed, "after": None, "op": "d", "ts_ms": t + 30},
-         [{**doomed, "mutation_ts": t + 30, "is_before": True}]),
+        (
+            {"payload": {"before": victim, "after": changed, "op": "u", "ts_ms": t + 10}},
+            [
+                {**victim, "mutation_ts": t + 10, "is_before": True},
+                {**changed, "mutation_ts": t + 10, "is_before": False},
+            ],
+        ),
+        (
+            {"before": None, "after": fresh2, "op": "c", "ts_ms": t + 20},
+            [{**fresh2, "mutation_ts": t + 20, "is_before": False}],
+        ),
+        (
+            {"before": doomed, "after": None, "op": "d", "ts_ms": t + 30},
+            [{**doomed, "mutation_ts": t + 30, "is_before": True}],
+        ),
         # a column the table does not have: ignored, like a field the Query does not read
-        ({**extra, "color": "red", "mutation_ts": t + 40, "is_before": False},
-         [{**extra, "mutation_ts": t + 40, "is_before": False}]),
+        (
+            {**extra, "color": "red", "mutation_ts": t + 40, "is_before": False},
+            [{**extra, "mutation_ts": t + 40, "is_before": False}],
+        ),
     ]
     bad: list[tuple[dict[str, Any], str]] = [  # (event, the kind of its dead-letter reason)
         ({**fresh, "id": 2000, "is_before": False}, "missing mutation time"),
         ({**fresh, "id": 2001, "mutation_ts": t + 1}, "missing reversal flag"),
         ({"before": None, "after": {**fresh, "id": 2002}, "ts_ms": t + 2}, "bad Debezium event"),
         ({"payload": {"before": None, "after": {**fresh, "id": 2003}, "ts_ms": t + 3}}, "bad Debezium event"),
-        ({"before": None, "after": {**victim, "price": 1.0}, "op": "u", "ts_ms": t + 4}, "missing before image"),
+        (
+            {"before": None, "after": {**victim, "price": 1.0}, "op": "u", "ts_ms": t + 4},
+            "missing before image",
+        ),
         ({"before": None, "after": None, "op": "d", "ts_ms": t + 5}, "missing before image"),
         ({**fresh, "id": 2004, "mutation_ts": "soon", "is_before": False}, "bad mutation time"),
         ({**fresh, "id": 2005, "mutation_ts": t + 6, "is_before": "no"}, "bad reversal flag"),
-        ({"before": None, "after": {**fresh, "id": 2006}, "op": "t", "ts_ms": t + 7}, "unsupported Debezium op"),
+        (
+            {"before": None, "after": {**fresh, "id": 2006}, "op": "t", "ts_ms": t + 7},
+            "unsupported Debezium op",
+        ),
         ({**fresh, "id": 2007, "user_id": None, "mutation_ts": t + 8, "is_before": False}, "missing key"),
         ({**fresh, "id": 2008, "ts": None, "mutation_ts": t + 9, "is_before": False}, "missing time"),
     ]
@@ -639,10 +724,15 @@ def test_malformed_mutations_are_dead_letters_and_the_rest_is_applied(tmp_path: 
     # there too, and a value of the wrong type is a dead letter of its own
     more = {"id": 1003, "user_id": "m1", "price": 4.0, "item": "s", "ts": t + HOUR}
     wrong_type = {**more, "id": 1004, "price": "cheap", "mutation_ts": t + 60, "is_before": False}
-    stage_two = [{**more, "tier": 3, "mutation_ts": t + 50, "is_before": False}, wrong_type,
-                 {**extra, "mutation_ts": t + 70, "is_before": True}]  # deletes the row with the unknown column
-    good += [(stage_two[0], [{**more, "mutation_ts": t + 50, "is_before": False}]),
-             (stage_two[2], [{**extra, "mutation_ts": t + 70, "is_before": True}])]
+    stage_two = [
+        {**more, "tier": 3, "mutation_ts": t + 50, "is_before": False},
+        wrong_type,
+        {**extra, "mutation_ts": t + 70, "is_before": True},
+    ]  # deletes the row with the unknown column
+    good += [
+        (stage_two[0], [{**more, "mutation_ts": t + 50, "is_before": False}]),
+        (stage_two[2], [{**extra, "mutation_ts": t + 70, "is_before": True}]),
+    ]
     stage_two_ids = publish(project, stage_two, batch=len(stage_two), topic=TOPIC)
     stats = project.stream(JOIN, until_caught_up=True, max_records=len(stage_two))
     for name in STREAMED:
@@ -651,14 +741,31 @@ def test_malformed_mutations_are_dead_letters_and_the_rest_is_applied(tmp_path: 
     assert len(dead_letters(project)) == len(bad) + 2
     assert stage_two_ids[1] in {letter["event_id"] for letter in dead_letters(project)}
     # the good events are applied, nothing else: online == offline over the good rows alone
-    partition = sorted([row for _, rows in good for row in rows], key=lambda r: (r["mutation_ts"], not r["is_before"]))
+    partition = sorted(
+        [row for _, rows in good for row in rows], key=lambda r: (r["mutation_ts"], not r["is_before"])
+    )
     next_ds = ds_of(BATCH_END)
-    project.warehouse.write_partition(MUTATIONS, next_ds, pa.Table.from_pylist(partition, schema=MUTATION_SCHEMA))
-    project.warehouse.write_partition(SNAPSHOTS, next_ds, pa.Table.from_pylist(replay(snapshot, partition),
-                                                                               schema=ROW_SCHEMA))
+    project.warehouse.write_partition(
+        MUTATIONS, next_ds, pa.Table.from_pylist(partition, schema=MUTATION_SCHEMA)
+    )
+    project.warehouse.write_partition(
+        SNAPSHOTS, next_ds, pa.Table.from_pylist(replay(snapshot, partition), schema=ROW_SCHEMA)
+    )
     keys = [*KEYS, {"user": "m1"}]
-    queries = [BATCH_END, t, t + 1, t + 11, t + 25, t + 31, t + 41, t + 51, t + 71, t + HOUR + 1,
-               BATCH_END + DAY - 1, BATCH_END + DAY]
+    queries = [
+        BATCH_END,
+        t,
+        t + 1,
+        t + 11,
+        t + 25,
+        t + 31,
+        t + 41,
+        t + 51,
+        t + 71,
+        t + HOUR + 1,
+        BATCH_END + DAY - 1,
+        BATCH_END + DAY,
+    ]
     results = assert_parity(project, queries, keys=keys)
     m1 = [results[queries.index(q)][-1]["features"] for q in (t + 41, t + 51, t + HOUR + 1)]
     assert [f["ent_stats_price_sum"] for f in m1] == [5.0, 5.0, 6.0]
@@ -685,7 +792,7 @@ def test_a_delete_matches_a_row_equal_up_to_the_sign_of_zero(tmp_path: Path, sto
 # ------------------------------------------------------------------ 5. two event topics
 
 
-MULTI_PY = '''
+MULTI_PY = """
 from gnomon import Aggregation, EventSource, GroupBy, Join, JoinPart, Operation, Query
 
 orders = EventSource(table="shop.orders", topic="orders",
@@ -709,12 +816,16 @@ spend = GroupBy(
 )
 spend_join = Join(name="shop.join", left=EventSource(table="crm.probes", query=Query(selects={"user": "user_id"})),
                   right_parts=[JoinPart(spend)], online=True)
-'''
+"""
 ORDER_SCHEMA = pa.schema([("user_id", pa.string()), ("amount", pa.float64()), ("ts", pa.int64())])
-SALE_SCHEMA = pa.schema([("buyer", pa.string()), ("price", pa.float64()), ("qty", pa.int64()), ("ts", pa.int64())])
+SALE_SCHEMA = pa.schema(
+    [("buyer", pa.string()), ("price", pa.float64()), ("qty", pa.int64()), ("ts", pa.int64())]
+)
 
 
-def shop_events(rng: random.Random, count: int, shared_keys: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def shop_events(
+    rng: random.Random, count: int, shared_keys: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Orders and sales over 2026-01-01 .. 01-07, every ts distinct (a ts tie across two topics: see
     `test_a_ts_tie_across_two_topics_breaks_in_source_order`). ``shared_keys``: both topics carry
     events of every user; otherwise orders are u1's and u2's, sales u3's and u4's."""
@@ -722,25 +833,40 @@ def shop_events(rng: random.Random, count: int, shared_keys: bool) -> tuple[list
     orders, sales = [], []
     for index, ts in enumerate(times):
         if index % 2:
-            orders.append({"user_id": rng.choice(USERS if shared_keys else USERS[:2]),
-                           "amount": None if index % 11 == 1 else round(rng.uniform(1, 80), 2), "ts": ts})
+            orders.append(
+                {
+                    "user_id": rng.choice(USERS if shared_keys else USERS[:2]),
+                    "amount": None if index % 11 == 1 else round(rng.uniform(1, 80), 2),
+                    "ts": ts,
+                }
+            )
         else:
-            sales.append({"buyer": rng.choice(USERS if shared_keys else USERS[2:]),
-                          "price": round(rng.uniform(0.5, 20), 3), "qty": rng.randrange(0, 5), "ts": ts})
+            sales.append(
+                {
+                    "buyer": rng.choice(USERS if shared_keys else USERS[2:]),
+                    "price": round(rng.uniform(0.5, 20), 3),
+                    "qty": rng.randrange(0, 5),
+                    "ts": ts,
+                }
+            )
     return orders, sales
 
 
-def write_events(project: Project, table: str, schema: pa.Schema, events: list[dict[str, Any]],
-                 days: list[str]) -> None:
+def write_events(
+    project: Project, table: str, schema: pa.Schema, events: list[dict[str, Any]], days: list[str]
+) -> None:
     for ds in days:
         rows = sorted((e for e in events if ds_of(e["ts"]) == ds), key=lambda e: e["ts"])
         project.warehouse.write_partition(table, ds, pa.Table.from_pylist(rows, schema=schema))
 
 
-@pytest.mark.parametrize("shared_keys", [
-    pytest.param(False, id="keys-per-topic"),
-    pytest.param(True, id="shared-keys"),
-])
+@pytest.mark.parametrize(
+    "shared_keys",
+    [
+        pytest.param(False, id="keys-per-topic"),
+        pytest.param(True, id="shared-keys"),
+    ],
+)
 def test_two_event_topics_with_their_own_queries(tmp_path: Path, store_url: str, shared_keys: bool) -> None:
     rng = random.Random(17)
     orders, sales = shop_events(rng, 500, shared_keys)
@@ -749,8 +875,12 @@ def test_two_event_topics_with_their_own_queries(tmp_path: Path, store_url: str,
     # late events (ts before the batch end) reach the warehouse only after the upload
     late_orders = [e for e in orders if BATCH_END - DAY <= e["ts"] < BATCH_END][::3]
     late_sales = [e for e in sales if BATCH_END - DAY <= e["ts"] < BATCH_END][::3]
-    write_events(project, "shop.orders", ORDER_SCHEMA, [e for e in orders if e not in late_orders], WAREHOUSE_DAYS)
-    write_events(project, "shop.sales", SALE_SCHEMA, [e for e in sales if e not in late_sales], WAREHOUSE_DAYS)
+    write_events(
+        project, "shop.orders", ORDER_SCHEMA, [e for e in orders if e not in late_orders], WAREHOUSE_DAYS
+    )
+    write_events(
+        project, "shop.sales", SALE_SCHEMA, [e for e in sales if e not in late_sales], WAREHOUSE_DAYS
+    )
     project.upload("shop.join", UPLOAD_DS)
     later_orders = sorted((e for e in orders if e["ts"] >= BATCH_END), key=lambda e: e["ts"])
     later_sales = sorted((e for e in sales if e["ts"] >= BATCH_END), key=lambda e: e["ts"])
@@ -762,15 +892,26 @@ def test_two_event_topics_with_their_own_queries(tmp_path: Path, store_url: str,
     assert stats.records == half_orders + half_sales and stats.dead_letters == 0
     assert stats.rows == half_orders + sum(e["qty"] > 0 for e in later_sales[:half_sales])
     with gnomon.Client(project.root) as client:
-        rest = [("orders", later_orders[half_orders:]), ("sales", later_sales[half_sales:]),
-                ("orders", late_orders), ("sales", late_sales)]
+        rest = [
+            ("orders", later_orders[half_orders:]),
+            ("sales", later_sales[half_sales:]),
+            ("orders", late_orders),
+            ("sales", late_sales),
+        ]
         for topic, events in rest:
             for start in range(0, len(events), 25):
-                client.push(topic, events[start:start + 25], sync=True)
+                client.push(topic, events[start : start + 25], sync=True)
     write_events(project, "shop.orders", ORDER_SCHEMA, orders, all_days)
     write_events(project, "shop.sales", SALE_SCHEMA, sales, all_days)
-    queries = sorted({BATCH_END, BATCH_END + 1, END, *(rng.randrange(BATCH_END, END) for _ in range(25)),
-                      *(e["ts"] + d for e in rng.sample(later_orders + later_sales, 10) for d in (0, 1))})
+    queries = sorted(
+        {
+            BATCH_END,
+            BATCH_END + 1,
+            END,
+            *(rng.randrange(BATCH_END, END) for _ in range(25)),
+            *(e["ts"] + d for e in rng.sample(later_orders + later_sales, 10) for d in (0, 1)),
+        }
+    )
     keys = [*[{"user": u} for u in USERS], {"user": "nobody"}]
     fetched = assert_parity(project, queries, join="shop.join", keys=keys)
     assert any(r["features"]["shop_spend_amount_sum_1h"] is not None for results in fetched for r in results)
@@ -782,9 +923,16 @@ def test_two_event_topics_with_their_own_queries(tmp_path: Path, store_url: str,
 def shop_repo(root: Path, store_url: str) -> Project:
     """The two-topic repo with one order and one sale in the warehouse, uploaded at UPLOAD_DS."""
     project = make_repo(root, store_url, MULTI_PY)
-    write_events(project, "shop.orders", ORDER_SCHEMA, [{"user_id": "u1", "amount": 1.0, "ts": START}], WAREHOUSE_DAYS)
-    write_events(project, "shop.sales", SALE_SCHEMA, [{"buyer": "u1", "price": 1.0, "qty": 1, "ts": START + 1}],
-                 WAREHOUSE_DAYS)
+    write_events(
+        project, "shop.orders", ORDER_SCHEMA, [{"user_id": "u1", "amount": 1.0, "ts": START}], WAREHOUSE_DAYS
+    )
+    write_events(
+        project,
+        "shop.sales",
+        SALE_SCHEMA,
+        [{"buyer": "u1", "price": 1.0, "qty": 1, "ts": START + 1}],
+        WAREHOUSE_DAYS,
+    )
     project.upload("shop.join", UPLOAD_DS)
     return project
 
@@ -806,8 +954,11 @@ def test_a_ts_tie_across_two_topics_breaks_in_source_order(tmp_path: Path, store
     topic than the sale in its own; offsets differ, so the two event ids do not collide)."""
     project = shop_repo(tmp_path / "repo", store_url)
     t = BATCH_END + 1000
-    orders = [{"user_id": "o1", "amount": 1.0, "ts": BATCH_END}, {"user_id": "o2", "amount": 1.0, "ts": BATCH_END},
-              {"user_id": "x", "amount": 5.0, "ts": t}]
+    orders = [
+        {"user_id": "o1", "amount": 1.0, "ts": BATCH_END},
+        {"user_id": "o2", "amount": 1.0, "ts": BATCH_END},
+        {"user_id": "x", "amount": 5.0, "ts": t},
+    ]
     sales = [{"buyer": "x", "price": 7.0, "qty": 1, "ts": t}]
     with gnomon.Client(project.root) as client:
         client.push("orders", orders, sync=True)
@@ -824,7 +975,9 @@ def test_a_ts_tie_across_two_topics_breaks_in_source_order(tmp_path: Path, store
 # ------------------------------------------------------------------ 6. no mutation topic
 
 
-def test_entity_group_by_without_a_mutation_topic_is_stale_after_its_day(tmp_path: Path, store_url: str) -> None:
+def test_entity_group_by_without_a_mutation_topic_is_stale_after_its_day(
+    tmp_path: Path, store_url: str
+) -> None:
     history = History(random.Random(19))
     project = make_repo(tmp_path / "repo", store_url)
     snapshots, mutations = history.tables()
@@ -837,7 +990,9 @@ def test_entity_group_by_without_a_mutation_topic_is_stale_after_its_day(tmp_pat
         got = client.fetch_group_by(STATIC, keys, at=BATCH_END)
         assert [r["status"] for r in got] == ["Success"] * len(keys)
         left = pa.Table.from_pylist([{"user": k["user"], "ts": BATCH_END} for k in keys])
-        expected = [r["ent_static_price_sum"] for r in project.training_data("ent.static_join", left).to_pylist()]
+        expected = [
+            r["ent_static_price_sum"] for r in project.training_data("ent.static_join", left).to_pylist()
+        ]
         assert [r["features"]["price_sum"] for r in got] == pytest.approx(expected, rel=1e-9)
         for q in (BATCH_END + DAY, BATCH_END + DAY + 1, BATCH_END + DAY + 5 * HOUR, END):
             for result in client.fetch_group_by(STATIC, keys, at=q):
@@ -846,8 +1001,9 @@ def test_entity_group_by_without_a_mutation_topic_is_stale_after_its_day(tmp_pat
                 assert "mutation_topic" in result["error"]
 
 
-
-def test_entity_group_by_without_a_mutation_topic_is_never_silently_wrong(tmp_path: Path, store_url: str) -> None:
+def test_entity_group_by_without_a_mutation_topic_is_never_silently_wrong(
+    tmp_path: Path, store_url: str
+) -> None:
     """Between the batch end and the next midnight, the changes of that day are in the mutation table
     offline but nowhere online: a fetch must equal offline or say it cannot (SPEC §5)."""
     history = History(random.Random(19))
@@ -864,7 +1020,10 @@ def test_entity_group_by_without_a_mutation_topic_is_never_silently_wrong(tmp_pa
         got = client.fetch_group_by(STATIC, keys, at=q)
     wrong = []
     for key, row, result in zip(keys, expected, got, strict=True):
-        offline = {"price_sum": row["ent_static_price_sum"], "price_count_2d": row["ent_static_price_count_2d"]}
+        offline = {
+            "price_sum": row["ent_static_price_sum"],
+            "price_count_2d": row["ent_static_price_count_2d"],
+        }
         if result["status"] == "Success" and mismatches(offline, result["features"]):
             wrong.append((key["user"], offline, result["features"]))
     assert not wrong, f"Success with values other than offline's (key, offline, online): {wrong}"

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnomon.aggregation.codec import encode_value
+from gnomon.online.features import stream_id
 from gnomon.online.records import (
     StreamRow,
     encode_stream_rows,
@@ -32,7 +33,7 @@ from gnomon.streaming.worker import PreparedBatch, QueryEvaluator, RecordApplier
 
 from .helpers import GROUP_BY, build_repo, make_events
 
-KEYED_BY_NUMBER = '''
+KEYED_BY_NUMBER = """
 from gnomon import Accuracy, Aggregation, EventSource, GroupBy, Operation, Query
 
 source = EventSource(table="act.events", topic="events",
@@ -43,7 +44,7 @@ by_qty = GroupBy(name="feat.by_qty", sources=[source], keys=["qty"],
 by_pair = GroupBy(name="feat.by_pair", sources=[source], keys=["user", "qty"],
                   aggregations=[Aggregation("user", Operation.COUNT, windows=["1d"])],
                   accuracy=Accuracy.TEMPORAL, online=True)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _applier(project: Any, tmp_path: Path, group_by: str = GROUP_BY) -> RecordApplier:
     plan = project.plan.group_bys[group_by]
-    return RecordApplier(plan, SQLiteStore(tmp_path / "online.db"), clock=lambda: 1_800_000_000.0,
-                         schema=project.source_schema(group_by))
+    return RecordApplier(
+        plan,
+        SQLiteStore(tmp_path / "online.db"),
+        clock=lambda: 1_800_000_000.0,
+        schema=project.source_schema(group_by),
+    )
 
 
 def _records(payloads: list[bytes], redis_ids: bool = True) -> list[Record]:
@@ -77,21 +82,40 @@ def _slow(applier: RecordApplier, records: list[Record]) -> PreparedBatch:
 
 def _decoded(items: list[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, Any]]:
     """Store items with stream rows decoded (the batch path writes fixed-width MessagePack forms)."""
+
     def comparable(value: bytes) -> Any:
         row = StreamRow.decode(value)
-        return row.ts, row.arrived_at, row.seq, ["NaN" if v != v else v for v in row.values]  # NaN == NaN here
+        return (
+            row.ts,
+            row.arrived_at,
+            row.seq,
+            ["NaN" if v != v else v for v in row.values],
+        )  # NaN == NaN here
 
-    return sorted(((key, event_id, comparable(value) if key.startswith(b"rows|") else value)
-                   for key, event_id, value in items), key=lambda item: (item[0], item[1]))
+    return sorted(
+        (
+            (key, event_id, comparable(value) if key.startswith(b"rows|") else value)
+            for key, event_id, value in items
+        ),
+        key=lambda item: (item[0], item[1]),
+    )
 
 
 GOOD = {"user_id": "u1", "item_id": "a", "price": 2.5, "qty": 3, "ts": 1_767_300_000_000}
 MALFORMED = [
-    b"not json", b"[1, 2]", b"", b"{\"user_id\": \"u1\",\n \"ts\": 1767300000000}", b'{"user_id": "u2"}',
-    b'{"item_id": "a", "ts": 1767300000000}', b'{"user_id": "u1", "qty": "three", "ts": 1767300000000}',
-    b'{"user_id": "u1", "price": NaN, "ts": 1767300000000}', b'{"user_id": 7, "ts": 1767300000000}',
-    b'{"user_id": "u\\u0001x", "ts": 1767300000000}', b'{"user_id": "\xff", "ts": 1767300000000}',
-    b'{"user_id": "u1", "qty": 1.5, "ts": 1767300000000}', b'{"user_id": "u1", "ts": 1767300000000}{}',
+    b"not json",
+    b"[1, 2]",
+    b"",
+    b'{"user_id": "u1",\n "ts": 1767300000000}',
+    b'{"user_id": "u2"}',
+    b'{"item_id": "a", "ts": 1767300000000}',
+    b'{"user_id": "u1", "qty": "three", "ts": 1767300000000}',
+    b'{"user_id": "u1", "price": NaN, "ts": 1767300000000}',
+    b'{"user_id": 7, "ts": 1767300000000}',
+    b'{"user_id": "u\\u0001x", "ts": 1767300000000}',
+    b'{"user_id": "\xff", "ts": 1767300000000}',
+    b'{"user_id": "u1", "qty": 1.5, "ts": 1767300000000}',
+    b'{"user_id": "u1", "ts": 1767300000000}{}',
 ]
 
 
@@ -101,9 +125,13 @@ def _random_batch(rng: random.Random, size: int) -> list[bytes]:
         if rng.random() < 0.2:
             payloads.append(rng.choice(MALFORMED))
             continue
-        event = {**GOOD, "user_id": rng.choice(["u1", "u2", 'q"uote', "back\\slash", "é", "日本", "\U0001F600"]),
-                 "qty": rng.choice([0, 5, -2, None]), "price": rng.choice([1.25, None, 1e300, -0.0]),
-                 "ts": GOOD["ts"] + rng.randrange(-10_000, 10_000)}
+        event = {
+            **GOOD,
+            "user_id": rng.choice(["u1", "u2", 'q"uote', "back\\slash", "é", "日本", "\U0001f600"]),
+            "qty": rng.choice([0, 5, -2, None]),
+            "price": rng.choice([1.25, None, 1e300, -0.0]),
+            "ts": GOOD["ts"] + rng.randrange(-10_000, 10_000),
+        }
         if rng.random() < 0.1:
             event["extra"] = {"nested": [1, 2]}
         payloads.append(json.dumps(event).encode())
@@ -127,11 +155,19 @@ def test_fast_path_runs_for_clean_batches(project: Any, tmp_path: Path) -> None:
     assert table is not None
     assert None not in applier.evaluator.evaluate_table(table)["__key"]  # written column-wise, not by Python
     items = applier.prepare(records, "group").items
-    assert [key for key, _, _ in items] == [rows_key(GROUP_BY, entity_key(["u1"])),
-                                            rows_key(GROUP_BY, entity_key(["u2"]))]
+    assert [key for key, _, _ in items] == [
+        rows_key(stream_id(project.plan.group_bys[GROUP_BY]), entity_key(["u1"])),
+        rows_key(stream_id(project.plan.group_bys[GROUP_BY]), entity_key(["u2"])),
+    ]
     assert [event_id for _, event_id, _ in items] == [r.event_id.encode() for r in records]
     row = StreamRow.decode(items[0][2])
-    assert (row.ts, row.arrived_at, row.seq) == (GOOD["ts"], 1_800_000_000_000, _seq(records[0].offset))
+    # a row arrived when the broker accepted its event (not when the worker read it): the upload rule
+    # "late = arrived after the upload started" is then the same for a worker that lags or replays
+    assert (row.ts, row.arrived_at, row.seq) == (
+        GOOD["ts"],
+        records[0].published_at_ms,
+        _seq(records[0].offset),
+    )
 
 
 def test_malformed_batches_fall_back(project: Any, tmp_path: Path) -> None:
@@ -160,24 +196,44 @@ def test_number_and_composite_keys(tmp_path: Path) -> None:
     project = build_repo(tmp_path / "repo", events, features_py=KEYED_BY_NUMBER)
     for name, keys in (("feat.by_qty", ["qty"]), ("feat.by_pair", ["user", "qty"])):
         applier = _applier(project, tmp_path, name)
-        payloads = [json.dumps({**GOOD, "user_id": u, "qty": q}).encode()
-                    for u, q in [("u1", 0), ("u2", -7), ("u3", 2**62), ('a"b', 5)]]
+        payloads = [
+            json.dumps({**GOOD, "user_id": u, "qty": q}).encode()
+            for u, q in [("u1", 0), ("u2", -7), ("u3", 2**62), ('a"b', 5)]
+        ]
         items = applier.prepare(_records(payloads), "group").items
-        expected = [rows_key(name, entity_key([json.loads(p)[{"user": "user_id"}.get(k, k)] for k in keys]))
-                    for p in payloads]
+        expected = [
+            rows_key(
+                stream_id(project.plan.group_bys[name]),
+                entity_key([json.loads(p)[{"user": "user_id"}.get(k, k)] for k in keys]),
+            )
+            for p in payloads
+        ]
         assert [key for key, _, _ in items] == expected
 
 
-@pytest.mark.parametrize("offsets", [["1700000000000-0", "1700000000000-12", "5-3"], ["0", "17", "99999999999"],
-                                     ["1-2", "7"], []])
+@pytest.mark.parametrize(
+    "offsets", [["1700000000000-0", "1700000000000-12", "5-3"], ["0", "17", "99999999999"], ["1-2", "7"], []]
+)
 def test_seqs_equal_seq(offsets: list[str]) -> None:
     assert _seqs(pa.array(offsets, pa.string())).to_pylist() == [_seq(offset) for offset in offsets]
 
 
-@given(st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**62), st.integers(0, 2**62),
-       st.lists(st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
-                          st.floats(allow_nan=False), st.text(), st.binary(),
-                          st.lists(st.integers(-5, 5)))))
+@given(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 2**62),
+    st.integers(0, 2**62),
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**63), 2**64 - 1),
+            st.floats(allow_nan=False),
+            st.text(),
+            st.binary(),
+            st.lists(st.integers(-5, 5)),
+        )
+    ),
+)
 def test_stream_row_round_trip(ts: int, arrived_at: int, seq: int, values: list[Any]) -> None:
     row = StreamRow(ts, arrived_at, seq, values)
     assert StreamRow.decode(row.encode()) == row
@@ -193,8 +249,16 @@ def test_times_are_read_alike_by_both_readers(project: Any) -> None:
     """The batch reader takes a timestamp or date column only as the integers the event-by-event
     reader takes; an ISO string sends the batch to the event-by-event reader (a dead letter there)."""
     plan = project.plan.group_bys[GROUP_BY]
-    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.float64()),
-                        ("qty", pa.int64()), ("ts", pa.timestamp("ms")), ("day", pa.date32())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("price", pa.float64()),
+            ("qty", pa.int64()),
+            ("ts", pa.timestamp("ms")),
+            ("day", pa.date32()),
+        ]
+    )
     evaluator = QueryEvaluator(plan, plan.sources[0], schema, rows_prefix=b"p|")
     events = [{**GOOD, "day": 20_000}, {**GOOD, "ts": 5, "day": -1}]
     records = _records([json.dumps(event).encode() for event in events])
@@ -211,8 +275,15 @@ def test_times_are_read_alike_by_both_readers(project: Any) -> None:
 
 def test_decimals_are_read_alike_by_both_readers(project: Any) -> None:
     plan = project.plan.group_bys[GROUP_BY]
-    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.decimal128(10, 2)),
-                        ("qty", pa.int64()), ("ts", pa.int64())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("price", pa.decimal128(10, 2)),
+            ("qty", pa.int64()),
+            ("ts", pa.int64()),
+        ]
+    )
     evaluator = QueryEvaluator(plan, plan.sources[0], schema, rows_prefix=b"p|")
     events = [{**GOOD, "price": price} for price in (1.5, 3, "2.25", None, -0.01)]
     records = _records([json.dumps(event).encode() for event in events])
@@ -226,21 +297,45 @@ def test_decimals_are_read_alike_by_both_readers(project: Any) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
-                          st.one_of(st.none(), st.floats()), st.one_of(st.none(), st.text()),
-                          st.one_of(st.none(), st.booleans())), min_size=1, max_size=30),
-       st.integers(0, 2**62))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-(2**63), 2**63 - 1),
+            st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+            st.one_of(st.none(), st.floats()),
+            st.one_of(st.none(), st.text()),
+            st.one_of(st.none(), st.booleans()),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(0, 2**62),
+)
 def test_columnar_stream_rows_decode_like_python_ones(rows: list[tuple[Any, ...]], arrived_at: int) -> None:
     ts, ints, floats, texts, flags = (list(column) for column in zip(*rows, strict=True))
     seq = list(range(len(rows)))
-    columns = [pa.array(ints, pa.int64()), pa.array(floats, pa.float64()), pa.array(texts, pa.string()),
-               pa.array(flags, pa.bool_()), pa.nulls(len(rows)), pa.array([1] * len(rows), pa.int8())]
-    columnar = encode_stream_rows_columnar(pa.array(ts, pa.int64()), arrived_at, pa.array(seq, pa.int64()), columns)
+    columns = [
+        pa.array(ints, pa.int64()),
+        pa.array(floats, pa.float64()),
+        pa.array(texts, pa.string()),
+        pa.array(flags, pa.bool_()),
+        pa.nulls(len(rows)),
+        pa.array([1] * len(rows), pa.int8()),
+    ]
+    columnar = encode_stream_rows_columnar(
+        pa.array(ts, pa.int64()), arrived_at, pa.array(seq, pa.int64()), columns
+    )
     assert columnar is not None
     python = encode_stream_rows(ts, arrived_at, seq, zip(*[c.to_pylist() for c in columns], strict=True))
     for one, other in zip(columnar, python, strict=True):
         a, b = StreamRow.decode(one), StreamRow.decode(other)
         assert (a.ts, a.arrived_at, a.seq) == (b.ts, b.arrived_at, b.seq)
-        assert all(x == y or (x != x and y != y) for x, y in zip(a.values, b.values, strict=True))  # NaN == NaN
-    assert encode_stream_rows_columnar(pa.array(ts, pa.int64()), 0, pa.array(seq, pa.int64()),
-                                       [pa.array([[1]] * len(rows))]) is None  # lists: Python encodes them
+        assert all(
+            x == y or (x != x and y != y) for x, y in zip(a.values, b.values, strict=True)
+        )  # NaN == NaN
+    assert (
+        encode_stream_rows_columnar(
+            pa.array(ts, pa.int64()), 0, pa.array(seq, pa.int64()), [pa.array([[1]] * len(rows))]
+        )
+        is None
+    )  # lists: Python encodes them

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from gnomon import Project
+from gnomon.online.features import stream_id
 from gnomon.online.records import dead_letter_key, entity_key, rows_key
 from gnomon.streaming.brokers.base import Record
-from gnomon.streaming.worker import StreamWorker
+from gnomon.streaming.worker import StreamWorker, consumer_group
 
 from .helpers import (
     BATCH_END,
@@ -43,12 +44,20 @@ from .helpers import (
 )
 
 KEYS = [{"user": u, "item": i} for u, i in [("u1", "a"), ("u2", "b"), ("u3", "c"), ("u4", "d"), ("u1", "e")]]
-QUERIES = [BATCH_END, BATCH_END + 1, BATCH_END + 7 * HOUR + 123, BATCH_END + DAY, BATCH_END + DAY + 13 * HOUR,
-           END - 1]
+QUERIES = [
+    BATCH_END,
+    BATCH_END + 1,
+    BATCH_END + 7 * HOUR + 123,
+    BATCH_END + DAY,
+    BATCH_END + DAY + 13 * HOUR,
+    END - 1,
+]
 
 # A worker that runs until killed, in small micro-batches so that a kill lands in the middle.
-WORKER = ("import sys; from gnomon import Project; "
-          "Project(sys.argv[1]).stream(sys.argv[2], max_records=int(sys.argv[3]), poll_timeout_s=0.05)")
+WORKER = (
+    "import sys; from gnomon import Project; "
+    "Project(sys.argv[1]).stream(sys.argv[2], max_records=int(sys.argv[3]), poll_timeout_s=0.05)"
+)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -69,8 +78,13 @@ def _fresh_redis_db(url: str, db: int) -> str:
 
 
 def start_worker(repo: Path, name: str, max_records: int = 10) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(repo), name, str(max_records)],
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(repo), name, str(max_records)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
@@ -79,23 +93,33 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
     process.communicate(timeout=20)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str,
-             processes: tuple[subprocess.Popen[str], ...] = ()) -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    processes: tuple[subprocess.Popen[str], ...] = (),
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         for process in processes:
             if process.poll() is not None:
                 out, err = process.communicate()
-                raise AssertionError(f"worker exited with {process.returncode} while waiting for {what}: {err[-3000:]}")
+                raise AssertionError(
+                    f"worker exited with {process.returncode} while waiting for {what}: {err[-3000:]}"
+                )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
 
 
+def default_group(project: Project, group_by: str) -> str:
+    return consumer_group(project.plan.group_bys[group_by], TOPIC)
+
+
 def stored_offset(project: Project, group_by: str) -> int:
     store = project.store()
     try:
-        offset = store.offsets(f"gnomon.{group_by}").get("0")
+        offset = store.offsets(default_group(project, group_by)).get("0")
     finally:
         store.close()
     return -1 if offset is None else int(offset)
@@ -104,7 +128,7 @@ def stored_offset(project: Project, group_by: str) -> int:
 def broker_committed(project: Project, group_by: str) -> int:
     broker = project.broker()
     try:
-        offset = broker.committed(TOPIC, f"gnomon.{group_by}")
+        offset = broker.committed(TOPIC, default_group(project, group_by))
     finally:
         broker.close()
     return -1 if offset is None else int(offset)
@@ -113,7 +137,8 @@ def broker_committed(project: Project, group_by: str) -> int:
 def stored_rows_per_user(project: Project) -> dict[str, int]:
     store = project.store()
     try:
-        found = store.get_rows([rows_key(GROUP_BY, entity_key([u])) for u in USERS])
+        prefix = stream_id(project.plan.group_bys[GROUP_BY])
+        found = store.get_rows([rows_key(prefix, entity_key([u])) for u in USERS])
     finally:
         store.close()
     return {u: len(rows) for u, rows in zip(USERS, found, strict=True)}
@@ -148,10 +173,12 @@ def uploaded(tmp_path: Path) -> Iterator[tuple[Project, list[dict[str, Any]]]]:
 # ------------------------------------------------------------------ (a) SIGKILL
 
 
-def test_sigkill_mid_consume_then_restart_loses_and_doubles_nothing(uploaded: tuple[Project, list[Any]]) -> None:
+def test_sigkill_mid_consume_then_restart_loses_and_doubles_nothing(
+    uploaded: tuple[Project, list[Any]],
+) -> None:
     project, streamed = uploaded
     repo = project.root
-    batches = [streamed[i:i + 50] for i in range(0, len(streamed), 50)]
+    batches = [streamed[i : i + 50] for i in range(0, len(streamed), 50)]
     assert len(batches) >= 10
     published = unfinished = 0
     for round_ in range(2):  # kill twice, each time after part of what is published has been processed
@@ -162,12 +189,20 @@ def test_sigkill_mid_consume_then_restart_loses_and_doubles_nothing(uploaded: tu
         target = sum(len(b) for b in batches[:upto]) - 1
         threshold = (sum(len(b) for b in batches[:published]) + target) // 2
         published = upto
-        wait_for(lambda threshold=threshold: min(stored_offset(project, g) for g in (GROUP_BY, ITEM_GROUP_BY))
-                 >= threshold, 30, "the workers to process some events", tuple(workers))
+        wait_for(
+            lambda threshold=threshold: (
+                min(stored_offset(project, g) for g in (GROUP_BY, ITEM_GROUP_BY)) >= threshold
+            ),
+            30,
+            "the workers to process some events",
+            tuple(workers),
+        )
         for worker in workers:
             stop(worker, signal.SIGKILL)
             assert worker.returncode == -signal.SIGKILL
-        unfinished += stored_offset(project, GROUP_BY) < target or stored_offset(project, ITEM_GROUP_BY) < target
+        unfinished += (
+            stored_offset(project, GROUP_BY) < target or stored_offset(project, ITEM_GROUP_BY) < target
+        )
     assert unfinished, "the workers were never killed while they had events left to process"
     for batch in batches[published:]:
         publish(project, batch)
@@ -205,9 +240,11 @@ def test_duplicate_delivery_changes_nothing(tmp_path: Path, store_url: str) -> N
         # the very same Record objects again, then copies of them, then in another order and split
         for worker, batch in zip(workers, records, strict=True):
             worker.process(batch)
-            worker.process([Record(r.topic, r.partition, r.offset, r.payload, r.published_at_ms + 5) for r in batch])
+            worker.process(
+                [Record(r.topic, r.partition, r.offset, r.payload, r.published_at_ms + 5) for r in batch]
+            )
             worker.process(batch[::-1][: len(batch) // 2])
-            worker.process(batch[len(batch) // 3:])
+            worker.process(batch[len(batch) // 3 :])
         # a worker of another consumer group re-reads the whole topic
         replay = StreamWorker(plan.group_bys[GROUP_BY], store, broker, group="replay")
         replay.run(until_caught_up=True)
@@ -230,14 +267,21 @@ def test_duplicate_delivery_changes_nothing(tmp_path: Path, store_url: str) -> N
 def test_two_concurrent_workers_in_one_group(uploaded: tuple[Project, list[Any]]) -> None:
     project, streamed = uploaded
     repo = project.root
-    workers = [start_worker(repo, name, max_records=15) for name in (GROUP_BY, GROUP_BY, ITEM_GROUP_BY, ITEM_GROUP_BY)]
+    workers = [
+        start_worker(repo, name, max_records=15)
+        for name in (GROUP_BY, GROUP_BY, ITEM_GROUP_BY, ITEM_GROUP_BY)
+    ]
     try:
         for start in range(0, len(streamed), 40):
-            publish(project, streamed[start:start + 40])
+            publish(project, streamed[start : start + 40])
             time.sleep(0.005)
         # the broker's committed offset of a group only moves forward, and follows the store write
-        wait_for(lambda: min(broker_committed(project, g) for g in (GROUP_BY, ITEM_GROUP_BY)) >= len(streamed) - 1,
-                 30, "the group to reach the end of the topic", tuple(workers))
+        wait_for(
+            lambda: min(broker_committed(project, g) for g in (GROUP_BY, ITEM_GROUP_BY)) >= len(streamed) - 1,
+            30,
+            "the group to reach the end of the topic",
+            tuple(workers),
+        )
     finally:
         for worker in workers:
             stop(worker, signal.SIGTERM)
@@ -245,8 +289,9 @@ def test_two_concurrent_workers_in_one_group(uploaded: tuple[Project, list[Any]]
     assert_online_equals_offline(project, KEYS, QUERIES)
 
 
-def test_until_caught_up_terminates_after_two_workers_of_one_group_interleaved(tmp_path: Path,
-                                                                              store_url: str) -> None:
+def test_until_caught_up_terminates_after_two_workers_of_one_group_interleaved(
+    tmp_path: Path, store_url: str
+) -> None:
     """Two workers of one group: the one that lags records an older offset last. A later
     ``--until-caught-up`` run (the broker has nothing left to deliver to the group) must still stop."""
     events = make_events(200, seed=8)
@@ -281,16 +326,33 @@ def test_stream_of_a_join_feeds_every_group_by_without_until_caught_up(tmp_path:
     streamed = [e for e in events if e["ts"] >= BATCH_END]
     publish(project, streamed)
     worker = subprocess.Popen(
-        [sys.executable, "-c", "from gnomon.cli import main; main()", "stream", JOIN, "--repo", str(project.root)],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from gnomon.cli import main; main()",
+            "stream",
+            JOIN,
+            "--repo",
+            str(project.root),
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_for(lambda: stored_offset(project, GROUP_BY) >= len(streamed) - 1, 30,
-                 f"{GROUP_BY} to be streamed", (worker,))
+        wait_for(
+            lambda: stored_offset(project, GROUP_BY) >= len(streamed) - 1,
+            30,
+            f"{GROUP_BY} to be streamed",
+            (worker,),
+        )
         deadline = time.monotonic() + 3
         while stored_offset(project, ITEM_GROUP_BY) < len(streamed) - 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert stored_offset(project, ITEM_GROUP_BY) == len(streamed) - 1, (
-            f"`gnomon stream {JOIN}` (no --until-caught-up) never streamed {ITEM_GROUP_BY}")
+            f"`gnomon stream {JOIN}` (no --until-caught-up) never streamed {ITEM_GROUP_BY}"
+        )
     finally:
         stop(worker, signal.SIGTERM)
 
@@ -307,8 +369,13 @@ def test_malformed_events_are_dead_letters_and_the_rest_is_applied(tmp_path: Pat
     project = build_repo(tmp_path / "repo", events, online=store_url)
     project.upload(JOIN, UPLOAD_DS)
     t = BATCH_END + HOUR
-    valid = [good("m1", t, 2.0, 3), good("m1", t + 10, 5.0, 1), good("m2", t + 20, 7.5, 2),
-             good("m3", t + 30, None, 4), good("m3", t + 40, 1.5, 0)]
+    valid = [
+        good("m1", t, 2.0, 3),
+        good("m1", t + 10, 5.0, 1),
+        good("m2", t + 20, 7.5, 2),
+        good("m3", t + 30, None, 4),
+        good("m3", t + 40, 1.5, 0),
+    ]
     bad: list[tuple[Any, str]] = [
         (b"{not json", "JSON"),
         (b"\xff\xfe garbage", "JSON"),
@@ -383,8 +450,9 @@ def test_event_omitting_a_nullable_field_counts_like_a_null(tmp_path: Path) -> N
     publish(project, [good("n9", t + 1), no_price[2]], batch=2)  # after a complete event
     stats = project.stream(GROUP_BY, until_caught_up=True, max_records=2)[GROUP_BY]
     results = fetch_group_by(project, ["n1", "n2", "n3"], t + 10)
-    assert [(r.features.get("qty_count"), r.features.get("price_count_1d")) for r in results] == [(1, None)] * 3, (
-        stats, dead_letters(project))
+    assert [(r.features.get("qty_count"), r.features.get("price_count_1d")) for r in results] == [
+        (1, None)
+    ] * 3, (stats, dead_letters(project))
     assert stats.dead_letters == 0
 
 
@@ -405,7 +473,7 @@ def test_late_events_arriving_after_the_upload_are_applied(tmp_path: Path, store
     project.upload(JOIN, UPLOAD_DS)
     # after the upload: the events after the batch end, and late ones (ts < batch end) not in the warehouse
     after = [e for e in events if e["ts"] >= BATCH_END]
-    publish(project, after[: len(after) // 2] + late + after[len(after) // 2:])
+    publish(project, after[: len(after) // 2] + late + after[len(after) // 2 :])
     project.stream(JOIN, until_caught_up=True)
     write_warehouse(project, events)  # the late events land in the warehouse later
     assert_online_equals_offline(project, KEYS, QUERIES)

@@ -15,11 +15,23 @@ IR = Any
 
 #: accepted spellings of the scalar input types, mapped to their canonical names
 _SCALAR_ALIASES = {
-    "int": "int", "int64": "int", "int32": "int", "int16": "int", "int8": "int", "integer": "int",
-    "bigint": "int", "long": "int",
-    "float": "float", "float64": "float", "float32": "float", "double": "float",
-    "bool": "bool", "boolean": "bool",
-    "str": "str", "string": "str", "varchar": "str",
+    "int": "int",
+    "int64": "int",
+    "int32": "int",
+    "int16": "int",
+    "int8": "int",
+    "integer": "int",
+    "bigint": "int",
+    "long": "int",
+    "float": "float",
+    "float64": "float",
+    "float32": "float",
+    "double": "float",
+    "bool": "bool",
+    "boolean": "bool",
+    "str": "str",
+    "string": "str",
+    "varchar": "str",
 }
 #: the output type name of each canonical scalar type
 _OUTPUT_NAMES = {"int": "int64", "float": "float64", "bool": "bool", "str": "str"}
@@ -153,8 +165,10 @@ class Aggregator:
         raise NotImplementedError
 
     def delete(self, ir: IR, value: Any, ts: int, seq: int) -> IR:
-        raise TypeError(f"{self.kind.upper()} is not reversible: it cannot delete an input "
-                        "(SPEC §4: such deletes are no-ops until the next snapshot)")
+        raise TypeError(
+            f"{self.kind.upper()} is not reversible: it cannot delete an input "
+            "(SPEC §4: such deletes are no-ops until the next snapshot)"
+        )
 
     def finalize(self, ir: IR) -> Any:
         raise NotImplementedError

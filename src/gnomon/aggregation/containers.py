@@ -158,8 +158,10 @@ class ElementWiseAggregator(Aggregator):
         if ir is None:
             ir = [None] * len(value)
         elif len(ir) != len(value):
-            raise ValueError(f"element_wise {self.kind} needs lists of one length: the window holds "
-                             f"lists of length {len(ir)}, this row has length {len(value)}")
+            raise ValueError(
+                f"element_wise {self.kind} needs lists of one length: the window holds "
+                f"lists of length {len(ir)}, this row has length {len(value)}"
+            )
         fold = self.inner.retract if delete else self.inner.accumulate
         for position, element in enumerate(value):
             if element is not None:
@@ -168,8 +170,10 @@ class ElementWiseAggregator(Aggregator):
 
     def _merge(self, a: IR, b: IR) -> IR:
         if len(a) != len(b):
-            raise ValueError(f"element_wise {self.kind} needs lists of one length: cannot merge IRs "
-                             f"of length {len(a)} and {len(b)}")
+            raise ValueError(
+                f"element_wise {self.kind} needs lists of one length: cannot merge IRs "
+                f"of length {len(a)} and {len(b)}"
+            )
         merge = self.inner.merge
         for position, value in enumerate(b):
             a[position] = merge(a[position], value)

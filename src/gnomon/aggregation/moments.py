@@ -165,11 +165,14 @@ class _HigherMoments(Aggregator):
         a[0] = n
         a[1] = ma + delta_n * nb
         a[2] = m2a + m2b + delta * delta_n * nab
-        a[3] = (m3a + m3b + delta * delta_n2 * nab * (na - nb)
-                + 3 * delta_n * (na * m2b - nb * m2a))
-        a[4] = (m4a + m4b + delta * delta_n * delta_n2 * nab * (na * na - nab + nb * nb)
-                + 6 * delta_n2 * (na * na * m2b + nb * nb * m2a)
-                + 4 * delta_n * (na * m3b - nb * m3a))
+        a[3] = m3a + m3b + delta * delta_n2 * nab * (na - nb) + 3 * delta_n * (na * m2b - nb * m2a)
+        a[4] = (
+            m4a
+            + m4b
+            + delta * delta_n * delta_n2 * nab * (na * na - nab + nb * nb)
+            + 6 * delta_n2 * (na * na * m2b + nb * nb * m2a)
+            + 4 * delta_n * (na * m3b - nb * m3a)
+        )
         return a
 
     def clone(self, ir: IR) -> IR:

@@ -31,8 +31,15 @@ from gnomon.aggregation.base import IR, Aggregator, clean_output, float_order
 class _ValueAggregator(Aggregator):
     """Shared output handling: floats are coerced on input and cleaned on output."""
 
-    def __init__(self, params: dict[str, Any], input_type: tuple[Any, ...], output_type: str,
-                 *, is_float: bool, has_float: bool) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        input_type: tuple[Any, ...],
+        output_type: str,
+        *,
+        is_float: bool,
+        has_float: bool,
+    ) -> None:
         super().__init__(params, input_type, output_type)
         self.is_float = is_float  # the kept values are plain floats: coerce ints to float
         self.has_float = has_float  # outputs may hold floats: clean NaN/Inf
@@ -139,8 +146,15 @@ class FirstK(_ValueAggregator):
     newest_first = False
     _key = staticmethod(_oldest_first)
 
-    def __init__(self, params: dict[str, Any], input_type: tuple[Any, ...], output_type: str,
-                 *, is_float: bool, has_float: bool) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        input_type: tuple[Any, ...],
+        output_type: str,
+        *,
+        is_float: bool,
+        has_float: bool,
+    ) -> None:
         super().__init__(params, input_type, output_type, is_float=is_float, has_float=has_float)
         self.k: int = params["k"]
 
@@ -167,7 +181,7 @@ class FirstK(_ValueAggregator):
     def _merge(self, a: IR, b: IR) -> IR:
         a.extend(b)
         a.sort(key=self._key)  # stable: on equal keys a's rows stay first
-        del a[self.k:]
+        del a[self.k :]
         return a
 
     def clone(self, ir: IR) -> IR:
@@ -192,8 +206,15 @@ class TopK(_ValueAggregator):
 
     kind = "top_k"
 
-    def __init__(self, params: dict[str, Any], input_type: tuple[Any, ...], output_type: str,
-                 *, is_float: bool, has_float: bool) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        input_type: tuple[Any, ...],
+        output_type: str,
+        *,
+        is_float: bool,
+        has_float: bool,
+    ) -> None:
         super().__init__(params, input_type, output_type, is_float=is_float, has_float=has_float)
         self.k: int = params["k"]
         self.order: Callable[[Any], Any] | None = float_order if is_float else None
@@ -251,7 +272,7 @@ class BottomK(TopK):
     def _merge(self, a: IR, b: IR) -> IR:
         a.extend(b)
         a.sort(key=self.order)
-        del a[self.k:]
+        del a[self.k :]
         return a
 
     def finalize(self, ir: IR) -> Any:

@@ -21,15 +21,26 @@ WHOLE_VALUE_KINDS = frozenset({"first", "last", "first_k", "last_k"})
 _NUMERIC_KINDS = frozenset({"sum", "average", "variance", "skew", "kurtosis", "approx_percentile"})
 _NUMERIC_TYPES = frozenset({"int", "float", "bool"})
 _VALUE_CLASSES: dict[str, type[Any]] = {
-    "min": Min, "max": Max, "first": First, "last": Last,
-    "first_k": FirstK, "last_k": LastK, "top_k": TopK, "bottom_k": BottomK,
+    "min": Min,
+    "max": Max,
+    "first": First,
+    "last": Last,
+    "first_k": FirstK,
+    "last_k": LastK,
+    "top_k": TopK,
+    "bottom_k": BottomK,
 }
 _FLOAT64 = "float64"
 
 
-def make_aggregator(kind: str | OperationSpec, params: Mapping[str, Any] | None,
-                    input_type: str, *, bucketed: bool = False,
-                    element_wise: bool = False) -> Aggregator:
+def make_aggregator(
+    kind: str | OperationSpec,
+    params: Mapping[str, Any] | None,
+    input_type: str,
+    *,
+    bucketed: bool = False,
+    element_wise: bool = False,
+) -> Aggregator:
     """Build the aggregator of one operation over inputs of ``input_type``.
 
     ``kind`` is a lower-case operation kind (``"last_k"``) or an `OperationSpec`; ``params`` are
@@ -49,9 +60,12 @@ def make_aggregator(kind: str | OperationSpec, params: Mapping[str, Any] | None,
     else:
         name = str(kind).lower()
         if name not in ALL_KINDS:
-            raise DefinitionError(f"unknown operation {kind!r}.{did_you_mean(name, ALL_KINDS)}",
-                                  obj="Aggregation", field="operation",
-                                  fix=f"use one of: {', '.join(ALL_KINDS)}")
+            raise DefinitionError(
+                f"unknown operation {kind!r}.{did_you_mean(name, ALL_KINDS)}",
+                obj="Aggregation",
+                field="operation",
+                fix=f"use one of: {', '.join(ALL_KINDS)}",
+            )
         spec = OperationSpec(name, bound=False)(**dict(params or {}))
     try:
         parsed = parse_type(input_type)
@@ -59,9 +73,12 @@ def make_aggregator(kind: str | OperationSpec, params: Mapping[str, Any] | None,
         raise DefinitionError(str(exc), obj=f"Operation.{spec.kind.upper()}", field="input_type") from exc
     if element_wise:
         if parsed[0] != "list":
-            raise DefinitionError(f"element_wise needs a list input, got {input_type!r}",
-                                  obj="Aggregation", field="element_wise",
-                                  fix="drop element_wise=True or aggregate a list column")
+            raise DefinitionError(
+                f"element_wise needs a list input, got {input_type!r}",
+                obj="Aggregation",
+                field="element_wise",
+                fix="drop element_wise=True or aggregate a list column",
+            )
         aggregator: Aggregator = ElementWiseAggregator(_make(spec, parsed[1]))
     elif parsed[0] == "map":
         aggregator = MapAggregator(_make(spec, parsed[1]))
@@ -79,12 +96,20 @@ def _make(spec: OperationSpec, value_type: tuple[Any, ...]) -> Aggregator:  # no
     if kind not in WHOLE_VALUE_KINDS and value_type[0] == "list":
         element = value_type[1]
     if kind not in WHOLE_VALUE_KINDS and element[0] in ("list", "map"):
-        raise DefinitionError(f"cannot aggregate values of type {type_name(value_type)}", obj=obj,
-                              field="input_type", fix="flatten the nested lists in the source query")
+        raise DefinitionError(
+            f"cannot aggregate values of type {type_name(value_type)}",
+            obj=obj,
+            field="input_type",
+            fix="flatten the nested lists in the source query",
+        )
     scalar = element[0]
     if kind in _NUMERIC_KINDS and scalar not in _NUMERIC_TYPES:
-        raise DefinitionError(f"needs a numeric input (int, float or bool), got {type_name(element)}",
-                              obj=obj, field="input_column", fix="cast the column to a number in the query")
+        raise DefinitionError(
+            f"needs a numeric input (int, float or bool), got {type_name(element)}",
+            obj=obj,
+            field="input_column",
+            fix="cast the column to a number in the query",
+        )
 
     if kind == "count":
         return Count(params, element, "int64")
@@ -104,8 +129,13 @@ def _make(spec: OperationSpec, value_type: tuple[Any, ...]) -> Aggregator:  # no
         out = type_name(element)
         if kind in ("first_k", "last_k", "top_k", "bottom_k"):
             out = f"list<{out}>"
-        return _VALUE_CLASSES[kind](params, element, out,  # type: ignore[no-any-return]
-                                    is_float=element == ("float",), has_float=has_float(element))
+        return _VALUE_CLASSES[kind](  # type: ignore[no-any-return]
+            params,
+            element,
+            out,
+            is_float=element == ("float",),
+            has_float=has_float(element),
+        )
     if kind == "unique_count":
         return UniqueCount(params, element, "int64")
     if kind == "bounded_unique_count":

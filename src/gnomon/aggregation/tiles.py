@@ -46,13 +46,16 @@ def window_split(q: int, window_ms: int | None, hop_ms: int) -> tuple[int | None
     head_start = floor_to(q, hop_ms)
     tail_start = window_start(q, window_ms)
     if tail_start is not None and tail_start % hop_ms:
-        raise ValueError(f"tiles of {hop_ms} ms cannot cover a window of {window_ms} ms: its start "
-                         f"{tail_start} is not a multiple of the tile hop; use the window's hop or a divisor")
+        raise ValueError(
+            f"tiles of {hop_ms} ms cannot cover a window of {window_ms} ms: its start "
+            f"{tail_start} is not a multiple of the tile hop; use the window's hop or a divisor"
+        )
     return tail_start, head_start
 
 
-def fold_tiles(aggregator: Aggregator, tiles: Mapping[int, IR], hop_ms: int,
-               start: int | None, end: int) -> IR:
+def fold_tiles(
+    aggregator: Aggregator, tiles: Mapping[int, IR], hop_ms: int, start: int | None, end: int
+) -> IR:
     """Merge, oldest first, the tiles lying fully inside ``[start, end)`` (start None: unbounded).
 
     The result never aliases a stored tile, so the tiles stay untouched.

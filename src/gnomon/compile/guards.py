@@ -15,8 +15,12 @@ ENGINES = ("duckdb",)
 
 def check_engine(engine: str) -> None:
     if engine not in ENGINES:
-        raise UnsupportedError(f"offline engine {engine!r} is not available in this release", obj="gnomon.yaml",
-                               field="offline.engine", fix="set `offline: {engine: duckdb}` in gnomon.yaml")
+        raise UnsupportedError(
+            f"offline engine {engine!r} is not available in this release",
+            obj="gnomon.yaml",
+            field="offline.engine",
+            fix="set `offline: {engine: duckdb}` in gnomon.yaml",
+        )
 
 
 def check_online_group_by(group_by: GroupByPlan, plan: Plan, file: str | None = None) -> None:
@@ -32,12 +36,20 @@ def check_online_group_by(group_by: GroupByPlan, plan: Plan, file: str | None = 
             if offline:
                 raise UnsupportedError(
                     f"online chaining fetches the parent Join {parent.name!r} at each event's time, but its GroupBy "
-                    f"{offline[0]!r} is not online", obj=owner, field="online", file=file,
-                    fix=f"set online=True on {offline[0]!r} (and upload it), or set online=False here")
+                    f"{offline[0]!r} is not online",
+                    obj=owner,
+                    field="online",
+                    file=file,
+                    fix=f"set online=True on {offline[0]!r} (and upload it), or set online=False here",
+                )
     if group_by.accuracy == "temporal" and "entities" in kinds and len(kinds) > 1:
-        raise UnsupportedError("an online TEMPORAL GroupBy over both entity and event sources is not implemented",
-                               obj=owner, field="sources", file=file,
-                               fix="split it into one GroupBy per kind of source and join both")
+        raise UnsupportedError(
+            "an online TEMPORAL GroupBy over both entity and event sources is not implemented",
+            obj=owner,
+            field="sources",
+            file=file,
+            fix="split it into one GroupBy per kind of source and join both",
+        )
 
 
 def check_supported(plan: Plan, engine: str, files: dict[str, str] | None = None) -> None:

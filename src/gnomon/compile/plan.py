@@ -80,6 +80,33 @@ class GroupByPlan:
     def raw_columns(self) -> list[str]:
         return [f.name for f in self.features] if self.features else list(self.value_columns)
 
+    def semantics(self) -> dict[str, Any]:
+        """What the stored state of a GroupBy depends on besides its features: its sources (tables,
+        topics, Queries), keys, looked-up columns and accuracy — not its name, output namespace,
+        derivations or online flag."""
+        return {
+            "sources": [asdict(s) for s in self.sources],
+            "keys": list(self.keys),
+            "value_columns": list(self.value_columns),
+            "accuracy": self.accuracy,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """A short, stable hash of `semantics` (16 hex digits)."""
+        return _digest(self.semantics())
+
+    def feature_ids(self) -> list[str]:
+        """Per feature, a hash of what its value is (input, operation, parameters, window, bucket),
+        not of its name or position: an upload serves any later definition whose features it holds."""
+        return [_digest({k: v for k, v in asdict(f).items() if k != "name"}) for f in self.features]
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class JoinPartPlan:
@@ -120,10 +147,13 @@ class Plan:
 
     def to_json(self) -> str:
         """Stable, diff-friendly JSON (sorted keys, one value per line)."""
-        body = {"version": PLAN_VERSION, "dialect": self.dialect,
-                "group_bys": {k: asdict(v) for k, v in self.group_bys.items()},
-                "joins": {k: asdict(v) for k, v in self.joins.items()},
-                "staging_queries": {k: asdict(v) for k, v in self.staging_queries.items()}}
+        body = {
+            "version": PLAN_VERSION,
+            "dialect": self.dialect,
+            "group_bys": {k: asdict(v) for k, v in self.group_bys.items()},
+            "joins": {k: asdict(v) for k, v in self.joins.items()},
+            "staging_queries": {k: asdict(v) for k, v in self.staging_queries.items()},
+        }
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -143,25 +173,46 @@ class Plan:
         return plan
 
 
-def source_plan(source: EventSource | EntitySource | JoinSource, loaded: LoadedRepo, dialect: str) -> SourcePlan:
+def source_plan(
+    source: EventSource | EntitySource | JoinSource, loaded: LoadedRepo, dialect: str
+) -> SourcePlan:
     query = source.query
-    selects = None if query.selects is None else {
-        name: transpile(expr, dialect) for name, expr in query.selects.items()}
-    common = dict(selects=selects, wheres=[transpile(w, dialect) for w in query.wheres],
-                  time_column=transpile(query.time_column, dialect),
-                  start_partition=query.start_partition, end_partition=query.end_partition,
-                  mutation_time_column=query.mutation_time_column, reversal_column=query.reversal_column)
+    selects = (
+        None
+        if query.selects is None
+        else {name: transpile(expr, dialect) for name, expr in query.selects.items()}
+    )
+    common: dict[str, Any] = dict(
+        selects=selects,
+        wheres=[transpile(w, dialect) for w in query.wheres],
+        time_column=transpile(query.time_column, dialect),
+        start_partition=query.start_partition,
+        end_partition=query.end_partition,
+        mutation_time_column=query.mutation_time_column,
+        reversal_column=query.reversal_column,
+    )
     if isinstance(source, EventSource):
-        return SourcePlan(kind="events", table=source.table, topic=source.topic, cumulative=source.cumulative,
-                          **common)  # type: ignore[arg-type]
+        return SourcePlan(
+            kind="events", table=source.table, topic=source.topic, cumulative=source.cumulative, **common
+        )
     if isinstance(source, EntitySource):
-        return SourcePlan(kind="entities", table=source.snapshot_table, mutation_table=source.mutation_table,
-                          mutation_topic=source.mutation_topic, **common)  # type: ignore[arg-type]
+        return SourcePlan(
+            kind="entities",
+            table=source.snapshot_table,
+            mutation_table=source.mutation_table,
+            mutation_topic=source.mutation_topic,
+            **common,
+        )
     upstream = loaded.name_of(source.join)
     # online, the rows of a JoinSource are the parent's left events enriched with its features
     left_topic = source.join.left.topic if isinstance(source.join.left, EventSource) else None
-    return SourcePlan(kind="join", table=output_table(upstream, source.join.output_namespace), topic=left_topic,
-                      upstream_join=upstream, **common)  # type: ignore[arg-type]
+    return SourcePlan(
+        kind="join",
+        table=output_table(upstream, source.join.output_namespace),
+        topic=left_topic,
+        upstream_join=upstream,
+        **common,
+    )
 
 
 def group_by_plan(name: str, group_by: GroupBy, loaded: LoadedRepo, dialect: str) -> GroupByPlan:
@@ -170,18 +221,32 @@ def group_by_plan(name: str, group_by: GroupBy, loaded: LoadedRepo, dialect: str
         op = agg.operation.to_json()
         for window, bucket, column in agg.output_columns():
             window_ms = window.millis if window is not None else None
-            features.append(FeaturePlan(
-                name=column, input_column=agg.input_column, operation=op["kind"], params=op["params"],
-                window_ms=window_ms, hop_ms=hop_millis(window_ms) if window_ms is not None else None,
-                bucket=bucket, element_wise=agg.element_wise))
+            features.append(
+                FeaturePlan(
+                    name=column,
+                    input_column=agg.input_column,
+                    operation=op["kind"],
+                    params=op["params"],
+                    window_ms=window_ms,
+                    hop_ms=hop_millis(window_ms) if window_ms is not None else None,
+                    bucket=bucket,
+                    element_wise=agg.element_wise,
+                )
+            )
     return GroupByPlan(
-        name=name, output_table=output_table(name, group_by.output_namespace), keys=list(group_by.keys),
-        sources=[source_plan(s, loaded, dialect) for s in group_by.sources], features=features,
+        name=name,
+        output_table=output_table(name, group_by.output_namespace),
+        keys=list(group_by.keys),
+        sources=[source_plan(s, loaded, dialect) for s in group_by.sources],
+        features=features,
         value_columns=group_by.output_columns() if not group_by.aggregations else [],
-        accuracy=group_by.effective_accuracy.value, online=group_by.online,
-        derivations=[[d.name, transpile(d.expression, dialect) if not d.is_star else "*"]
-                     for d in group_by.derivations],
-        backfill_start_date=group_by.backfill_start_date)
+        accuracy=group_by.effective_accuracy.value,
+        online=group_by.online,
+        derivations=[
+            [d.name, transpile(d.expression, dialect) if not d.is_star else "*"] for d in group_by.derivations
+        ],
+        backfill_start_date=group_by.backfill_start_date,
+    )
 
 
 def join_plan(name: str, join: Join, loaded: LoadedRepo, dialect: str) -> JoinPlan:
@@ -189,15 +254,23 @@ def join_plan(name: str, join: Join, loaded: LoadedRepo, dialect: str) -> JoinPl
     for part in join.right_parts:
         group_by_name = loaded.name_of(part.group_by)
         prefix = f"{part.prefix}_" if part.prefix else ""
-        parts.append(JoinPartPlan(
-            group_by=group_by_name,
-            key_columns={key: part.left_column_for(key) for key in part.group_by.keys},
-            column_prefix=f"{prefix}{group_by_name.replace('.', '_')}_"))
-    return JoinPlan(name=name, output_table=output_table(name, join.output_namespace),
-                    left=source_plan(join.left, loaded, dialect), parts=parts,
-                    derivations=[[d.name, transpile(d.expression, dialect) if not d.is_star else "*"]
-                                 for d in join.derivations],
-                    online=join.online)
+        parts.append(
+            JoinPartPlan(
+                group_by=group_by_name,
+                key_columns={key: part.left_column_for(key) for key in part.group_by.keys},
+                column_prefix=f"{prefix}{group_by_name.replace('.', '_')}_",
+            )
+        )
+    return JoinPlan(
+        name=name,
+        output_table=output_table(name, join.output_namespace),
+        left=source_plan(join.left, loaded, dialect),
+        parts=parts,
+        derivations=[
+            [d.name, transpile(d.expression, dialect) if not d.is_star else "*"] for d in join.derivations
+        ],
+        online=join.online,
+    )
 
 
 def build_plan(loaded: LoadedRepo, dialect: str = "duckdb") -> Plan:
@@ -210,8 +283,11 @@ def build_plan(loaded: LoadedRepo, dialect: str = "duckdb") -> Plan:
             plan.joins[name] = join_plan(name, obj, loaded, dialect)
         elif isinstance(obj, StagingQuery):
             plan.staging_queries[name] = StagingQueryPlan(
-                name=name, output_table=output_table(name, obj.output_namespace),
-                query=transpile_statement(obj.query, dialect), start_partition=obj.start_partition)
+                name=name,
+                output_table=output_table(name, obj.output_namespace),
+                query=transpile_statement(obj.query, dialect),
+                start_partition=obj.start_partition,
+            )
     return plan
 
 
@@ -236,5 +312,15 @@ def transpile_statement(sql: str, dialect: str) -> str:
     return out
 
 
-__all__ = ["Accuracy", "FeaturePlan", "GroupByPlan", "JoinPartPlan", "JoinPlan", "Plan", "SourcePlan",
-           "StagingQueryPlan", "build_plan", "output_table"]
+__all__ = [
+    "Accuracy",
+    "FeaturePlan",
+    "GroupByPlan",
+    "JoinPartPlan",
+    "JoinPlan",
+    "Plan",
+    "SourcePlan",
+    "StagingQueryPlan",
+    "build_plan",
+    "output_table",
+]

@@ -31,16 +31,23 @@ class LoadedRepo:
             kind = type(obj).__name__
             raise DefinitionError(
                 f"this {kind} is used but is not a module-level variable of the repo, and has no name",
-                obj=kind, field="name", fix=f"give it a name: {kind}(..., name=\"team.my_feature\"), or assign it "
-                "to a module-level variable") from None
+                obj=kind,
+                field="name",
+                fix=f'give it a name: {kind}(..., name="team.my_feature"), or assign it '
+                "to a module-level variable",
+            ) from None
 
     def add(self, name: str, obj: Definition, file: str) -> None:
         if id(obj) in self.names_by_id:
             return
         if name in self.objects and self.objects[name] is not obj:
-            raise DefinitionError(f"two definitions are named {name!r} ({self.files[name]} and {file})",
-                                  obj=type(obj).__name__, field="name", fix="give one of them another name",
-                                  file=file)
+            raise DefinitionError(
+                f"two definitions are named {name!r} ({self.files[name]} and {file})",
+                obj=type(obj).__name__,
+                field="name",
+                fix="give one of them another name",
+                file=file,
+            )
         self.objects[name] = obj
         self.files[name] = file
         self.names_by_id[id(obj)] = name
@@ -97,9 +104,11 @@ def load_repo(root: str | Path, extra: Mapping[str, Definition] | None = None) -
             raise DefinitionError(str(error), file=_failing_file(error, root) or file) from None
         except Exception as error:  # a user's module failed to import: say which, keep the cause
             failing = _failing_file(error, root) or file
-            raise DefinitionError(f"importing {module_name} failed: {type(error).__name__}: {error}",
-                                  file=failing, fix="fix the module so that `python -c 'import "
-                                  f"{module_name}'` works from the repo folder") from error
+            raise DefinitionError(
+                f"importing {module_name} failed: {type(error).__name__}: {error}",
+                file=failing,
+                fix=f"fix the module so that `python -c 'import {module_name}'` works from the repo folder",
+            ) from error
         file = getattr(module, "__file__", file) or file
         for var, obj in vars(module).items():
             if isinstance(obj, (GroupBy, Join, StagingQuery)) and not var.startswith("_"):

@@ -31,8 +31,10 @@ def parse(expression: str, dialect: str = "duckdb") -> exp.Expr:
     try:
         return sqlglot.parse_one(expression, read=_DIALECTS[dialect])
     except sqlglot.errors.ParseError as error:
-        raise DefinitionError(f"cannot parse SQL {expression!r}: {error.errors[0]['description'] if error.errors else error}",
-                              fix="check the expression's syntax") from None
+        raise DefinitionError(
+            f"cannot parse SQL {expression!r}: {error.errors[0]['description'] if error.errors else error}",
+            fix="check the expression's syntax",
+        ) from None
 
 
 def referenced_columns(expression: str, dialect: str = "duckdb") -> set[str]:

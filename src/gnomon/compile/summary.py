@@ -21,14 +21,18 @@ def summarize(plan: Plan) -> str:
     for name, group_by in plan.group_bys.items():
         tables = ", ".join(t for s in group_by.sources for t in (s.table, s.mutation_table) if t)
         topics = ", ".join(t for s in group_by.sources for t in (s.topic, s.mutation_topic) if t)
-        lines.append(f"GroupBy {name}  ({group_by.accuracy}, keys: {', '.join(group_by.keys)}"
-                     f"{', online' if group_by.online else ''})")
+        lines.append(
+            f"GroupBy {name}  ({group_by.accuracy}, keys: {', '.join(group_by.keys)}"
+            f"{', online' if group_by.online else ''})"
+        )
         lines.append(f"  reads  {tables}" + (f"; streams {topics}" if topics else ""))
         lines.append(f"  writes {group_by.output_table}")
         for feature in group_by.features:
             bucket = f", by {feature.bucket}" if feature.bucket else ""
-            lines.append(f"    {feature.name:<40} {feature.operation}({feature.input_column}) over "
-                         f"{_window(feature.window_ms)}{bucket}")
+            lines.append(
+                f"    {feature.name:<40} {feature.operation}({feature.input_column}) over "
+                f"{_window(feature.window_ms)}{bucket}"
+            )
         for column in group_by.value_columns:
             lines.append(f"    {column:<40} value of the row")
         for derived, expression in group_by.derivations:
@@ -38,16 +42,27 @@ def summarize(plan: Plan) -> str:
         lines.append(f"Join {name}  (left: {join.left.table}{', online' if join.online else ''})")
         lines.append(f"  writes {join.output_table}")
         for part in join.parts:
-            keys = ", ".join(f"{column}→{key}" if column != key else key for key, column in part.key_columns.items())
-            lines.append(f"    part {part.group_by} on {keys}: "
-                         f"{len(group_by_output_columns(plan.group_bys[part.group_by]))} column(s)")
+            keys = ", ".join(
+                f"{column}→{key}" if column != key else key for key, column in part.key_columns.items()
+            )
+            lines.append(
+                f"    part {part.group_by} on {keys}: "
+                f"{len(group_by_output_columns(plan.group_bys[part.group_by]))} column(s)"
+            )
         derived_names = [d for d, _ in join.derivations if d != "*"]
-        total = len(join_feature_columns(join, plan)) if not join.derivations or any(
-            d == "*" for d, _ in join.derivations) else 0
-        lines.append(f"    {total + len(derived_names)} feature column(s)"
-                     f"{' incl. derived: ' + ', '.join(derived_names) if derived_names else ''}")
+        total = (
+            len(join_feature_columns(join, plan))
+            if not join.derivations or any(d == "*" for d, _ in join.derivations)
+            else 0
+        )
+        lines.append(
+            f"    {total + len(derived_names)} feature column(s)"
+            f"{' incl. derived: ' + ', '.join(derived_names) if derived_names else ''}"
+        )
     for name, staging in plan.staging_queries.items():
         lines.append(f"StagingQuery {name}  (from {staging.start_partition})")
         lines.append(f"  writes {staging.output_table}")
-    counts = f"{len(plan.group_bys)} GroupBy, {len(plan.joins)} Join, {len(plan.staging_queries)} StagingQuery"
+    counts = (
+        f"{len(plan.group_bys)} GroupBy, {len(plan.joins)} Join, {len(plan.staging_queries)} StagingQuery"
+    )
     return "\n".join([*lines, "", counts])

@@ -7,6 +7,21 @@ from gnomon.definitions.query import Query
 from gnomon.definitions.sources import EntitySource, EventSource, JoinSource
 from gnomon.definitions.windows import TimeUnit, Window
 
-__all__ = ["Accuracy", "Aggregation", "Definition", "Derivation", "EntitySource", "EventSource", "GroupBy",
-           "Join", "JoinPart", "JoinSource", "Operation", "OperationSpec", "Query", "StagingQuery", "TimeUnit",
-           "Window"]
+__all__ = [
+    "Accuracy",
+    "Aggregation",
+    "Definition",
+    "Derivation",
+    "EntitySource",
+    "EventSource",
+    "GroupBy",
+    "Join",
+    "JoinPart",
+    "JoinSource",
+    "Operation",
+    "OperationSpec",
+    "Query",
+    "StagingQuery",
+    "TimeUnit",
+    "Window",
+]

@@ -20,7 +20,12 @@ def caller_module() -> str | None:
     frame = sys._getframe(1)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if module != "gnomon" and not module.startswith("gnomon.") and module != "dataclasses" and not module.startswith("<"):
+        if (
+            module != "gnomon"
+            and not module.startswith("gnomon.")
+            and module != "dataclasses"
+            and not module.startswith("<")
+        ):
             return str(module)
         frame = frame.f_back  # type: ignore[assignment]
     return None
@@ -46,13 +51,20 @@ class Derivation:
     def __post_init__(self) -> None:
         if self.name == "*" or self.expression == "*":
             if (self.name, self.expression) != ("*", "*"):
-                raise DefinitionError("'*' must be both the name and the expression", obj="Derivation",
-                                      field="name", fix='write Derivation("*", "*") to keep every raw column')
+                raise DefinitionError(
+                    "'*' must be both the name and the expression",
+                    obj="Derivation",
+                    field="name",
+                    fix='write Derivation("*", "*") to keep every raw column',
+                )
             return
         _check_identifier(self.name, "Derivation", "name")
         if not isinstance(self.expression, str) or not self.expression.strip():
-            raise DefinitionError("expression must be a non-empty SQL string", obj=f"Derivation({self.name!r})",
-                                  field="expression")
+            raise DefinitionError(
+                "expression must be a non-empty SQL string",
+                obj=f"Derivation({self.name!r})",
+                field="expression",
+            )
 
     @property
     def is_star(self) -> bool:
@@ -73,30 +85,46 @@ class Aggregation:
         obj = f"Aggregation({self.input_column!r})"
         _check_identifier(self.input_column, obj, "input_column")
         if not isinstance(self.operation, OperationSpec):
-            raise DefinitionError(f"operation must be an Operation, got {self.operation!r}", obj=obj,
-                                  field="operation", fix="write e.g. operation=Operation.SUM")
+            raise DefinitionError(
+                f"operation must be an Operation, got {self.operation!r}",
+                obj=obj,
+                field="operation",
+                fix="write e.g. operation=Operation.SUM",
+            )
         try:
             object.__setattr__(self, "operation", self.operation.resolved())
         except DefinitionError as error:
             raise DefinitionError(str(error), obj=obj, field="operation") from None
         if self.windows is not None:
             if isinstance(self.windows, (str, Window)):
-                raise DefinitionError("windows must be a list", obj=obj, field="windows",
-                                      fix=f"write windows=[{self.windows!r}]")
+                raise DefinitionError(
+                    "windows must be a list",
+                    obj=obj,
+                    field="windows",
+                    fix=f"write windows=[{self.windows!r}]",
+                )
             try:
                 windows = tuple(Window.parse(w) for w in self.windows)
             except DefinitionError as error:
                 raise DefinitionError(str(error), obj=obj, field="windows") from None
             if not windows:
-                raise DefinitionError("windows is empty", obj=obj, field="windows",
-                                      fix="leave windows=None for all history, or list at least one window")
+                raise DefinitionError(
+                    "windows is empty",
+                    obj=obj,
+                    field="windows",
+                    fix="leave windows=None for all history, or list at least one window",
+                )
             if len({w.millis for w in windows}) != len(windows):
                 raise DefinitionError("the same window is listed twice", obj=obj, field="windows")
             object.__setattr__(self, "windows", windows)
         if self.buckets is not None:
             if isinstance(self.buckets, str):
-                raise DefinitionError("buckets must be a list of column names", obj=obj, field="buckets",
-                                      fix=f"write buckets=[{self.buckets!r}]")
+                raise DefinitionError(
+                    "buckets must be a list of column names",
+                    obj=obj,
+                    field="buckets",
+                    fix=f"write buckets=[{self.buckets!r}]",
+                )
             buckets = tuple(_check_identifier(b, obj, "buckets") for b in self.buckets)
             if not buckets:
                 raise DefinitionError("buckets is empty", obj=obj, field="buckets", fix="leave buckets=None")
@@ -108,7 +136,9 @@ class Aggregation:
         >>> [c for _, _, c in Aggregation("view", Operation.COUNT, windows=["5h"]).output_columns()]
         ['view_count_5h']
         """
-        windows: Sequence[Window | None] = tuple(Window.parse(w) for w in self.windows) if self.windows else (None,)
+        windows: Sequence[Window | None] = (
+            tuple(Window.parse(w) for w in self.windows) if self.windows else (None,)
+        )
         buckets: Sequence[str | None] = self.buckets or (None,)
         columns: list[tuple[Window | None, str | None, str]] = []
         for bucket in buckets:
@@ -155,8 +185,12 @@ class GroupBy:
             raise DefinitionError("needs at least one source", obj=obj, field="sources")
         for source in sources:
             if not isinstance(source, (EventSource, EntitySource, JoinSource)):
-                raise DefinitionError(f"{source!r} is not a source", obj=obj, field="sources",
-                                      fix="use EventSource, EntitySource or JoinSource")
+                raise DefinitionError(
+                    f"{source!r} is not a source",
+                    obj=obj,
+                    field="sources",
+                    fix="use EventSource, EntitySource or JoinSource",
+                )
         object.__setattr__(self, "sources", sources)
         keys = tuple(_as_list(self.keys, obj, "keys") if not isinstance(self.keys, str) else (self.keys,))
         if not keys:
@@ -178,14 +212,25 @@ class GroupBy:
                 raise DefinitionError(f"{derivation!r} is not a Derivation", obj=obj, field="derivations")
         object.__setattr__(self, "derivations", derivations)
         if self.accuracy is not None and not isinstance(self.accuracy, Accuracy):
-            raise DefinitionError(f"accuracy must be an Accuracy, got {self.accuracy!r}", obj=obj, field="accuracy",
-                                  fix="use Accuracy.TEMPORAL or Accuracy.SNAPSHOT")
+            raise DefinitionError(
+                f"accuracy must be an Accuracy, got {self.accuracy!r}",
+                obj=obj,
+                field="accuracy",
+                fix="use Accuracy.TEMPORAL or Accuracy.SNAPSHOT",
+            )
         if self.backfill_start_date is not None:
             _check_ds(self.backfill_start_date, obj, "backfill_start_date")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name
-                                      or not all(p.isidentifier() for p in self.name.split("."))):
-            raise DefinitionError(f"{self.name!r} is not a valid name", obj="GroupBy", field="name",
-                                  fix="use dotted identifiers, e.g. \"team.user_views\"")
+        if self.name is not None and (
+            not isinstance(self.name, str)
+            or not self.name
+            or not all(p.isidentifier() for p in self.name.split("."))
+        ):
+            raise DefinitionError(
+                f"{self.name!r} is not a valid name",
+                obj="GroupBy",
+                field="name",
+                fix='use dotted identifiers, e.g. "team.user_views"',
+            )
         self._validate_columns(obj)
 
     def _validate_columns(self, obj: str) -> None:
@@ -194,8 +239,10 @@ class GroupBy:
                 if not [c for c in source.query.columns if c not in self.keys]:
                     raise DefinitionError(
                         f"source {index} selects no column besides the keys, so there is nothing to look up",
-                        obj=obj, field="aggregations",
-                        fix="list the columns to look up in the Query's selects, or add aggregations=[...]")
+                        obj=obj,
+                        field="aggregations",
+                        fix="list the columns to look up in the Query's selects, or add aggregations=[...]",
+                    )
         needed = list(self.keys)
         for agg in self.aggregations or ():
             needed.append(agg.input_column)
@@ -209,7 +256,10 @@ class GroupBy:
                     raise DefinitionError(
                         f"source {index} does not select {column!r} (it selects {', '.join(columns)})."
                         + did_you_mean(column, columns),
-                        obj=obj, field="sources", fix=f"add {column!r} to that source's Query selects")
+                        obj=obj,
+                        field="sources",
+                        fix=f"add {column!r} to that source's Query selects",
+                    )
 
     @property
     def effective_accuracy(self) -> Accuracy:

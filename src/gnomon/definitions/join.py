@@ -22,17 +22,27 @@ class JoinPart:
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_by, GroupBy):
-            raise DefinitionError(f"group_by must be a GroupBy, got {type(self.group_by).__name__}", obj="JoinPart",
-                                  field="group_by")
+            raise DefinitionError(
+                f"group_by must be a GroupBy, got {type(self.group_by).__name__}",
+                obj="JoinPart",
+                field="group_by",
+            )
         if self.key_mapping is not None:
             if not isinstance(self.key_mapping, Mapping):
-                raise DefinitionError("key_mapping must be a dict of left column -> GroupBy key", obj="JoinPart",
-                                      field="key_mapping", fix='write key_mapping={"user_id": "user"}')
+                raise DefinitionError(
+                    "key_mapping must be a dict of left column -> GroupBy key",
+                    obj="JoinPart",
+                    field="key_mapping",
+                    fix='write key_mapping={"user_id": "user"}',
+                )
             for left, key in self.key_mapping.items():
                 _check_identifier(left, "JoinPart", "key_mapping")
                 if key not in self.group_by.keys:
-                    raise DefinitionError(f"{key!r} is not a key of the GroupBy (keys: {', '.join(self.group_by.keys)})",
-                                          obj="JoinPart", field="key_mapping")
+                    raise DefinitionError(
+                        f"{key!r} is not a key of the GroupBy (keys: {', '.join(self.group_by.keys)})",
+                        obj="JoinPart",
+                        field="key_mapping",
+                    )
             object.__setattr__(self, "key_mapping", MappingProxyType(dict(self.key_mapping)))
         if self.prefix is not None:
             _check_identifier(self.prefix, "JoinPart", "prefix")
@@ -61,14 +71,20 @@ class Join:
         object.__setattr__(self, "defined_in", self.defined_in or caller_module())
         obj = f"Join({self.name!r})" if self.name else "Join"
         if not isinstance(self.left, (EventSource, EntitySource, JoinSource)):
-            raise DefinitionError("left must be an EventSource, EntitySource or JoinSource", obj=obj, field="left")
+            raise DefinitionError(
+                "left must be an EventSource, EntitySource or JoinSource", obj=obj, field="left"
+            )
         parts = _as_list(self.right_parts, obj, "right_parts")
         if not parts:
             raise DefinitionError("needs at least one JoinPart", obj=obj, field="right_parts")
         for part in parts:
             if not isinstance(part, JoinPart):
-                raise DefinitionError(f"{part!r} is not a JoinPart", obj=obj, field="right_parts",
-                                      fix="wrap each GroupBy: JoinPart(group_by=...)")
+                raise DefinitionError(
+                    f"{part!r} is not a JoinPart",
+                    obj=obj,
+                    field="right_parts",
+                    fix="wrap each GroupBy: JoinPart(group_by=...)",
+                )
         object.__setattr__(self, "right_parts", parts)
         derivations = _as_list(self.derivations, obj, "derivations")
         for derivation in derivations:
@@ -84,8 +100,10 @@ class Join:
                         raise DefinitionError(
                             f"right_parts[{index}] needs left column {column!r} for GroupBy key {key!r}, "
                             f"but the left selects only {', '.join(left_columns)}",
-                            obj=obj, field="right_parts",
-                            fix=f"select {column!r} on the left, or map it: JoinPart(..., key_mapping={{'<left column>': {key!r}}})")
+                            obj=obj,
+                            field="right_parts",
+                            fix=f"select {column!r} on the left, or map it: JoinPart(..., key_mapping={{'<left column>': {key!r}}})",
+                        )
 
 
 @dataclass(frozen=True)
@@ -106,10 +124,10 @@ class StagingQuery:
         if not isinstance(self.name, str) or not all(p.isidentifier() for p in self.name.split(".")):
             raise DefinitionError(f"{self.name!r} is not a valid name", obj="StagingQuery", field="name")
         if not isinstance(self.query, str) or not self.query.strip():
-            raise DefinitionError("query must be a non-empty SQL string", obj=f"StagingQuery({self.name!r})",
-                                  field="query")
+            raise DefinitionError(
+                "query must be a non-empty SQL string", obj=f"StagingQuery({self.name!r})", field="query"
+            )
         _check_ds(self.start_partition, f"StagingQuery({self.name!r})", "start_partition")
 
 
 Definition = GroupBy | Join | StagingQuery
-

@@ -65,15 +65,22 @@ class OperationSpec:
         info = self._info
         upper = self.kind.upper()
         if len(args) > len(info.params):
-            raise DefinitionError(f"takes at most {len(info.params)} parameter(s), got {len(args)}",
-                                  obj=f"Operation.{upper}", field="params",
-                                  fix=f"see the SPEC §3 table for {upper}'s parameters")
+            raise DefinitionError(
+                f"takes at most {len(info.params)} parameter(s), got {len(args)}",
+                obj=f"Operation.{upper}",
+                field="params",
+                fix=f"see the SPEC §3 table for {upper}'s parameters",
+            )
         names = [name for name, _ in info.params]
         values: dict[str, Any] = dict(zip(names, args, strict=False))
         for key, value in kwargs.items():
             if key not in names:
-                raise DefinitionError(f"unknown parameter {key!r}", obj=f"Operation.{upper}", field=key,
-                                      fix=f"parameters are: {', '.join(names) or 'none'}")
+                raise DefinitionError(
+                    f"unknown parameter {key!r}",
+                    obj=f"Operation.{upper}",
+                    field=key,
+                    fix=f"parameters are: {', '.join(names) or 'none'}",
+                )
             if key in values:
                 raise DefinitionError("parameter given twice", obj=f"Operation.{upper}", field=key)
             values[key] = value
@@ -81,8 +88,12 @@ class OperationSpec:
         for name, default in info.params:
             value = values.get(name, default)
             if value is _REQUIRED:
-                raise DefinitionError(f"needs parameter {name!r}", obj=f"Operation.{upper}", field=name,
-                                      fix=f"write e.g. Operation.{upper}(3)")
+                raise DefinitionError(
+                    f"needs parameter {name!r}",
+                    obj=f"Operation.{upper}",
+                    field=name,
+                    fix=f"write e.g. Operation.{upper}(3)",
+                )
             bound.append((name, _check_param(self.kind, name, value)))
         return OperationSpec(self.kind, tuple(bound), True)
 
@@ -116,7 +127,10 @@ class OperationSpec:
 
     def to_json(self) -> dict[str, Any]:
         spec = self.resolved()
-        return {"kind": spec.kind, "params": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.params}}
+        return {
+            "kind": spec.kind,
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.params},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OperationSpec:
@@ -129,11 +143,17 @@ def _check_param(kind: str, name: str, value: Any) -> Any:
         if value is None and kind == "histogram":
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DefinitionError(f"{name} must be a positive whole number, got {value!r}", obj=obj, field=name)
+            raise DefinitionError(
+                f"{name} must be a positive whole number, got {value!r}", obj=obj, field=name
+            )
         if name == "lg_k" and not 4 <= value <= 26:
-            raise DefinitionError(f"lg_k must be between 4 and 26 (CPC sketch), got {value}", obj=obj, field=name)
+            raise DefinitionError(
+                f"lg_k must be between 4 and 26 (CPC sketch), got {value}", obj=obj, field=name
+            )
         if kind == "approx_percentile" and not 8 <= value <= 65535:
-            raise DefinitionError(f"k must be between 8 and 65535 (KLL sketch), got {value}", obj=obj, field=name)
+            raise DefinitionError(
+                f"k must be between 8 and 65535 (KLL sketch), got {value}", obj=obj, field=name
+            )
         return value
     if name == "percentiles":
         values = [value] if isinstance(value, (int, float)) else value
@@ -142,8 +162,12 @@ def _check_param(kind: str, name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             values = ()
         if not values or any(not 0.0 <= v <= 1.0 for v in values):
-            raise DefinitionError(f"percentiles must be a non-empty list of numbers in [0, 1], got {value!r}",
-                                  obj=obj, field=name, fix="write e.g. Operation.APPROX_PERCENTILE([0.5, 0.99])")
+            raise DefinitionError(
+                f"percentiles must be a non-empty list of numbers in [0, 1], got {value!r}",
+                obj=obj,
+                field=name,
+                fix="write e.g. Operation.APPROX_PERCENTILE([0.5, 0.99])",
+            )
         return values
     raise AssertionError(name)
 

@@ -14,8 +14,12 @@ RESERVED_COLUMNS = ("ts", "ds", "mutation_ts", "is_before")
 
 def _check_identifier(name: Any, obj: str, fld: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
-        raise DefinitionError(f"{name!r} is not a valid column name", obj=obj, field=fld,
-                              fix="use letters, digits and underscores, not starting with a digit")
+        raise DefinitionError(
+            f"{name!r} is not a valid column name",
+            obj=obj,
+            field=fld,
+            fix="use letters, digits and underscores, not starting with a digit",
+        )
     return name
 
 
@@ -42,27 +46,46 @@ class Query:
     def __post_init__(self) -> None:
         if self.selects is not None:
             if not isinstance(self.selects, Mapping) or not self.selects:
-                raise DefinitionError("selects must be a non-empty dict of column -> SQL expression",
-                                      obj="Query", field="selects", fix='write e.g. selects={"user": "user_id"}')
+                raise DefinitionError(
+                    "selects must be a non-empty dict of column -> SQL expression",
+                    obj="Query",
+                    field="selects",
+                    fix='write e.g. selects={"user": "user_id"}',
+                )
             for name, expr in self.selects.items():
                 _check_identifier(name, "Query", "selects")
                 if name in ("ds", "mutation_ts", "is_before"):
-                    raise DefinitionError(f"{name!r} is a reserved column name", obj="Query", field="selects",
-                                          fix=f"rename the output column, e.g. {name}_value")
+                    raise DefinitionError(
+                        f"{name!r} is a reserved column name",
+                        obj="Query",
+                        field="selects",
+                        fix=f"rename the output column, e.g. {name}_value",
+                    )
                 if not isinstance(expr, str) or not expr.strip():
-                    raise DefinitionError(f"the expression for {name!r} must be a non-empty SQL string",
-                                          obj="Query", field="selects")
+                    raise DefinitionError(
+                        f"the expression for {name!r} must be a non-empty SQL string",
+                        obj="Query",
+                        field="selects",
+                    )
             object.__setattr__(self, "selects", MappingProxyType(dict(self.selects)))
         if isinstance(self.wheres, str):
-            raise DefinitionError("wheres must be a list of SQL conditions, not one string", obj="Query",
-                                  field="wheres", fix=f"write wheres=[{self.wheres!r}]")
+            raise DefinitionError(
+                "wheres must be a list of SQL conditions, not one string",
+                obj="Query",
+                field="wheres",
+                fix=f"write wheres=[{self.wheres!r}]",
+            )
         wheres = tuple(self.wheres or ())
         if any(not isinstance(w, str) or not w.strip() for w in wheres):
             raise DefinitionError("every where must be a non-empty SQL string", obj="Query", field="wheres")
         object.__setattr__(self, "wheres", wheres)
         if not isinstance(self.time_column, str) or not self.time_column.strip():
-            raise DefinitionError("time_column must be a SQL expression giving epoch milliseconds",
-                                  obj="Query", field="time_column", fix='write time_column="ts"')
+            raise DefinitionError(
+                "time_column must be a SQL expression giving epoch milliseconds",
+                obj="Query",
+                field="time_column",
+                fix='write time_column="ts"',
+            )
         for name in ("start_partition", "end_partition"):
             value = getattr(self, name)
             if value is not None:
@@ -74,10 +97,15 @@ class Query:
         return tuple(self.selects) if self.selects is not None else ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"selects": dict(self.selects) if self.selects is not None else None, "wheres": list(self.wheres),
-                "time_column": self.time_column, "start_partition": self.start_partition,
-                "end_partition": self.end_partition, "mutation_time_column": self.mutation_time_column,
-                "reversal_column": self.reversal_column}
+        return {
+            "selects": dict(self.selects) if self.selects is not None else None,
+            "wheres": list(self.wheres),
+            "time_column": self.time_column,
+            "start_partition": self.start_partition,
+            "end_partition": self.end_partition,
+            "mutation_time_column": self.mutation_time_column,
+            "reversal_column": self.reversal_column,
+        }
 
 
 def _check_ds(value: Any, obj: str, fld: str) -> str:
@@ -88,6 +116,7 @@ def _check_ds(value: Any, obj: str, fld: str) -> str:
         if len(value) != 10:
             raise ValueError
     except (TypeError, ValueError):
-        raise DefinitionError(f"{value!r} is not a YYYY-MM-DD date", obj=obj, field=fld,
-                              fix='write e.g. "2026-01-31"') from None
+        raise DefinitionError(
+            f"{value!r} is not a YYYY-MM-DD date", obj=obj, field=fld, fix='write e.g. "2026-01-31"'
+        ) from None
     return str(value)

@@ -15,15 +15,27 @@ if TYPE_CHECKING:
 def _check_table(value: Any, obj: str, fld: str, required: bool = True) -> None:
     if value is None and not required:
         return
-    if not isinstance(value, str) or value.count(".") != 1 or not all(p.isidentifier() for p in value.split(".")):
-        raise DefinitionError(f"{value!r} is not a warehouse table name", obj=obj, field=fld,
-                              fix='write "namespace.table", e.g. "user_activity.user_views"')
+    if (
+        not isinstance(value, str)
+        or value.count(".") != 1
+        or not all(p.isidentifier() for p in value.split("."))
+    ):
+        raise DefinitionError(
+            f"{value!r} is not a warehouse table name",
+            obj=obj,
+            field=fld,
+            fix='write "namespace.table", e.g. "user_activity.user_views"',
+        )
 
 
 def _check_query(query: Any, obj: str) -> None:
     if not isinstance(query, Query):
-        raise DefinitionError(f"query must be a gnomon.Query, got {type(query).__name__}", obj=obj, field="query",
-                              fix='write query=Query(selects={...}, time_column="ts")')
+        raise DefinitionError(
+            f"query must be a gnomon.Query, got {type(query).__name__}",
+            obj=obj,
+            field="query",
+            fix='write query=Query(selects={...}, time_column="ts")',
+        )
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,12 @@ class EntitySource:
         _check_table(self.mutation_table, "EntitySource", "mutation_table", required=False)
         _check_query(self.query, "EntitySource")
         if self.mutation_topic is not None and self.mutation_table is None:
-            raise DefinitionError("a mutation_topic needs a mutation_table for backfills", obj="EntitySource",
-                                  field="mutation_table", fix="add mutation_table=\"ns.table_mutations\"")
+            raise DefinitionError(
+                "a mutation_topic needs a mutation_table for backfills",
+                obj="EntitySource",
+                field="mutation_table",
+                fix='add mutation_table="ns.table_mutations"',
+            )
 
     @property
     def has_stream(self) -> bool:

@@ -48,11 +48,19 @@ class Window:
 
     def __post_init__(self) -> None:
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length <= 0:
-            raise DefinitionError(f"length must be a positive whole number, got {self.length!r}",
-                                  obj="Window", field="length", fix="write e.g. Window(5, TimeUnit.HOURS)")
+            raise DefinitionError(
+                f"length must be a positive whole number, got {self.length!r}",
+                obj="Window",
+                field="length",
+                fix="write e.g. Window(5, TimeUnit.HOURS)",
+            )
         if not isinstance(self.unit, TimeUnit):
-            raise DefinitionError(f"unit must be a TimeUnit, got {self.unit!r}", obj="Window", field="unit",
-                                  fix="use TimeUnit.MINUTES, TimeUnit.HOURS or TimeUnit.DAYS")
+            raise DefinitionError(
+                f"unit must be a TimeUnit, got {self.unit!r}",
+                obj="Window",
+                field="unit",
+                fix="use TimeUnit.MINUTES, TimeUnit.HOURS or TimeUnit.DAYS",
+            )
 
     @classmethod
     def parse(cls, text: str | Window) -> Window:
@@ -61,8 +69,12 @@ class Window:
             return text
         match = _WINDOW_RE.match(text) if isinstance(text, str) else None
         if not match or int(match.group(1)) == 0:
-            raise DefinitionError(f"malformed window {text!r}", obj="Window", field="length",
-                                  fix='write a positive length and a unit m, h or d, e.g. "30m", "5h", "90d"')
+            raise DefinitionError(
+                f"malformed window {text!r}",
+                obj="Window",
+                field="length",
+                fix='write a positive length and a unit m, h or d, e.g. "30m", "5h", "90d"',
+            )
         return cls(int(match.group(1)), _UNIT_BY_SUFFIX[match.group(2)])
 
     @property

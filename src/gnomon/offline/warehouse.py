@@ -91,8 +91,13 @@ class Warehouse:
     def tables(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted(f"{ns.name}.{t.name}" for ns in self.root.iterdir() if ns.is_dir()
-                      for t in ns.iterdir() if t.is_dir() and not t.name.startswith("."))
+        return sorted(
+            f"{ns.name}.{t.name}"
+            for ns in self.root.iterdir()
+            if ns.is_dir()
+            for t in ns.iterdir()
+            if t.is_dir() and not t.name.startswith(".")
+        )
 
     def exists(self, table: str) -> bool:
         return self.table_path(table).is_dir()
@@ -106,10 +111,12 @@ class Warehouse:
 
     def require_table(self, table: str) -> None:
         if not self.exists(table):
-            raise WarehouseError(f"table {table!r} does not exist in the warehouse {self.root}."
-                                 + did_you_mean(table, self.tables())
-                                 + " Fix: write its partitions under "
-                                 f"{self.table_path(table)}/ds=YYYY-MM-DD/, or correct the table name.")
+            raise WarehouseError(
+                f"table {table!r} does not exist in the warehouse {self.root}."
+                + did_you_mean(table, self.tables())
+                + " Fix: write its partitions under "
+                f"{self.table_path(table)}/ds=YYYY-MM-DD/, or correct the table name."
+            )
 
     def require_partitions(self, table: str, wanted: Iterable[str]) -> None:
         """Raise naming the table and the first missing ds."""
@@ -118,11 +125,15 @@ class Warehouse:
         missing = [ds for ds in wanted if ds not in have]
         if missing:
             shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
-            raise WarehouseError(f"table {table!r} is missing partition ds={missing[0]} "
-                                 f"({len(missing)} missing: {shown}). Fix: land those partitions, or backfill "
-                                 "a range the table covers.")
+            raise WarehouseError(
+                f"table {table!r} is missing partition ds={missing[0]} "
+                f"({len(missing)} missing: {shown}). Fix: land those partitions, or backfill "
+                "a range the table covers."
+            )
 
-    def partition_files(self, table: str, start_ds: str | None = None, end_ds: str | None = None) -> list[str]:
+    def partition_files(
+        self, table: str, start_ds: str | None = None, end_ds: str | None = None
+    ) -> list[str]:
         files = []
         for ds in self.partitions(table):
             if (start_ds is None or ds >= start_ds) and (end_ds is None or ds <= end_ds):

@@ -27,7 +27,9 @@ _SQL_TYPES = {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE", str: "VARCHAR"}
 class Deriver:
     """Applies ``derivations`` to a row of raw output values (and request keys)."""
 
-    def __init__(self, derivations: Sequence[Sequence[str]], keys: Sequence[str], raw_columns: Sequence[str]) -> None:
+    def __init__(
+        self, derivations: Sequence[Sequence[str]], keys: Sequence[str], raw_columns: Sequence[str]
+    ) -> None:
         self.keep_raw = any(name == "*" for name, _ in derivations)
         self.derived = [(name, expression) for name, expression in derivations if name != "*"]
         self.columns = [*keys, *[c for c in raw_columns if c not in keys]]
@@ -48,8 +50,9 @@ class Deriver:
             types.append(self._types.get(column, "DOUBLE"))
         key = tuple(types)
         if key not in self._python:
-            self._python[key] = _compile_all([expression for _, expression in self.derived],
-                                             dict(zip(self.columns, types, strict=True)))
+            self._python[key] = _compile_all(
+                [expression for _, expression in self.derived], dict(zip(self.columns, types, strict=True))
+            )
         compiled = self._python[key]
         values: Sequence[Any] | None = None
         if compiled is not None:
@@ -58,7 +61,11 @@ class Deriver:
             except _NotPlainArithmetic:
                 values = None
         if values is None:
-            values = self._connection().execute(self._statement(key), [row.get(c) for c in self.columns]).fetchone()
+            values = (
+                self._connection()
+                .execute(self._statement(key), [row.get(c) for c in self.columns])
+                .fetchone()
+            )
         derived = {name: value for (name, _), value in zip(self.derived, values, strict=True)}  # type: ignore[arg-type]
         return {**raw, **derived} if self.keep_raw else derived
 
@@ -74,7 +81,9 @@ class Deriver:
         statements: dict[tuple[str, ...], str] = self._local.statements
         statement = statements.get(types)
         if statement is None:
-            inner = ", ".join(f"CAST(? AS {t}) AS {quote(c)}" for c, t in zip(self.columns, types, strict=True))
+            inner = ", ".join(
+                f"CAST(? AS {t}) AS {quote(c)}" for c, t in zip(self.columns, types, strict=True)
+            )
             outer = ", ".join(f"({expression}) AS {quote(name)}" for name, expression in self.derived)
             statement = statements[types] = f"SELECT {outer} FROM (SELECT {inner})"
         return statement
@@ -111,6 +120,16 @@ def _compile_all(expressions: Sequence[str], types: dict[str, str]) -> list[_Eva
 
 def _compile(node: exp.Expr, columns: dict[str, tuple[str, str]]) -> tuple[_Evaluate, str] | None:
     """(evaluator, SQL type BIGINT or DOUBLE) of a plain arithmetic expression, else None."""
+    compiled = _compile_node(node, columns)
+    if compiled is not None and not isinstance(node, exp.Literal) and node.find(exp.Column) is None:
+        try:  # DuckDB folds constants when it binds: an overflow there fails even where it is not reached
+            compiled[0]({})
+        except _NotPlainArithmetic:
+            return None
+    return compiled
+
+
+def _compile_node(node: exp.Expr, columns: dict[str, tuple[str, str]]) -> tuple[_Evaluate, str] | None:
     if isinstance(node, exp.Paren):
         return _compile(node.this, columns)
     if isinstance(node, exp.Column) and not node.table:
@@ -180,8 +199,12 @@ def _mul(a: Any, b: Any) -> Any:
     return a * b
 
 
-def _arithmetic(operation: Callable[[Any, Any], Any], left: tuple[_Evaluate, str], right: tuple[_Evaluate, str],
-                result_type: str | None = None) -> _Evaluate:
+def _arithmetic(
+    operation: Callable[[Any, Any], Any],
+    left: tuple[_Evaluate, str],
+    right: tuple[_Evaluate, str],
+    result_type: str | None = None,
+) -> _Evaluate:
     evaluate_left, evaluate_right = left[0], right[0]
     as_double = (result_type or left[1]) == "DOUBLE"
 

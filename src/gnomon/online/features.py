@@ -28,7 +28,9 @@ def row_columns(group_by: GroupByPlan) -> list[str]:
     if not group_by.features:
         columns = set(group_by.value_columns)
     else:
-        columns = {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
+        columns = {f.input_column for f in group_by.features} | {
+            f.bucket for f in group_by.features if f.bucket
+        }
     entities = any(s.kind == "entities" for s in group_by.sources)
     if entities:
         return sorted(columns) + list(MUTATION_COLUMNS)
@@ -70,8 +72,29 @@ def online_features(group_by: GroupByPlan, input_types: dict[str, str]) -> list[
     columns = row_columns(group_by)
     features = []
     for feature in group_by.features:
-        aggregator = make_aggregator(feature.operation, feature.params, input_types[feature.input_column],
-                                     bucketed=feature.bucket is not None, element_wise=feature.element_wise)
-        features.append(OnlineFeature(feature, aggregator, columns.index(feature.input_column),
-                                      columns.index(feature.bucket) if feature.bucket else None))
+        aggregator = make_aggregator(
+            feature.operation,
+            feature.params,
+            input_types[feature.input_column],
+            bucketed=feature.bucket is not None,
+            element_wise=feature.element_wise,
+        )
+        features.append(
+            OnlineFeature(
+                feature,
+                aggregator,
+                columns.index(feature.input_column),
+                columns.index(feature.bucket) if feature.bucket else None,
+            )
+        )
     return features
+
+
+def stream_id(group_by: GroupByPlan) -> str:
+    """The name a GroupBy's stream state is kept under: its name and a hash of its semantics and
+    stream-row columns, so rows written for one definition are never read by another (a changed
+    definition streams into new rows, from the start of its topics, under a new consumer group)."""
+    import hashlib
+
+    text = group_by.fingerprint + "|" + ",".join(row_columns(group_by))
+    return f"{group_by.name}@{hashlib.sha256(text.encode()).hexdigest()[:12]}"

@@ -10,6 +10,7 @@ status saying why, never a silently wrong value.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,14 @@ from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
 from gnomon.definitions.windows import window_start
 from gnomon.errors import UnknownObjectError
 from gnomon.online.derive import Deriver
-from gnomon.online.features import SOURCE_COLUMN, OnlineFeature, keeps_rows, online_features, row_columns
+from gnomon.online.features import (
+    SOURCE_COLUMN,
+    OnlineFeature,
+    keeps_rows,
+    online_features,
+    row_columns,
+    stream_id,
+)
 from gnomon.online.records import (
     BatchState,
     StreamRow,
@@ -50,7 +58,11 @@ class FetchResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": self.status, "entityKeys": self.entity_keys, "features": self.features}
+        body: dict[str, Any] = {
+            "status": self.status,
+            "entityKeys": self.entity_keys,
+            "features": self.features,
+        }
         if self.error is not None:
             body["error"] = self.error
         return body
@@ -87,13 +99,16 @@ class _GroupByState:
     deriver: Deriver | None
     read_at: float
     several_sources: bool = False
+    stored: list[int] = field(default_factory=list)  # per feature, its position in the batch records
+    rows_prefix: bytes = b""
 
 
 class Fetcher:
     """Answers fetches for the online GroupBys and Joins of a plan from one store."""
 
-    def __init__(self, plan: Plan, store: OnlineStore, horizon_ms: int = DEFAULT_HORIZON_MS,
-                 meta_ttl_s: float = 0.5) -> None:
+    def __init__(
+        self, plan: Plan, store: OnlineStore, horizon_ms: int = DEFAULT_HORIZON_MS, meta_ttl_s: float = 0.5
+    ) -> None:
         self.plan = plan
         self.store = store
         self.horizon_ms = horizon_ms
@@ -103,19 +118,25 @@ class Fetcher:
 
     # -------------------------------------------------------------- public
 
-    def fetch_group_by(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+    def fetch_group_by(
+        self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None
+    ) -> list[FetchResult]:
         return _run(self._group_by_steps(name, keys, at), self.store)
 
-    def fetch_join(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None) -> list[FetchResult]:
+    def fetch_join(
+        self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None
+    ) -> list[FetchResult]:
         return _run(self._join_steps(name, keys, at), self.store)
 
-    async def fetch_group_by_async(self, name: str, keys: Sequence[Mapping[str, Any]],
-                                   at: int | None = None) -> list[FetchResult]:
+    async def fetch_group_by_async(
+        self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None
+    ) -> list[FetchResult]:
         """`fetch_group_by` for an asyncio server: the store read does not block the event loop."""
         return await _run_async(self._group_by_steps(name, keys, at), self.store)
 
-    async def fetch_join_async(self, name: str, keys: Sequence[Mapping[str, Any]],
-                               at: int | None = None) -> list[FetchResult]:
+    async def fetch_join_async(
+        self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None = None
+    ) -> list[FetchResult]:
         """`fetch_join` for an asyncio server: the store read does not block the event loop."""
         return await _run_async(self._join_steps(name, keys, at), self.store)
 
@@ -143,17 +164,24 @@ class Fetcher:
         pendings = []
         for part in join.parts:
             group_by = self.plan.group_bys[part.group_by]
-            mapped = [{key: request.get(column) for key, column in part.key_columns.items()} for request in requests]
+            mapped = [
+                {key: request.get(column) for key, column in part.key_columns.items()} for request in requests
+            ]
             pendings.append(self._prepare(group_by, mapped, q, part.column_prefix))
         # one store round trip for every part of the Join
-        values, rows = yield [k for p in pendings for k in p.value_keys], [k for p in pendings for k in p.row_keys]
+        values, rows = yield (
+            [k for p in pendings for k in p.value_keys],
+            [k for p in pendings for k in p.row_keys],
+        )
         value_at = row_at = 0
         for pending in pendings:
-            part_values = values[value_at:value_at + len(pending.value_keys)]
-            part_rows = rows[row_at:row_at + len(pending.row_keys)]
+            part_values = values[value_at : value_at + len(pending.value_keys)]
+            part_rows = rows[row_at : row_at + len(pending.row_keys)]
             value_at += len(pending.value_keys)
             row_at += len(pending.row_keys)
-            for result, part_result in zip(results, self._complete(pending, part_values, part_rows), strict=True):
+            for result, part_result in zip(
+                results, self._complete(pending, part_values, part_rows), strict=True
+            ):
                 if part_result.status != SUCCESS and result.status == SUCCESS:
                     result.status, result.error = part_result.status, part_result.error
                 result.features.update(part_result.features)
@@ -177,19 +205,38 @@ class Fetcher:
             return state
         raw = self.store.get([meta_key(group_by.name)])[0]
         if raw is None:
-            raise FetchError("NotUploaded", f"GroupBy {group_by.name!r} has no upload yet; run "
-                             f"`gnomon upload {group_by.name} --ds <day>`")
+            raise FetchError(
+                "NotUploaded",
+                f"GroupBy {group_by.name!r} has no upload yet; run "
+                f"`gnomon upload {group_by.name} --ds <day>`",
+            )
         meta = UploadMeta.decode(raw)
         if state is not None and state.meta == meta:
             state.read_at = now
             return state
+        stored = stored_features(group_by, meta)
         features = online_features(group_by, meta.input_types) if meta.accuracy == "temporal" else []
-        deriver = Deriver(group_by.derivations, group_by.keys, group_by.raw_columns) if group_by.derivations else None
-        state = _GroupByState(group_by, meta, features, deriver, now, SOURCE_COLUMN in row_columns(group_by))
+        deriver = (
+            Deriver(group_by.derivations, group_by.keys, group_by.raw_columns)
+            if group_by.derivations
+            else None
+        )
+        state = _GroupByState(
+            group_by,
+            meta,
+            features,
+            deriver,
+            now,
+            SOURCE_COLUMN in row_columns(group_by),
+            stored,
+            rows_key(stream_id(group_by), b""),
+        )
         self._states[group_by.name] = state
         return state
 
-    def _prepare(self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str) -> _Pending:
+    def _prepare(
+        self, group_by: GroupByPlan, requests: list[dict[str, Any]], q: int, prefix: str
+    ) -> _Pending:
         """What one GroupBy needs from the store for these keys (failures are settled here)."""
         pending = _Pending(group_by, requests, q, prefix, None, [None] * len(requests), [], [], [])
         try:
@@ -200,21 +247,40 @@ class Fetcher:
         meta = state.meta
         failure = None
         if q < meta.batch_end:
-            failure = ("BeforeBatchEnd", f"GroupBy {group_by.name!r}: q={q} is before the batch end "
-                       f"{meta.batch_end} of its upload; values before a batch end come from the offline backfill")
+            failure = (
+                "BeforeBatchEnd",
+                f"GroupBy {group_by.name!r}: q={q} is before the batch end "
+                f"{meta.batch_end} of its upload; values before a batch end come from the offline backfill",
+            )
         elif q - meta.batch_end > self.horizon_ms:
-            failure = ("StaleUpload", f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older "
-                       f"than the horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day")
+            failure = (
+                "StaleUpload",
+                f"GroupBy {group_by.name!r}: its upload (batch end {meta.batch_end}) is older "
+                f"than the horizon of {self.horizon_ms} ms at q={q}; run `gnomon upload` for a newer day",
+            )
         elif meta.accuracy == "snapshot" and q >= meta.batch_end + DAY_MS:
-            failure = ("StaleUpload", f"GroupBy {group_by.name!r} is SNAPSHOT: its value at q={q} is the one at the "
-                       f"midnight before q, newer than its upload (batch end {meta.batch_end}); run `gnomon upload` "
-                       "for the day before q")
-        elif (meta.accuracy == "temporal" and _entities(group_by) and not any(s.mutation_topic for s in group_by.sources)
-              and (q >= meta.batch_end + DAY_MS or (q > meta.batch_end and any(s.mutation_table for s in group_by.sources)))):
+            failure = (
+                "StaleUpload",
+                f"GroupBy {group_by.name!r} is SNAPSHOT: its value at q={q} is the one at the "
+                f"midnight before q, newer than its upload (batch end {meta.batch_end}); run `gnomon upload` "
+                "for the day before q",
+            )
+        elif (
+            meta.accuracy == "temporal"
+            and _entities(group_by)
+            and not any(s.mutation_topic for s in group_by.sources)
+            and (
+                q >= meta.batch_end + DAY_MS
+                or (q > meta.batch_end and any(s.mutation_table for s in group_by.sources))
+            )
+        ):
             # without the mutation topic the day's changes (offline: the mutation table) are unknown online
-            failure = ("StaleUpload", f"GroupBy {group_by.name!r}: at q={q} its value reads a snapshot newer than the "
-                       f"upload (batch end {meta.batch_end}) and it has no mutation topic to follow the changes; run "
-                       "`gnomon upload` for the newer day, or add mutation_topic=... to its EntitySource")
+            failure = (
+                "StaleUpload",
+                f"GroupBy {group_by.name!r}: at q={q} its value reads a snapshot newer than the "
+                f"upload (batch end {meta.batch_end}) and it has no mutation topic to follow the changes; run "
+                "`gnomon upload` for the newer day, or add mutation_topic=... to its EntitySource",
+            )
         if failure is not None:
             pending.results = [FetchResult(failure[0], r, error=failure[1]) for r in requests]
             return pending
@@ -222,16 +288,20 @@ class Fetcher:
         for index, request in enumerate(requests):
             missing = [k for k in group_by.keys if request.get(k) is None]
             if missing:
-                pending.results[index] = FetchResult("MissingKey", request, error=f"key {missing[0]!r} is missing or null")
+                pending.results[index] = FetchResult(
+                    "MissingKey", request, error=f"key {missing[0]!r} is missing or null"
+                )
                 continue
             key = entity_key([request[k] for k in group_by.keys])
             pending.wanted.append(index)
             pending.value_keys.append(batch_key(group_by.name, meta.batch_end, key))
             if temporal:
-                pending.row_keys.append(rows_key(group_by.name, key))
+                pending.row_keys.append(state.rows_prefix + key)
         return pending
 
-    def _complete(self, pending: _Pending, values: list[bytes | None], rows: list[list[bytes]]) -> list[FetchResult]:
+    def _complete(
+        self, pending: _Pending, values: list[bytes | None], rows: list[list[bytes]]
+    ) -> list[FetchResult]:
         """Finalize the keys of one GroupBy from what the store returned for ``_prepare``'s keys."""
         state, group_by, results = pending.state, pending.group_by, pending.results
         if state is None or not pending.wanted:
@@ -246,7 +316,9 @@ class Fetcher:
                     raw = self._snapshot_values(group_by, values[position])
                 if state.deriver is not None:
                     raw = state.deriver.apply({**request, **raw}, raw)
-                results[index] = FetchResult(SUCCESS, request, {pending.prefix + k: v for k, v in raw.items()})
+                results[index] = FetchResult(
+                    SUCCESS, request, {pending.prefix + k: v for k, v in raw.items()}
+                )
             except Exception as error:  # noqa: BLE001 — one bad key must not fail the others
                 results[index] = FetchResult("Error", request, error=f"{type(error).__name__}: {error}")
         return results  # type: ignore[return-value]
@@ -257,7 +329,9 @@ class Fetcher:
         _, values = decode_value(raw)
         return dict(values)
 
-    def _row_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
+    def _row_values(
+        self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int
+    ) -> dict[str, Any]:
         """Entity GroupBys and lookups: the state's rows at q (the upload's, then the streamed
         mutations before q replayed in order, or the streamed events), aggregated or looked up."""
         meta, group_by = state.meta, state.plan
@@ -274,11 +348,15 @@ class Fetcher:
                 if ts < q and (latest is None or ts > latest[0]):
                     latest = (ts, values)
             columns = row_columns(group_by)
-            return {c: None if latest is None else clean_output(latest[1][columns.index(c)])
-                    for c in group_by.value_columns}
+            return {
+                c: None if latest is None else clean_output(latest[1][columns.index(c)])
+                for c in group_by.value_columns
+            }
         out = {}
-        ordered = sorted(((ts, seq, values) for seq, (ts, values) in enumerate(rows) if ts < q),
-                         key=lambda row: (row[0], row[1]))
+        ordered = sorted(
+            ((ts, seq, values) for seq, (ts, values) in enumerate(rows) if ts < q),
+            key=lambda row: (row[0], row[1]),
+        )
         for feature in state.features:
             start = window_start(q, feature.plan.window_ms)
             ir = None
@@ -288,7 +366,9 @@ class Fetcher:
             out[feature.plan.name] = feature.aggregator.finalize(ir)
         return out
 
-    def _temporal_values(self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int) -> dict[str, Any]:
+    def _temporal_values(
+        self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int
+    ) -> dict[str, Any]:
         if keeps_rows(state.plan):
             return self._row_values(state, raw, row_blobs, q)
         meta = state.meta
@@ -306,7 +386,7 @@ class Fetcher:
             start = window_start(q, plan.window_ms)
             ir = None
             if batch is not None:
-                blob = batch.suffix(index, start)
+                blob = batch.suffix(state.stored[index], start)
                 if blob is not None:
                     ir = decode_ir(feature.aggregator, blob)
             for row in rows:
@@ -320,16 +400,86 @@ class Fetcher:
             from gnomon.compile.validate import join_feature_columns
 
             columns = join_feature_columns(join, self.plan)
-            self._join_derivers[join.name] = Deriver(join.derivations, [], columns) if join.derivations else None
+            self._join_derivers[join.name] = (
+                Deriver(join.derivations, [], columns) if join.derivations else None
+            )
         return self._join_derivers[join.name]
+
+
+def stored_features(group_by: GroupByPlan, meta: UploadMeta) -> list[int]:
+    """Where each feature of the current definition sits in the upload's records, or `FetchError`
+    ``DefinitionChanged`` when the upload (or its stream rows) cannot answer it: a changed source,
+    Query, key or accuracy, a feature the upload does not hold, or other stream-row columns.
+    Renamed outputs, reordered or removed features and derivations keep serving."""
+    fix = f"run `gnomon upload {group_by.name} --ds <day>` and restart its stream workers"
+    if meta.fingerprint is None:
+        raise FetchError(
+            "DefinitionChanged",
+            f"GroupBy {group_by.name!r}: its upload predates definition "
+            f"fingerprints, so it cannot be checked against the definition; {fix}",
+        )
+    if meta.fingerprint != group_by.fingerprint:
+        raise FetchError(
+            "DefinitionChanged",
+            f"GroupBy {group_by.name!r} changed since its upload "
+            f"({_changes(json.loads(meta.semantics), group_by.semantics())}); {fix}",
+        )
+    ids = group_by.feature_ids()
+    missing = [f.name for f, i in zip(group_by.features, ids, strict=True) if i not in meta.feature_ids]
+    if missing:
+        raise FetchError(
+            "DefinitionChanged",
+            f"GroupBy {group_by.name!r}: feature {missing[0]!r} is not in its "
+            f"upload (a new or changed aggregation); {fix}",
+        )
+    if meta.accuracy == "temporal" and tuple(row_columns(group_by)) != meta.row_columns:
+        raise FetchError(
+            "DefinitionChanged",
+            f"GroupBy {group_by.name!r}: its stream rows hold the columns "
+            f"{list(meta.row_columns)}, the definition reads {row_columns(group_by)}; {fix}",
+        )
+    return [meta.feature_ids.index(i) for i in ids]
+
+
+def _changes(before: Any, after: Any, path: str = "") -> str:
+    """The first few differences between two JSON values, as ``path: old -> new``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = [
+            _changes(before.get(k), after.get(k), f"{path}.{k}" if path else k)
+            for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)
+        ]
+        return "; ".join(found[:3])
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        found = [
+            _changes(b, a, f"{path}[{i}]")
+            for i, (b, a) in enumerate(zip(before, after, strict=True))
+            if b != a
+        ]
+        return "; ".join(found[:3])
+    return f"{path}: {json.dumps(before)} -> {json.dumps(after)}"
+
+
+def upload_mismatch(group_by: GroupByPlan, store: OnlineStore) -> str | None:
+    """Why the latest upload of a GroupBy cannot serve its current definition (None: it can, or
+    there is no upload)."""
+    raw = store.get([meta_key(group_by.name)])[0]
+    if raw is None:
+        return None
+    try:
+        stored_features(group_by, UploadMeta.decode(raw))
+    except FetchError as error:
+        return str(error)
+    return None
 
 
 def _entities(group_by: GroupByPlan) -> bool:
     return any(s.kind == "entities" for s in group_by.sources)
 
 
-def replay_mutations(rows: list[tuple[int, list[Any]]], streamed: list[StreamRow], batch_end: int,
-                     q: int) -> list[tuple[int, list[Any]]]:
+def replay_mutations(
+    rows: list[tuple[int, list[Any]]], streamed: list[StreamRow], batch_end: int, q: int
+) -> list[tuple[int, list[Any]]]:
     """SPEC §4 online: the uploaded rows (the snapshot at the batch end), then every streamed
     mutation with ``batch_end <= mutation_ts < q`` in the order (mutation time, before-rows first,
     arrival): an insert appends its row, a delete removes the first row of the same identity, or

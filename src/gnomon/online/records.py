@@ -4,7 +4,8 @@
 - ``batch|<group_by>|<batch_end>|<entity key>``: one key's state as of the batch end. Versioned by
   the batch end, so an upload in progress never mixes with the one being served, and a fetcher
   with a slightly stale ``meta`` still reads a complete, consistent batch.
-- ``rows|<group_by>|<entity key>``: the key's streamed rows, a set keyed by event id.
+- ``rows|<stream id>|<entity key>``: the key's streamed rows, a set keyed by event id (the stream id,
+  `gnomon.online.features.stream_id`, names the GroupBy and the definition the rows were written by).
 
 Entity keys are the JSON of the key values in GroupBy key order, so ``"42"`` and ``42`` differ, as
 they do offline.
@@ -58,22 +59,52 @@ def dead_letter_key(topic: str) -> bytes:
 
 @dataclass(frozen=True)
 class UploadMeta:
-    """What the fetcher needs to know about the latest upload of a GroupBy."""
+    """What the fetcher needs to know about the latest upload of a GroupBy: its batch end and time,
+    input types, and the definition it was made by (`GroupByPlan.fingerprint`, the feature ids in
+    the batch records' order, the stream rows' columns; absent in uploads older than fingerprints)."""
 
     batch_end: int
     uploaded_at: int
     accuracy: str
     input_types: dict[str, str]
+    fingerprint: str | None = None
+    feature_ids: tuple[str, ...] = ()
+    row_columns: tuple[str, ...] = ()
+    semantics: str = ""  # the JSON of `GroupByPlan.semantics`, to say what changed
 
     def encode(self) -> bytes:
-        return encode_value([RECORD_VERSION, self.batch_end, self.uploaded_at, self.accuracy, self.input_types])
+        return encode_value(
+            [
+                RECORD_VERSION,
+                self.batch_end,
+                self.uploaded_at,
+                self.accuracy,
+                self.input_types,
+                self.fingerprint,
+                list(self.feature_ids),
+                list(self.row_columns),
+                self.semantics,
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> UploadMeta:
-        version, batch_end, uploaded_at, accuracy, input_types = decode_value(data)
+        version, batch_end, uploaded_at, accuracy, input_types, *definition = decode_value(data)
         if version != RECORD_VERSION:
             raise ValueError(f"unknown upload record version {version}")
-        return cls(batch_end, uploaded_at, accuracy, input_types)
+        if not definition:
+            return cls(batch_end, uploaded_at, accuracy, input_types)
+        fingerprint, feature_ids, columns, semantics = definition
+        return cls(
+            batch_end,
+            uploaded_at,
+            accuracy,
+            input_types,
+            fingerprint,
+            tuple(feature_ids),
+            tuple(columns),
+            semantics,
+        )
 
 
 _U32 = struct.Struct("<I")
@@ -100,8 +131,12 @@ def encode_batch_state(features: Sequence[tuple[Sequence[int | None], Sequence[b
     block_offsets = [header_size]
     for block in blocks:
         block_offsets.append(block_offsets[-1] + len(block))
-    return (bytes([BATCH_STATE_VERSION]) + _U32.pack(len(blocks))
-            + struct.pack(f"<{len(blocks) + 1}I", *block_offsets) + b"".join(blocks))
+    return (
+        bytes([BATCH_STATE_VERSION])
+        + _U32.pack(len(blocks))
+        + struct.pack(f"<{len(blocks) + 1}I", *block_offsets)
+        + b"".join(blocks)
+    )
 
 
 BATCH_STATE_VERSION = 2
@@ -122,14 +157,14 @@ class BatchState:
         n = _U32.unpack_from(view, block)[0]
         if n == 0:
             return None
-        starts = view[block + 4: block + 4 + 8 * n].cast("q")
+        starts = view[block + 4 : block + 4 + 8 * n].cast("q")
         position = 0 if start is None else bisect.bisect_left(starts, start)
         if position >= n:
             return None
         offsets_at = block + 4 + 8 * n
         begin, end = struct.unpack_from("<2I", view, offsets_at + 4 * position)
         blobs_at = offsets_at + 4 * (n + 1)
-        return bytes(view[blobs_at + begin: blobs_at + end])
+        return bytes(view[blobs_at + begin : blobs_at + end])
 
 
 BATCH_ROWS_VERSION = 3
@@ -179,26 +214,35 @@ class StreamRow:
         return cls(ts, arrived_at, seq, values)
 
 
-def encode_stream_rows(ts: Iterable[int], arrived_at: int, seq: Iterable[int],
-                       values: Iterable[Sequence[Any]]) -> list[bytes]:
-    """`StreamRow.encode` of many rows (aligned iterables; one arrival time), in C as far as
-    MessagePack allows."""
+def encode_stream_rows(
+    ts: Iterable[int], arrived_at: int | Iterable[int], seq: Iterable[int], values: Iterable[Sequence[Any]]
+) -> list[bytes]:
+    """`StreamRow.encode` of many rows (aligned iterables; ``arrived_at`` one time for all or one
+    per row), in C as far as MessagePack allows."""
     pack = msgpack.Packer(default=coerce).pack
     prefix = _STREAM_ROW_PREFIX
-    return [prefix + packed for packed in map(pack, zip(ts, repeat(arrived_at), seq, values))]
+    arrivals = repeat(arrived_at) if isinstance(arrived_at, int) else arrived_at
+    return [prefix + packed for packed in map(pack, zip(ts, arrivals, seq, values))]  # noqa: B905 — repeat() is endless
 
 
-def encode_stream_rows_columnar(ts: pa.Array, arrived_at: int, seq: pa.Array,
-                                values: Sequence[pa.Array]) -> list[bytes] | None:
+def encode_stream_rows_columnar(
+    ts: pa.Array, arrived_at: int | pa.Array, seq: pa.Array, values: Sequence[pa.Array]
+) -> list[bytes] | None:
     """`encode_stream_rows` of Arrow columns, assembled column-wise; None when a column is not of a
     type this handles (integers up to 64 bits, floats, booleans, strings, all-null), for
     `encode_stream_rows` to do instead.
 
     The MessagePack here uses fixed-width forms (``0xd3`` int64, ``0xcb`` float64, ``0xdb`` str32)
     where `encode_stream_rows` uses the shortest; both decode to the same values."""
-    pieces: list[Any] = [_STREAM_ROW_PREFIX + b"\x94", _fixed(0xD3, ts, ">i8"),
-                         b"\xd3" + arrived_at.to_bytes(8, "big", signed=True), _fixed(0xD3, seq, ">i8"),
-                         bytes([0x90 | len(values)]) if len(values) < 16 else b"\xdc" + len(values).to_bytes(2, "big")]
+    pieces: list[Any] = [
+        _STREAM_ROW_PREFIX + b"\x94",
+        _fixed(0xD3, ts, ">i8"),
+        b"\xd3" + arrived_at.to_bytes(8, "big", signed=True)
+        if isinstance(arrived_at, int)
+        else _fixed(0xD3, arrived_at, ">i8"),
+        _fixed(0xD3, seq, ">i8"),
+        bytes([0x90 | len(values)]) if len(values) < 16 else b"\xdc" + len(values).to_bytes(2, "big"),
+    ]
     for column in values:
         piece = _value_piece(column)
         if piece is None:
@@ -241,8 +285,9 @@ def _fixed_width(marker: int, values: np.ndarray[Any, Any], width: int) -> pa.Ar
     out = np.empty((len(values), width + 1), np.uint8)
     out[:, 0] = marker
     out[:, 1:] = values.view(np.uint8).reshape(-1, width)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width + 1), len(values),
-                                                [None, pa.py_buffer(out.tobytes())]).cast(pa.binary())
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width + 1), len(values), [None, pa.py_buffer(out.tobytes())]
+    ).cast(pa.binary())
 
 
 def _unpack(data: memoryview) -> Any:

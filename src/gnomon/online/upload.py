@@ -10,6 +10,7 @@ feature however long the window.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -54,40 +55,70 @@ def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store:
     else:
         written, types = _upload_temporal(engine, group_by, ds, batch_end, store)
     # the meta record goes last: until it is written, fetchers keep reading the previous upload
-    store.put([(meta_key(group_by.name), UploadMeta(batch_end, uploaded_at, group_by.accuracy, types).encode())])
+    store.put(
+        [
+            (
+                meta_key(group_by.name),
+                UploadMeta(
+                    batch_end,
+                    uploaded_at,
+                    group_by.accuracy,
+                    types,
+                    group_by.fingerprint,
+                    tuple(group_by.feature_ids()),
+                    tuple(row_columns(group_by)),
+                    json.dumps(group_by.semantics(), sort_keys=True),
+                ).encode(),
+            )
+        ]
+    )
     return written
 
 
-def _upload_snapshot(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
-                     store: OnlineStore) -> tuple[int, dict[str, str]]:
+def _upload_snapshot(
+    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+) -> tuple[int, dict[str, str]]:
     _, table = next(iter(engine.backfill_group_by(group_by, [ds])))
     columns = [c for c in table.column_names if c not in group_by.keys]
     written = 0
     for batch in table.to_batches(_CHUNK):
         rows = batch.to_pylist()
-        items = [(batch_key(group_by.name, batch_end, entity_key([row[k] for k in group_by.keys])),
-                  encode_value([RECORD_VERSION, {c: row[c] for c in columns}])) for row in rows]
+        items = [
+            (
+                batch_key(group_by.name, batch_end, entity_key([row[k] for k in group_by.keys])),
+                encode_value([RECORD_VERSION, {c: row[c] for c in columns}]),
+            )
+            for row in rows
+        ]
         store.put(items)
         written += len(items)
     return written, {}
 
 
-def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
-                     store: OnlineStore) -> tuple[int, dict[str, str]]:
+def _upload_temporal(
+    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+) -> tuple[int, dict[str, str]]:
     owner = f"GroupBy({group_by.name!r})"
     span = group_by.max_window_ms
     start_ds = None if span is None else ms_to_ds(batch_end - span - DAY_MS)
     columns = row_columns(group_by)
-    events_sql = engine.source_sql(owner, group_by.sources, start_ds, ds, [*group_by.keys, *columns], strict=[ds])
+    events_sql = engine.source_sql(
+        owner, group_by.sources, start_ds, ds, [*group_by.keys, *columns], strict=[ds]
+    )
     keys = ", ".join(quote(k) for k in group_by.keys)
     lower = "" if span is None else f" AND ts >= {batch_end - span}"
     not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
     # the source index only orders streamed rows among themselves; the batch tiles hold offline's order
     selected = ", ".join(f"NULL AS {quote(c)}" if c == SOURCE_COLUMN else quote(c) for c in columns)
-    sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
-           f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq")
+    sql = (
+        f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
+        f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq"
+    )
     described = engine.con.sql(sql)
-    types = {name: aggregation_type(str(kind)) for name, kind in zip(described.columns, described.types, strict=True)}
+    types = {
+        name: aggregation_type(str(kind))
+        for name, kind in zip(described.columns, described.types, strict=True)
+    }
     relation = engine.con.execute(sql)
     input_types = {c: types[c] for c in columns}
     features = online_features(group_by, input_types)
@@ -107,8 +138,9 @@ def _upload_temporal(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch
     return written, input_types
 
 
-def _upload_rows(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int,
-                 store: OnlineStore) -> tuple[int, dict[str, str]]:
+def _upload_rows(
+    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+) -> tuple[int, dict[str, str]]:
     """Entity GroupBys and lookups keep rows: per key, the rows of the state at the batch end that a
     fetch at or after it may still read (entities: snapshot ``ds``; event lookups: the latest row)."""
     owner = f"GroupBy({group_by.name!r})"
@@ -117,26 +149,45 @@ def _upload_rows(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end
     columns = row_columns(group_by)
     entities = any(s.kind == "entities" for s in group_by.sources)
     values = [c for c in columns if c not in MUTATION_COLUMNS]
-    events_sql = engine.source_sql(owner, group_by.sources, start_ds, ds, [*group_by.keys, *values],
-                                   strict=[] if entities else [ds], entity=entity_partitions([batch_end]), row_ids=True)
+    events_sql = engine.source_sql(
+        owner,
+        group_by.sources,
+        start_ds,
+        ds,
+        [*group_by.keys, *values],
+        strict=[] if entities else [ds],
+        entity=entity_partitions([batch_end]),
+        row_ids=True,
+    )
     keys = ", ".join(quote(k) for k in group_by.keys)
     not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
-    selected = ", ".join([*(quote(c) for c in values),
-                          *(["NULL::BIGINT AS __mutation_ts", "false AS __is_before", "__row_id"] if entities else [])])
+    selected = ", ".join(
+        [
+            *(quote(c) for c in values),
+            *(["NULL::BIGINT AS __mutation_ts", "false AS __is_before", "__row_id"] if entities else []),
+        ]
+    )
     if entities:  # the snapshot's rows; those older than every window can never count again
         lower = "" if span is None else f" AND ts >= {batch_end - span}"
-        sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE __ds = '{ds}'{lower} AND {not_null} "
-               f"ORDER BY {keys}, __seq")
+        sql = (
+            f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE __ds = '{ds}'{lower} AND {not_null} "
+            f"ORDER BY {keys}, __seq"
+        )
     else:  # a lookup over events: the latest row before the batch end is all a later fetch can pick
-        sql = (f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE ts < {batch_end} AND {not_null} "
-               f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY ts DESC, __seq) = 1 ORDER BY {keys}")
+        sql = (
+            f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE ts < {batch_end} AND {not_null} "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY ts DESC, __seq) = 1 ORDER BY {keys}"
+        )
     described = engine.con.sql(sql)
-    types = {name: aggregation_type(str(kind)) for name, kind in zip(described.columns, described.types, strict=True)}
+    types = {
+        name: aggregation_type(str(kind))
+        for name, kind in zip(described.columns, described.types, strict=True)
+    }
     key_count = len(group_by.keys)
     written = 0
     items: list[tuple[bytes, bytes]] = []
     for key, rows in itertools.groupby(_rows(engine.con.execute(sql)), key=lambda row: row[:key_count]):
-        record = encode_batch_rows([(row[key_count], list(row[key_count + 2:])) for row in rows])
+        record = encode_batch_rows([(row[key_count], list(row[key_count + 2 :])) for row in rows])
         items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), record))
         if len(items) >= _CHUNK:
             store.put(items)
@@ -156,8 +207,9 @@ def _rows(relation: Any) -> Iterator[tuple[Any, ...]]:
         yield from chunk
 
 
-def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int,
-               batch_end: int) -> list[tuple[list[int | None], list[bytes]]]:
+def _key_state(
+    features: list[Any], rows: list[tuple[Any, ...]], key_count: int, batch_end: int
+) -> list[tuple[list[int | None], list[bytes]]]:
     """Per feature ``[starts, suffix IR bytes]`` for one key (``starts == [None]`` when unbounded)."""
     state: list[tuple[list[int | None], list[bytes]]] = []
     for feature in features:
@@ -165,7 +217,7 @@ def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int,
         if window_ms is None:
             ir = None
             for row in rows:
-                ir = feature.accumulate(ir, list(row[key_count + 2:]), row[key_count], row[key_count + 1])
+                ir = feature.accumulate(ir, list(row[key_count + 2 :]), row[key_count], row[key_count + 1])
             state.append(([None], [encode_ir(aggregator, ir)]) if ir is not None else ([], []))
             continue
         earliest = floor_to(batch_end - window_ms, hop_ms)
@@ -175,7 +227,7 @@ def _key_state(features: list[Any], rows: list[tuple[Any, ...]], key_count: int,
             if ts < earliest:
                 continue
             start = floor_to(ts, hop_ms)
-            ir = feature.accumulate(tiles.get(start), list(row[key_count + 2:]), ts, row[key_count + 1])
+            ir = feature.accumulate(tiles.get(start), list(row[key_count + 2 :]), ts, row[key_count + 1])
             if ir is not None:
                 tiles[start] = ir
         starts = sorted(tiles)

@@ -33,8 +33,10 @@ class FolderNotEmptyError(GnomonError, FileExistsError):
 
     def __init__(self, folder: Path, suggestion: Path) -> None:
         self.folder, self.suggestion = folder, suggestion
-        super().__init__(f"{str(folder)!r} already exists and is not empty; gnomon init never overwrites "
-                         f"files. Pick a new folder, e.g. `gnomon init {suggestion}`.")
+        super().__init__(
+            f"{str(folder)!r} already exists and is not empty; gnomon init never overwrites "
+            f"files. Pick a new folder, e.g. `gnomon init {suggestion}`."
+        )
 
 
 def create_example_repo(path: str | Path, *, seed: int = 7, last_ds: str | None = None) -> Path:

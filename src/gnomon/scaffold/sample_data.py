@@ -54,15 +54,37 @@ USERS = np.array([f"u{i:04d}" for i in range(1, N_USERS + 1)], dtype=object)
 ITEMS = np.array([f"i{i:03d}" for i in range(1, N_ITEMS + 1)], dtype=object)
 
 _TABLES = {
-    "user_activity.user_views": pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
-                                           ("activity_type", pa.string()), ("ts", pa.int64())]),
-    "item_info.ratings_snapshots": pa.schema([("rating_id", pa.int64()), ("user_id", pa.string()),
-                                              ("item_id", pa.string()), ("rating", pa.int64()), ("ts", pa.int64())]),
-    "item_info.ratings_mutations": pa.schema([("rating_id", pa.int64()), ("user_id", pa.string()),
-                                              ("item_id", pa.string()), ("rating", pa.int64()), ("ts", pa.int64()),
-                                              ("mutation_ts", pa.int64()), ("is_before", pa.bool_())]),
-    "user_activity.watches": pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
-                                        ("ts", pa.int64())]),
+    "user_activity.user_views": pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("activity_type", pa.string()),
+            ("ts", pa.int64()),
+        ]
+    ),
+    "item_info.ratings_snapshots": pa.schema(
+        [
+            ("rating_id", pa.int64()),
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("rating", pa.int64()),
+            ("ts", pa.int64()),
+        ]
+    ),
+    "item_info.ratings_mutations": pa.schema(
+        [
+            ("rating_id", pa.int64()),
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("rating", pa.int64()),
+            ("ts", pa.int64()),
+            ("mutation_ts", pa.int64()),
+            ("is_before", pa.bool_()),
+        ]
+    ),
+    "user_activity.watches": pa.schema(
+        [("user_id", pa.string()), ("item_id", pa.string()), ("ts", pa.int64())]
+    ),
 }
 
 
@@ -82,15 +104,19 @@ def write_sample_data(warehouse: Path, seed: int = 7, last_ds: str = LAST_DS) ->
     views = {column: np.concatenate([views[column], bob_views[column]]) for column in views}
     watches = _watches(rng, views, user_activity, item_popularity)
     watches = {column: np.concatenate([watches[column], bob_watches[column]]) for column in watches}
-    snapshots, mutations = _ratings(rng, item_popularity, user_activity)  # drawn last: views and watches stay put
+    snapshots, mutations = _ratings(
+        rng, item_popularity, user_activity
+    )  # drawn last: views and watches stay put
     counts = {}
     for table, columns in (("user_activity.user_views", views), ("user_activity.watches", watches)):
         counts[table] = _write_partitioned(warehouse, table, columns, shift_days)
     first = dt.date.fromisoformat(FIRST_DS) + dt.timedelta(days=shift_days)
-    counts["item_info.ratings_snapshots"] = _write_days(warehouse, "item_info.ratings_snapshots", snapshots,
-                                                        first - dt.timedelta(days=1), shift_days)
-    counts["item_info.ratings_mutations"] = _write_days(warehouse, "item_info.ratings_mutations", mutations,
-                                                        first, shift_days)
+    counts["item_info.ratings_snapshots"] = _write_days(
+        warehouse, "item_info.ratings_snapshots", snapshots, first - dt.timedelta(days=1), shift_days
+    )
+    counts["item_info.ratings_mutations"] = _write_days(
+        warehouse, "item_info.ratings_mutations", mutations, first, shift_days
+    )
     return counts
 
 
@@ -99,8 +125,9 @@ def _zipf_weights(n: int, exponent: float) -> np.ndarray:
     return weights / float(weights.sum())
 
 
-def _views(rng: np.random.RandomState, item_popularity: np.ndarray,
-           user_activity: np.ndarray) -> dict[str, np.ndarray]:
+def _views(
+    rng: np.random.RandomState, item_popularity: np.ndarray, user_activity: np.ndarray
+) -> dict[str, np.ndarray]:
     """Browsing sessions: a user returns to one item a few times within two hours."""
     session_user = rng.choice(N_USERS, size=N_SESSIONS, p=user_activity)
     session_item = rng.choice(N_ITEMS, size=N_SESSIONS, p=item_popularity)
@@ -139,15 +166,26 @@ def _bob(rng: np.random.RandomState) -> tuple[dict[str, np.ndarray], dict[str, n
     ts = np.concatenate([recent_ts, old_ts, later_ts, watch_ts[:1], [tail_ts]])
     item = np.concatenate([np.repeat(items, recent), items, items, items[:1], items[:1]])
     activity = rng.choice(ACTIVITY_TYPES, size=ts.size, p=ACTIVITY_WEIGHTS)
-    views = {"user_id": np.full(ts.size, "bob", dtype=object), "item_id": ITEMS[item],
-             "activity_type": activity, "ts": ts}
-    watches = {"user_id": np.full(N_BOB_WATCHES, "bob", dtype=object), "item_id": ITEMS[items],
-               "ts": watch_ts}
+    views = {
+        "user_id": np.full(ts.size, "bob", dtype=object),
+        "item_id": ITEMS[item],
+        "activity_type": activity,
+        "ts": ts,
+    }
+    watches = {
+        "user_id": np.full(N_BOB_WATCHES, "bob", dtype=object),
+        "item_id": ITEMS[items],
+        "ts": watch_ts,
+    }
     return views, watches
 
 
-def _watches(rng: np.random.RandomState, views: dict[str, np.ndarray], user_activity: np.ndarray,
-             item_popularity: np.ndarray) -> dict[str, np.ndarray]:
+def _watches(
+    rng: np.random.RandomState,
+    views: dict[str, np.ndarray],
+    user_activity: np.ndarray,
+    item_popularity: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Most watches follow a view of the same item by up to 3 hours; a few are cold."""
     candidates = np.flatnonzero(views["user_id"] != None)  # noqa: E711 - elementwise on an object array
     picked = rng.choice(candidates, size=N_WATCHES, replace=False)
@@ -156,17 +194,20 @@ def _watches(rng: np.random.RandomState, views: dict[str, np.ndarray], user_acti
     cold_user = USERS[rng.choice(N_USERS, size=N_COLD_WATCHES, p=user_activity)]
     cold_item = ITEMS[rng.choice(N_ITEMS, size=N_COLD_WATCHES, p=item_popularity[::-1])]  # unpopular items
     cold_ts = rng.randint(START_MS, END_MS, size=N_COLD_WATCHES, dtype=np.int64)
-    return {"user_id": np.concatenate([views["user_id"][picked], cold_user]),
-            "item_id": np.concatenate([views["item_id"][picked], cold_item]),
-            "ts": np.concatenate([ts, cold_ts])}
+    return {
+        "user_id": np.concatenate([views["user_id"][picked], cold_user]),
+        "item_id": np.concatenate([views["item_id"][picked], cold_item]),
+        "ts": np.concatenate([ts, cold_ts]),
+    }
 
 
 Rating = tuple[int, str, str, int, int]  # rating_id, user_id, item_id, rating, ts
 Mutation = tuple[int, str, str, int, int, int, bool]  # a Rating, mutation_ts, is_before
 
 
-def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray,
-             user_activity: np.ndarray) -> tuple[list[list[Rating]], list[list[Mutation]]]:
+def _ratings(
+    rng: np.random.RandomState, item_popularity: np.ndarray, user_activity: np.ndarray
+) -> tuple[list[list[Rating]], list[list[Mutation]]]:
     """The ratings database: its snapshots (the initial table, then the table at the end of each day)
     and each day's mutation rows, replayed change by change."""
     quality = rng.uniform(2.0, 4.8, size=N_ITEMS)
@@ -177,8 +218,12 @@ def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray,
         rating = np.clip(np.rint(rng.normal(quality[item], 0.9)), 1, 5).astype(np.int64)
         return [(str(USERS[u]), str(ITEMS[i]), int(r)) for u, i, r in zip(user, item, rating, strict=True)]
 
-    initial_ts = rng.randint(START_MS - INITIAL_DAYS * DAY_MS, START_MS, size=N_INITIAL_RATINGS, dtype=np.int64)
-    initial = [(*rating, int(ts)) for rating, ts in zip(new_ratings(N_INITIAL_RATINGS), initial_ts, strict=True)]
+    initial_ts = rng.randint(
+        START_MS - INITIAL_DAYS * DAY_MS, START_MS, size=N_INITIAL_RATINGS, dtype=np.int64
+    )
+    initial = [
+        (*rating, int(ts)) for rating, ts in zip(new_ratings(N_INITIAL_RATINGS), initial_ts, strict=True)
+    ]
     initial.append(("bob", "i001", BOB_I001_RATING, START_MS - BOB_I001_AGE))
     initial.sort(key=lambda row: row[3])
     table: list[Rating] = [(rating_id, *row) for rating_id, row in enumerate(initial, start=1)]
@@ -196,8 +241,12 @@ def _ratings(rng: np.random.RandomState, item_popularity: np.ndarray,
         counts = rng.poisson([DAILY_NEW_RATINGS, DAILY_CHANGED_RATINGS, DAILY_DELETED_RATINGS])
         kinds = rng.permutation(np.repeat(np.array(["insert", "update", "delete"]), counts))
         # distinct, increasing mutation times inside the day
-        times = START_MS + day * DAY_MS + np.sort(rng.randint(0, DAY_MS - kinds.size, size=kinds.size)) \
+        times = (
+            START_MS
+            + day * DAY_MS
+            + np.sort(rng.randint(0, DAY_MS - kinds.size, size=kinds.size))
             + np.arange(kinds.size)
+        )
         inserts = iter(new_ratings(int(counts[0])))
         changes: list[Mutation] = []
         for kind, mutation_ts in zip(kinds, times.tolist(), strict=True):
@@ -230,9 +279,15 @@ def _write_days(warehouse: Path, table: str, days: list[list[Any]], first: dt.da
     written = 0
     for index, rows in enumerate(days):
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema.names]
-        arrow = pa.table({column: pa.array([v + shift for v in values] if column in times else values,
-                                           type=schema.field(column).type)
-                          for column, values in zip(schema.names, columns, strict=True)}, schema=schema)
+        arrow = pa.table(
+            {
+                column: pa.array(
+                    [v + shift for v in values] if column in times else values, type=schema.field(column).type
+                )
+                for column, values in zip(schema.names, columns, strict=True)
+            },
+            schema=schema,
+        )
         folder = warehouse / namespace / name / f"ds={(first + dt.timedelta(days=index)).isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(arrow, folder / "part-0.parquet", compression="snappy")
@@ -240,12 +295,16 @@ def _write_days(warehouse: Path, table: str, days: list[list[Any]], first: dt.da
     return written
 
 
-def _write_partitioned(warehouse: Path, table: str, columns: dict[str, np.ndarray], shift_days: int = 0) -> int:
+def _write_partitioned(
+    warehouse: Path, table: str, columns: dict[str, np.ndarray], shift_days: int = 0
+) -> int:
     """One ``ds=`` folder per UTC day, rows sorted by ts; returns the number of rows written."""
     order = np.argsort(columns["ts"], kind="stable")
     schema = _TABLES[table]
-    arrow = pa.table({name: pa.array(columns[name][order], type=schema.field(name).type)
-                      for name in schema.names}, schema=schema)
+    arrow = pa.table(
+        {name: pa.array(columns[name][order], type=schema.field(name).type) for name in schema.names},
+        schema=schema,
+    )
     day = (arrow.column("ts").to_numpy() - START_MS) // DAY_MS
     if day.min() < 0 or day.max() >= DAYS:
         raise AssertionError(f"{table}: sample ts outside {FIRST_DS} .. {LAST_DS}")

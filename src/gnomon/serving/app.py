@@ -8,10 +8,15 @@ Routes:
 - ``POST /v1/events/{topic}`` (``?sync=true``: return once the events are servable).
 - ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``.
 
-Bad requests get a 4xx JSON ``{"error": ...}`` naming the field. Handlers are ``async`` and call the
-fetcher's async entry points directly (cheaper than a hop to a thread pool): the decoding runs on the
-event loop, and the one store read per fetch is awaited — with Redis, on a connection per event loop
-that pipelines the reads of concurrent requests — so the loop never blocks on the network.
+Bad requests get a 4xx JSON ``{"error": ...}`` naming the field; a request over one of the limits of
+``serving: {limits: ...}`` (body size, keys per fetch, events per push, JSON nesting depth) gets a 413
+or 400 naming the limit and its setting (``"limit": "serving.limits.keys"``). With ``serving: {auth:
+...}`` every route but ``/health`` and the docs needs a bearer token (`gnomon.serving.auth`).
+
+Handlers are ``async`` and call the fetcher's async entry points directly (cheaper than a hop to a
+thread pool): the decoding runs on the event loop, and the one store read per fetch is awaited — with
+Redis, on a connection per event loop that pipelines the reads of concurrent requests — so the loop
+never blocks on the network.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request class in handler signatures
@@ -24,25 +29,41 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from gnomon.config import ServingLimits
 from gnomon.errors import MissingExtraError, UnknownObjectError
 from gnomon.metrics import Metrics
 
 _KEYS_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}},
-                                     "example": [{"user": "bob", "item": "i42"}]}},
+    "content": {
+        "application/json": {
+            "schema": {"type": "array", "items": {"type": "object"}},
+            "example": [{"user": "bob", "item": "i42"}],
+        }
+    },
 }
 _EVENTS_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}},
-                                     "example": [{"user_id": "bob", "item_id": "i42", "ts": 1790812800000}]}},
+    "content": {
+        "application/json": {
+            "schema": {"type": "array", "items": {"type": "object"}},
+            "example": [{"user_id": "bob", "item_id": "i42", "ts": 1790812800000}],
+        }
+    },
 }
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, setting: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.setting = setting  # the serving.limits setting a request went over
+
+    def payload(self) -> bytes:
+        body = {"error": str(self)}
+        if self.setting:
+            body["limit"] = self.setting
+        return _json_bytes(body)
 
 
 def _json_bytes(body: Any) -> bytes:
@@ -52,7 +73,17 @@ def _json_bytes(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _parse_array(body: bytes, what: str) -> list[dict[str, Any]]:
+_WHAT = {  # what a body holds: its plural (the limit's name), who is limited, the fix
+    "key": ("keys", "a fetch may ask for", "split the keys over several requests"),
+    "event": ("events", "a push may carry", "push them in batches"),
+}
+
+
+_DEFAULT_LIMITS = ServingLimits()
+
+
+def _parse_array(body: bytes, what: str, limits: ServingLimits = _DEFAULT_LIMITS) -> list[dict[str, Any]]:
+    """A JSON array of objects within the limits on count (keys or events) and nesting depth."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -60,12 +91,75 @@ def _parse_array(body: bytes, what: str) -> list[dict[str, Any]]:
             data = json.loads(body)  # what orjson rejects and the standard library reads (NaN, huge ints)
         except (ValueError, UnicodeDecodeError) as error:
             raise BadRequest(f"body: not valid JSON ({error})") from None
+        except RecursionError:  # nested beyond what either parser reads: far beyond any depth limit
+            raise _too_deep("body", limits.depth) from None
     if not isinstance(data, list):
         raise BadRequest(f"body: expected a JSON array of {what} objects, got {type(data).__name__}")
+    plural, verb, fix = _WHAT[what]
+    count_limit = limits.keys if what == "key" else limits.events
+    if len(data) > count_limit:
+        raise BadRequest(
+            f"body: {len(data)} {plural}, more than the {count_limit} {verb} (serving.limits.{plural}); {fix}",
+            413,
+            f"serving.limits.{plural}",
+        )
+    room = limits.depth - 2  # levels left below the array (1) and its objects (2)
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise BadRequest(f"body[{index}]: expected a JSON object, got {type(item).__name__}")
+        if room < 0:
+            raise _too_deep(f"body[{index}]", limits.depth)
+        for field, value in item.items():
+            if isinstance(value, (dict, list)):
+                deeper = _overflow(value, room)
+                if deeper is not None:
+                    raise _too_deep(f"body[{index}].{field}{deeper}", limits.depth)
     return data
+
+
+def _overflow(value: dict[str, Any] | list[Any], room: int) -> str | None:
+    """The path (relative to ``value``) of a container more than ``room`` levels down, counting
+    ``value`` itself as one; None when everything fits."""
+    if room < 1:
+        return ""
+    children = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, child in children:
+        if isinstance(child, (dict, list)):
+            found = _overflow(child, room - 1)
+            if found is not None:
+                return (f".{key}" if isinstance(value, dict) else f"[{key}]") + found
+    return None
+
+
+def _too_deep(path: str, depth: int) -> BadRequest:
+    return BadRequest(
+        f"{path}: JSON nested deeper than {depth} levels of arrays and objects (serving.limits.depth; "
+        "the body's array is level 1)",
+        400,
+        "serving.limits.depth",
+    )
+
+
+def _too_large(limit: int, fix: str) -> BadRequest:
+    return BadRequest(
+        f"body: larger than {limit} bytes (serving.limits.body_bytes); {fix}",
+        413,
+        "serving.limits.body_bytes",
+    )
+
+
+async def _read_body(request: Any, limit: int, fix: str) -> bytes:
+    """A FastAPI request's body, refused (413) as soon as it is known to be over ``limit`` bytes."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit, fix)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, fix)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_at(value: str | None) -> int | None:
@@ -77,7 +171,9 @@ def _parse_at(value: str | None) -> int | None:
         raise BadRequest(f"at: expected epoch milliseconds as an integer, got {value!r}") from None
 
 
-MAX_FETCH_BODY = 8 * 1024 * 1024  # bytes: a fetch body of thousands of keys is a few hundred KB
+MAX_FETCH_BODY = ServingLimits.body_bytes  # default; a fetch body of thousands of keys is a few hundred KB
+_FETCH_FIX = "fetch fewer keys per request"
+_PUSH_FIX = "push fewer events per request"
 
 
 class FetchFastPath:
@@ -90,32 +186,40 @@ class FetchFastPath:
 
     PREFIX = "/v1/features/"
 
-    def __init__(self, app: Any, respond: Any) -> None:
-        self.app, self.respond = app, respond
+    def __init__(self, app: Any, respond: Any, max_body: int = MAX_FETCH_BODY) -> None:
+        self.app, self.respond, self.max_body = app, respond, max_body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.PREFIX):
-            kind, _, name = scope["path"][len(self.PREFIX):].partition("/")
+            kind, _, name = scope["path"][len(self.PREFIX) :].partition("/")
             if kind in ("join", "groupby") and name and "/" not in name:
-                chunks, size = [], 0
+                chunks, size, limit = [], 0, self.max_body
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         return
                     chunks.append(message.get("body", b""))
                     size += len(chunks[-1])
-                    if size > MAX_FETCH_BODY or not message.get("more_body"):
+                    if size > limit or not message.get("more_body"):
                         break
                 body = b"".join(chunks)
-                if size > MAX_FETCH_BODY:
-                    status, payload = 413, _json_bytes({"error": f"body: larger than {MAX_FETCH_BODY} bytes; "
-                                                                 "fetch fewer keys per request"})
+                if size > limit:
+                    status, payload = 413, _too_large(limit, _FETCH_FIX).payload()
                 else:
-                    at = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("at")
+                    at = parse_qs(
+                        scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+                    ).get("at")
                     status, payload = await self.respond(kind, name, body, at[-1] if at else None)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(payload)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": payload})
                 return
         await self.app(scope, receive, send)
@@ -127,11 +231,15 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse, PlainTextResponse, Response
     except ImportError:
-        raise MissingExtraError("the HTTP server needs FastAPI and uvicorn: pip install 'gnomon[serve]'") from None
+        raise MissingExtraError(
+            "the HTTP server needs FastAPI and uvicorn: pip install 'gnomon[serve]'"
+        ) from None
     from gnomon.project import Project
     from gnomon.serving.ingest import publish_and_apply
 
     project = Project(repo)
+    serving = project.config.serving
+    limits = serving.limits
     plan = project.plan
     store = project.store()
     fetcher = project.fetcher(store)
@@ -144,15 +252,20 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
             schemas[group_by, topic] = project.source_schema(group_by, topic)
         return schemas[group_by, topic]
 
-    app = FastAPI(title="Gnomon feature server", version="1",
-                  description="Chronon's fetch contract over a Gnomon feature repo.")
+    app = FastAPI(
+        title="Gnomon feature server",
+        version="1",
+        description="Chronon's fetch contract over a Gnomon feature repo.",
+    )
 
     def dumps(body: Any, status: int = 200) -> Response:
         return Response(_json_bytes(body), status_code=status, media_type="application/json")
 
     # the key fields each route needs, per name (computed once: this is the hot path)
-    key_fields = {("join", name): sorted({c for part in join.parts for c in part.key_columns.values()})
-                  for name, join in plan.joins.items()}
+    key_fields = {
+        ("join", name): sorted({c for part in join.parts for c in part.key_columns.values()})
+        for name, join in plan.joins.items()
+    }
     key_fields.update({("groupby", name): list(group_by.keys) for name, group_by in plan.group_bys.items()})
 
     def required_keys(kind: str, name: str) -> list[str]:
@@ -169,46 +282,63 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
         status = 200
         try:
             keys_needed = required_keys(kind, name)
-            keys = _parse_array(body, "key")
+            keys = _parse_array(body, "key", limits)
             for index, key in enumerate(keys):
                 for field in keys_needed:
                     if field not in key:
-                        raise BadRequest(f"body[{index}].{field}: missing key field (this {kind} needs "
-                                         f"{', '.join(keys_needed)})")
+                        raise BadRequest(
+                            f"body[{index}].{field}: missing key field (this {kind} needs "
+                            f"{', '.join(keys_needed)})"
+                        )
             at = _parse_at(at_param)
-            results = await (fetcher.fetch_join_async if kind == "join" else fetcher.fetch_group_by_async)(name, keys, at)
+            results = await (fetcher.fetch_join_async if kind == "join" else fetcher.fetch_group_by_async)(
+                name, keys, at
+            )
             for result in results:
                 metrics.results.inc(result.status)
             payload = _json_bytes({"results": [result.to_json() for result in results]})
         except UnknownObjectError as error:
             status, payload = 404, _json_bytes({"error": str(error)})
         except BadRequest as error:
-            status, payload = error.status, _json_bytes({"error": str(error)})
+            status, payload = error.status, error.payload()
         metrics.latency.observe(f"/v1/features/{kind}", time.perf_counter() - started)
         return status, payload
 
     async def fetch(kind: str, name: str, request: Request) -> Response:
-        status, payload = await fetch_response(kind, name, await request.body(), request.query_params.get("at"))
+        try:
+            body = await _read_body(request, limits.body_bytes, _FETCH_FIX)
+        except BadRequest as error:
+            return Response(error.payload(), status_code=error.status, media_type="application/json")
+        status, payload = await fetch_response(kind, name, body, request.query_params.get("at"))
         return Response(payload, status_code=status, media_type="application/json")
 
-    @app.post("/v1/features/join/{name}", openapi_extra={"requestBody": _KEYS_BODY},
-              summary="Fetch a Join's feature vectors for a list of keys")
+    @app.post(
+        "/v1/features/join/{name}",
+        openapi_extra={"requestBody": _KEYS_BODY},
+        summary="Fetch a Join's feature vectors for a list of keys",
+    )
     async def fetch_join(name: str, request: Request) -> Response:
         return await fetch("join", name, request)
 
-    @app.post("/v1/features/groupby/{name}", openapi_extra={"requestBody": _KEYS_BODY},
-              summary="Fetch one GroupBy's values for a list of keys")
+    @app.post(
+        "/v1/features/groupby/{name}",
+        openapi_extra={"requestBody": _KEYS_BODY},
+        summary="Fetch one GroupBy's values for a list of keys",
+    )
     async def fetch_group_by(name: str, request: Request) -> Response:
         return await fetch("groupby", name, request)
 
-    app.add_middleware(FetchFastPath, respond=fetch_response)
+    app.add_middleware(FetchFastPath, respond=fetch_response, max_body=limits.body_bytes)
 
-    @app.post("/v1/events/{topic}", openapi_extra={"requestBody": _EVENTS_BODY},
-              summary="Ingest events into a topic (sync=true: return once servable)")
+    @app.post(
+        "/v1/events/{topic}",
+        openapi_extra={"requestBody": _EVENTS_BODY},
+        summary="Ingest events into a topic (sync=true: return once servable)",
+    )
     async def ingest(topic: str, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            events = _parse_array(await request.body(), "event")
+            events = _parse_array(await _read_body(request, limits.body_bytes, _PUSH_FIX), "event", limits)
             sync = request.query_params.get("sync", "false").lower() in ("1", "true", "yes")
             if state["broker"] is None:  # an unknown topic is rejected by publish_and_apply (404)
                 state["broker"] = project.broker()
@@ -220,29 +350,77 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
         except UnknownObjectError as error:
             response = dumps({"error": str(error)}, 404)
         except BadRequest as error:
-            response = dumps({"error": str(error)}, error.status)
+            response = Response(error.payload(), status_code=error.status, media_type="application/json")
         metrics.latency.observe("/v1/events", time.perf_counter() - started)
         return response
 
     @app.get("/health", summary="Liveness and what is served")
     async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "joins": sorted(j for j, p in plan.joins.items() if p.online),
-                             "groupBys": sorted(g for g, p in plan.group_bys.items() if p.online)})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "joins": sorted(j for j, p in plan.joins.items() if p.online),
+                "groupBys": sorted(g for g, p in plan.group_bys.items() if p.online),
+            }
+        )
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    if serving.tokens_file is not None:  # outermost: in front of the fetch fast path too
+        from gnomon.serving.auth import Authenticator, AuthMiddleware
+
+        authenticator = Authenticator(serving.tokens_file, metrics_open=serving.metrics == "open")
+        app.add_middleware(AuthMiddleware, auth=authenticator)
+        _document_auth(app, authenticator)
+        app.state.auth = authenticator
     app.state.metrics = metrics
     return app
 
 
-def serve(repo: str | Path = ".", host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the service with uvicorn until interrupted."""
+def _document_auth(app: Any, authenticator: Any) -> None:
+    """Declare the bearer scheme and each route's scope in the OpenAPI schema (the docs' Authorize)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema  # type: ignore[no-any-return]
+        schema: dict[str, Any] = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token from `gnomon token create NAME --scopes fetch|push|fetch,push`.",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            scope = authenticator.required_scope(path)
+            if scope is None:
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                needs = "a token of any scope" if scope not in ("fetch", "push") else f"scope `{scope}`"
+                operation["description"] = (operation.get("description") or "") + f"\n\nNeeds {needs}."
+        return schema
+
+    app.openapi = openapi
+
+
+def serve(
+    repo: str | Path = ".",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+) -> None:
+    """Run the service with uvicorn until interrupted; HTTPS with ``tls_cert`` and ``tls_key`` (PEM)."""
     from gnomon.extras import require
 
     uvicorn = require("uvicorn", "serve", "the HTTP server")
     app = create_app(repo)
+    tls: dict[str, Any] = {}
+    if tls_cert is not None or tls_key is not None:
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
     gc.collect()
     gc.freeze()  # the plan, the app and the imports never become garbage: keep collections of them short
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # no access log: it would not show headers (so no token) anyway, and it costs time per request
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **tls)

@@ -12,9 +12,15 @@ from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Record
 
 
-def publish_and_apply(plan: Plan, broker: Broker, store: OnlineStore, topic: str,
-                      events: Sequence[Mapping[str, Any]], sync: bool,
-                      schemas: Callable[[str, str], Any] | None = None) -> list[str]:
+def publish_and_apply(
+    plan: Plan,
+    broker: Broker,
+    store: OnlineStore,
+    topic: str,
+    events: Sequence[Mapping[str, Any]],
+    sync: bool,
+    schemas: Callable[[str, str], Any] | None = None,
+) -> list[str]:
     """Publish ``events`` to ``topic``; with ``sync``, also apply them now for every GroupBy reading
     the topic. The stream worker applies them again later, which changes nothing (event ids).
     ``schemas(group_by, topic)`` gives the warehouse schema events are read with."""

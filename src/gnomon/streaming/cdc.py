@@ -80,11 +80,13 @@ def _epoch_ms(value: object, name: str, kind: str) -> int:
     else:
         raise MutationFormatError(
             f"bad mutation time: {kind} {name!r} must be epoch milliseconds as a JSON integer, "
-            f"got {_show(value)}; send the time as an integer number of milliseconds since 1970-01-01 UTC")
+            f"got {_show(value)}; send the time as an integer number of milliseconds since 1970-01-01 UTC"
+        )
     if not _INT64_MIN <= number <= _INT64_MAX:
         raise MutationFormatError(
             f"bad mutation time: {kind} {name!r} = {number} is outside the 64-bit integer range; "
-            "send epoch milliseconds")
+            "send epoch milliseconds"
+        )
     return number
 
 
@@ -94,13 +96,15 @@ def _check_columns(row: dict[Any, Any], where: str, mutation_time_column: str, r
         if not isinstance(name, str):
             raise MutationFormatError(
                 f"bad mutation row: the {where} has a column name {_show(name)} that is not a string; "
-                "column names must be strings")
+                "column names must be strings"
+            )
     for reserved, role in ((mutation_time_column, "mutation time"), (reversal_column, "reversal flag")):
         if reserved in row:
             raise MutationFormatError(
                 f"reserved column: the {where} has a column {reserved!r}, which the mutation table reserves "
                 f"for the {role}; rename that column in the source table, or give the Query another "
-                "mutation_time_column/reversal_column name")
+                "mutation_time_column/reversal_column name"
+            )
 
 
 def _debezium_envelope(event: dict[Any, Any]) -> dict[Any, Any] | None:
@@ -113,8 +117,9 @@ def _debezium_envelope(event: dict[Any, Any]) -> dict[Any, Any] | None:
     return None
 
 
-def is_debezium(event: dict[str, Any], mutation_time_column: str = "mutation_ts",
-                reversal_column: str = "is_before") -> bool:
+def is_debezium(
+    event: dict[str, Any], mutation_time_column: str = "mutation_ts", reversal_column: str = "is_before"
+) -> bool:
     """Whether :func:`mutation_rows` reads ``event`` as a Debezium change event (maybe a malformed one).
 
     >>> is_debezium({"schema": {}, "payload": {"op": "c", "after": {"id": 1}, "ts_ms": 5}})
@@ -127,8 +132,9 @@ def is_debezium(event: dict[str, Any], mutation_time_column: str = "mutation_ts"
     return _debezium_envelope(event) is not None
 
 
-def mutation_rows(event: object, mutation_time_column: str = "mutation_ts",
-                  reversal_column: str = "is_before") -> list[dict[str, Any]]:
+def mutation_rows(
+    event: object, mutation_time_column: str = "mutation_ts", reversal_column: str = "is_before"
+) -> list[dict[str, Any]]:
     """The mutation-table rows of one parsed JSON mutation event (see the module docstring).
 
     Each row is a new dict: the row's columns, then ``mutation_time_column`` (int epoch ms) and
@@ -140,27 +146,36 @@ def mutation_rows(event: object, mutation_time_column: str = "mutation_ts",
      {'id': 1, 'balance': 9, 'mutation_ts': 1700000000000, 'is_before': False}]
     """
     if mutation_time_column == reversal_column:
-        raise ValueError("the mutation time and reversal columns must differ, "
-                         f"both are {mutation_time_column!r}")
+        raise ValueError(
+            f"the mutation time and reversal columns must differ, both are {mutation_time_column!r}"
+        )
     if not isinstance(event, dict):
-        hint = (" (a Kafka tombstone carries no change: configure the Debezium connector with "
-                "tombstones.on.delete=false)" if event is None else "")
+        hint = (
+            " (a Kafka tombstone carries no change: configure the Debezium connector with "
+            "tombstones.on.delete=false)"
+            if event is None
+            else ""
+        )
         raise MutationFormatError(
-            f"bad mutation event: a mutation event must be a JSON object, got {_show(event)}{hint}")
+            f"bad mutation event: a mutation event must be a JSON object, got {_show(event)}{hint}"
+        )
     if mutation_time_column in event and reversal_column in event:
         return [_row_format(event, mutation_time_column, reversal_column)]
     envelope = _debezium_envelope(event)
     if envelope is not None:
         return _debezium_rows(envelope, mutation_time_column, reversal_column)
-    expected = (f"a mutation row needs {mutation_time_column!r} and {reversal_column!r} beside its columns, "
-                f"or send a Debezium change event {_DEBEZIUM_FIELDS}")
+    expected = (
+        f"a mutation row needs {mutation_time_column!r} and {reversal_column!r} beside its columns, "
+        f"or send a Debezium change event {_DEBEZIUM_FIELDS}"
+    )
     if mutation_time_column in event:
         raise MutationFormatError(f"missing reversal flag: {reversal_column!r} is missing; {expected}")
     if reversal_column in event:
         raise MutationFormatError(f"missing mutation time: {mutation_time_column!r} is missing; {expected}")
     raise MutationFormatError(
         f"unknown mutation format: the event has neither {mutation_time_column!r} and {reversal_column!r} "
-        f"nor 'op'; {expected}")
+        f"nor 'op'; {expected}"
+    )
 
 
 def _row_format(event: dict[Any, Any], mutation_time_column: str, reversal_column: str) -> dict[str, Any]:
@@ -168,37 +183,44 @@ def _row_format(event: dict[Any, Any], mutation_time_column: str, reversal_colum
         if not isinstance(name, str):
             raise MutationFormatError(
                 f"bad mutation row: the row has a column name {_show(name)} that is not a string; "
-                "column names must be strings")
+                "column names must be strings"
+            )
     row: dict[str, Any] = dict(event)
     row[mutation_time_column] = _epoch_ms(event[mutation_time_column], mutation_time_column, "the row's")
     flag = event[reversal_column]
     if not isinstance(flag, bool):
         raise MutationFormatError(
             f"bad reversal flag: the row's {reversal_column!r} must be JSON true or false, "
-            f"got {_show(flag)}; send true for an old row image (taken back) and false for a new one")
+            f"got {_show(flag)}; send true for an old row image (taken back) and false for a new one"
+        )
     return row
 
 
-def _debezium_rows(envelope: dict[Any, Any], mutation_time_column: str,
-                   reversal_column: str) -> list[dict[str, Any]]:
+def _debezium_rows(
+    envelope: dict[Any, Any], mutation_time_column: str, reversal_column: str
+) -> list[dict[str, Any]]:
     if "op" not in envelope:
         raise MutationFormatError(
             "bad Debezium event: a Debezium event without 'op' cannot be applied; send the connector's "
-            f"change events unmodified {_DEBEZIUM_FIELDS}, op one of 'c', 'u', 'd', 'r'")
+            f"change events unmodified {_DEBEZIUM_FIELDS}, op one of 'c', 'u', 'd', 'r'"
+        )
     op = envelope["op"]
     if isinstance(op, str) and op in _NON_ROW_OPS:
         raise MutationFormatError(
             f"unsupported Debezium op: op {op!r} ({_NON_ROW_OPS[op]}) cannot be applied as row mutations; "
             "keep such events off the mutation topic (e.g. the connector's skipped.operations=t) and "
-            "reload the entity through its snapshot table")
+            "reload the entity through its snapshot table"
+        )
     if not isinstance(op, str) or op not in _ROW_OPS:
         raise MutationFormatError(
             f"bad Debezium event: 'op' must be one of 'c', 'u', 'd', 'r', got {_show(op)}; "
-            "send the connector's change events unmodified")
+            "send the connector's change events unmodified"
+        )
     if "ts_ms" not in envelope:
         raise MutationFormatError(
             "missing mutation time: the Debezium event has no 'ts_ms'; send the connector's change "
-            "events unmodified (the envelope's ts_ms is the mutation time)")
+            "events unmodified (the envelope's ts_ms is the mutation time)"
+        )
     ts = _epoch_ms(envelope["ts_ms"], "ts_ms", "the Debezium event's")
     images: dict[str, dict[str, Any] | None] = {}
     for name in ("before", "after"):
@@ -206,7 +228,8 @@ def _debezium_rows(envelope: dict[Any, Any], mutation_time_column: str,
         if image is not None and not isinstance(image, dict):
             raise MutationFormatError(
                 f"bad Debezium event: {name!r} must be a JSON object or null, got {_show(image)}; "
-                "send the connector's change events unmodified")
+                "send the connector's change events unmodified"
+            )
         if image is not None:
             _check_columns(image, f"{name!r} row", mutation_time_column, reversal_column)
         images[name] = image
@@ -215,11 +238,13 @@ def _debezium_rows(envelope: dict[Any, Any], mutation_time_column: str,
         raise MutationFormatError(
             f"missing before image: a Debezium {_ROW_OPS[op]} (op {op!r}) without a 'before' row cannot "
             "take the old row back; the source table must publish full before-images "
-            "(Postgres: ALTER TABLE ... REPLICA IDENTITY FULL; MySQL: binlog_row_image=FULL)")
+            "(Postgres: ALTER TABLE ... REPLICA IDENTITY FULL; MySQL: binlog_row_image=FULL)"
+        )
     if op in ("c", "r", "u") and after is None:
         raise MutationFormatError(
             f"bad Debezium event: a Debezium {_ROW_OPS[op]} (op {op!r}) needs an 'after' row, got none; "
-            "send the connector's change events unmodified")
+            "send the connector's change events unmodified"
+        )
     rows: list[dict[str, Any]] = []
     if op in ("u", "d"):
         assert before is not None

@@ -30,7 +30,7 @@ import pyarrow.json as pa_json
 from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
-from gnomon.online.features import SOURCE_COLUMN, row_columns
+from gnomon.online.features import SOURCE_COLUMN, row_columns, stream_id
 from gnomon.online.records import (
     dead_letter_key,
     encode_stream_rows,
@@ -77,8 +77,13 @@ class QueryEvaluator:
     computed column-wise by Arrow: the row key (``rows_prefix`` + the `entity_key` JSON; null where
     only Python can write it) and the event id."""
 
-    def __init__(self, group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None = None,
-                 rows_prefix: bytes = b"") -> None:
+    def __init__(
+        self,
+        group_by: GroupByPlan,
+        source: SourcePlan,
+        schema: pa.Schema | None = None,
+        rows_prefix: bytes = b"",
+    ) -> None:
         self.group_by = group_by
         # the warehouse table's schema: events are read with the same column types as offline, a
         # field an event leaves out is null, and a value of the wrong type is a dead letter
@@ -94,20 +99,30 @@ class QueryEvaluator:
             if self.schema is None:
                 from gnomon.errors import ConfigError
 
-                raise ConfigError(f"GroupBy {group_by.name!r}: snapshot table {source.table!r} has no partition yet, "
-                                  "so its mutation rows cannot be read; land a snapshot and run `gnomon upload` first")
+                raise ConfigError(
+                    f"GroupBy {group_by.name!r}: snapshot table {source.table!r} has no partition yet, "
+                    "so its mutation rows cannot be read; land a snapshot and run `gnomon upload` first"
+                )
             mutation_time, reversal = source.mutation_time_column, source.reversal_column
             raw = [n for n in self.schema.names if n not in (mutation_time, reversal)]
-            selects.update({"__mutation_ts": f"CAST({quote(mutation_time)} AS BIGINT)",
-                            "__is_before": f"CAST({quote(reversal)} AS BOOLEAN)", "__row_id": row_id_sql(raw)})
+            selects.update(
+                {
+                    "__mutation_ts": f"CAST({quote(mutation_time)} AS BIGINT)",
+                    "__is_before": f"CAST({quote(reversal)} AS BOOLEAN)",
+                    "__row_id": row_id_sql(raw),
+                }
+            )
             if time_column == "ts" and "ts" not in raw:  # rows without a time are known as of their mutation
                 time_column = quote(mutation_time)
         wanted = [*group_by.keys, *[c for c in self.columns if c not in group_by.keys]]
-        select_list = ", ".join(f"({selects[c]}) AS {quote(c)}" if c in selects else f"NULL AS {quote(c)}"
-                                for c in wanted)
+        select_list = ", ".join(
+            f"({selects[c]}) AS {quote(c)}" if c in selects else f"NULL AS {quote(c)}" for c in wanted
+        )
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
-        self.sql = (f"SELECT __index, __partition, __offset, __seq, {select_list}, "
-                    f"CAST(({time_column}) AS BIGINT) AS ts FROM __events WHERE {where}")
+        self.sql = (
+            f"SELECT __index, __partition, __offset, __seq, __published, {select_list}, "
+            f"CAST(({time_column}) AS BIGINT) AS ts FROM __events WHERE {where}"
+        )
         self.rows_prefix = rows_prefix
         self.source = source
         self._relation: duckdb.DuckDBPyRelation | None = None
@@ -127,20 +142,30 @@ class QueryEvaluator:
         if data.count(b"\n") != len(payloads) - 1:
             return None
         try:
-            table = pa_json.read_json(io.BytesIO(data), read_options=_JSON_READ, parse_options=self._json_parse)
+            table = pa_json.read_json(
+                io.BytesIO(data), read_options=_JSON_READ, parse_options=self._json_parse
+            )
         except (pa.ArrowException, ValueError):
             return None
         if table.num_rows != len(payloads):
             return None
-        columns = [column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
-                   for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)]
-        if self.mutations and any(columns[self.schema.get_field_index(name)].null_count
-                                  for name in (self.source.mutation_time_column, self.source.reversal_column)):
+        columns = [
+            column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
+            for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)
+        ]
+        if self.mutations and any(
+            columns[self.schema.get_field_index(name)].null_count
+            for name in (self.source.mutation_time_column, self.source.reversal_column)
+        ):
             return None  # not mutation rows (e.g. Debezium events): converted event by event
         return self._with_origins(pa.Table.from_arrays(columns, schema=self.schema), records)
 
-    def table(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None,
-              suffixes: Sequence[str] | None = None) -> pa.Table:
+    def table(
+        self,
+        events: list[dict[str, Any]],
+        origins: Sequence[Record] | None = None,
+        suffixes: Sequence[str] | None = None,
+    ) -> pa.Table:
         """Parsed events as an Arrow table of the warehouse schema, plus ``__index`` (their
         position) and their records' ``__partition`` and ``__offset``.
 
@@ -148,27 +173,48 @@ class QueryEvaluator:
         a value of the wrong type raises), without its per-row overhead."""
         if self.schema is None:
             return self._with_origins(pa.Table.from_pylist(events), origins, len(events), suffixes)
-        arrays = [pa.array(_as_decimals([event.get(f.name) for event in events])
-                           if pa.types.is_decimal(f.type) else [event.get(f.name) for event in events], type=f.type)
-                  for f in self.schema]
-        return self._with_origins(pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events), suffixes)
+        arrays = [
+            pa.array(
+                _as_decimals([event.get(f.name) for event in events])
+                if pa.types.is_decimal(f.type)
+                else [event.get(f.name) for event in events],
+                type=f.type,
+            )
+            for f in self.schema
+        ]
+        return self._with_origins(
+            pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events), suffixes
+        )
 
     @staticmethod
-    def _with_origins(table: pa.Table, origins: Sequence[Record] | None, count: int | None = None,
-                      suffixes: Sequence[str] | None = None) -> pa.Table:
+    def _with_origins(
+        table: pa.Table,
+        origins: Sequence[Record] | None,
+        count: int | None = None,
+        suffixes: Sequence[str] | None = None,
+    ) -> pa.Table:
         """``suffixes``: appended to each row's offset in its event id (a record that converts to
         several mutation rows gives each its own id; the order ``__seq`` is the record's)."""
         n = len(origins) if origins is not None else count or 0
         table = table.append_column("__index", pa.array(range(n), pa.int64()))
-        table = table.append_column("__partition", pa.array(
-            ["0"] * n if origins is None else [r.partition for r in origins], pa.string()))
+        table = table.append_column(
+            "__partition",
+            pa.array(["0"] * n if origins is None else [r.partition for r in origins], pa.string()),
+        )
         offsets = pa.array(["0"] * n if origins is None else [r.offset for r in origins], pa.string())
         seqs = _seqs(offsets)
         if suffixes is not None:
             offsets = pc.binary_join_element_wise(offsets, pa.array(suffixes, pa.string()), "")
-        return table.append_column("__offset", offsets).append_column("__seq", seqs)
+        published = pa.array([0] * n if origins is None else [r.published_at_ms for r in origins], pa.int64())
+        return (
+            table.append_column("__offset", offsets)
+            .append_column("__seq", seqs)
+            .append_column("__published", published)
+        )
 
-    def evaluate_table(self, table: pa.Table, stored: bool = True, arrived_at: int | None = None) -> dict[str, list[Any]]:
+    def evaluate_table(
+        self, table: pa.Table, stored: bool = True, arrived_at: int | None = None
+    ) -> dict[str, list[Any]]:
         """The Query's output columns (``__index`` = row of ``table``, ``__seq``) for the rows the
         wheres keep; ``stored`` adds each row's store key ``__key`` (``rows_prefix`` + `entity_key`;
         None where only Python can write it) and ``__event_id``, computed column-wise by Arrow; with
@@ -184,16 +230,26 @@ class QueryEvaluator:
         if stored:
             keys = _row_keys(result, self.group_by.keys, self.rows_prefix)
             event_ids = pc.binary_join_element_wise(result["__partition"], result["__offset"], ":")
-            if len(streamed_topics(self.group_by)) > 1:  # offsets of two topics may be equal: ids name the topic
-                event_ids = pc.binary_join_element_wise(self.source.topic or self.source.mutation_topic, event_ids, ":")
-            result = (result.drop_columns(["__partition", "__offset"])
-                      .append_column("__key", keys).append_column("__event_id", event_ids.cast(pa.binary())))
+            if (
+                len(streamed_topics(self.group_by)) > 1
+            ):  # offsets of two topics may be equal: ids name the topic
+                event_ids = pc.binary_join_element_wise(
+                    self.source.topic or self.source.mutation_topic, event_ids, ":"
+                )
+            result = (
+                result.drop_columns(["__partition", "__offset"])
+                .append_column("__key", keys)
+                .append_column("__event_id", event_ids.cast(pa.binary()))
+            )
         encoded = None
         if stored and arrived_at is not None:
             column = result.column
-            encoded = encode_stream_rows_columnar(column("ts").combine_chunks(), arrived_at,
-                                                  column("__seq").combine_chunks(),
-                                                  [column(c).combine_chunks() for c in self.columns])
+            encoded = encode_stream_rows_columnar(
+                column("ts").combine_chunks(),
+                column("__published").combine_chunks(),
+                column("__seq").combine_chunks(),
+                [column(c).combine_chunks() for c in self.columns],
+            )
             if encoded is not None:  # the value columns need not leave Arrow
                 keep = {*self.group_by.keys, "ts"}
                 result = result.drop_columns([c for c in {*self.columns, "__seq"} if c not in keep])
@@ -202,8 +258,12 @@ class QueryEvaluator:
             columns["__row"] = encoded
         return columns
 
-    def evaluate_columns(self, events: list[dict[str, Any]], origins: Sequence[Record] | None = None,
-                         suffixes: Sequence[str] | None = None) -> dict[str, list[Any]]:
+    def evaluate_columns(
+        self,
+        events: list[dict[str, Any]],
+        origins: Sequence[Record] | None = None,
+        suffixes: Sequence[str] | None = None,
+    ) -> dict[str, list[Any]]:
         """`evaluate_table` of parsed events (``__index`` = position in ``events``); with
         ``origins`` (the events' records), also ``__key``, ``__event_id`` and ``__seq``."""
         return self.evaluate_table(self.table(events, origins, suffixes), stored=origins is not None)
@@ -269,7 +329,9 @@ def _row_keys(table: pa.Table, keys: Sequence[str], prefix: bytes) -> pa.Array:
             piece = pc.cast(column, pa.string())
         elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             quoted = pc.binary_join_element_wise('"', column, '"', "")
-            piece = pc.if_else(pc.match_substring_regex(column, _NEEDS_ESCAPE), pa.scalar(None, quoted.type), quoted)
+            piece = pc.if_else(
+                pc.match_substring_regex(column, _NEEDS_ESCAPE), pa.scalar(None, quoted.type), quoted
+            )
         else:
             return pa.nulls(table.num_rows, pa.binary())
         pieces += [piece, "," if index < len(keys) - 1 else "]"]
@@ -285,15 +347,24 @@ class RecordApplier:
     evaluated are its events parsed (orjson, the standard library for what it rejects, such as
     ``NaN``) and evaluated one by one, to isolate the bad ones as dead letters."""
 
-    def __init__(self, group_by: GroupByPlan, store: OnlineStore, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None, topic: str | None = None, plan: Plan | None = None,
-                 left_schema: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        group_by: GroupByPlan,
+        store: OnlineStore,
+        clock: Callable[[], float] = time.time,
+        schema: pa.Schema | None = None,
+        topic: str | None = None,
+        plan: Plan | None = None,
+        left_schema: pa.Schema | None = None,
+    ) -> None:
         topics = streamed_topics(group_by)
         if not topics:
             from gnomon.errors import ConfigError
 
-            raise ConfigError(f"GroupBy {group_by.name!r} has no source with a topic; add topic=... to its "
-                              "EventSource (or mutation_topic=... to its EntitySource) to stream it")
+            raise ConfigError(
+                f"GroupBy {group_by.name!r} has no source with a topic; add topic=... to its "
+                "EventSource (or mutation_topic=... to its EntitySource) to stream it"
+            )
         if topic is not None and topic not in topics:
             from gnomon.errors import UnknownObjectError
 
@@ -303,11 +374,13 @@ class RecordApplier:
         self.source = topics[self.topic]
         self.store = store
         self.clock = clock
-        self.evaluator = _evaluator(group_by, self.source, schema, rows_key(group_by.name, b""))
+        self.evaluator = _evaluator(group_by, self.source, schema, rows_key(stream_id(group_by), b""))
         self.enricher = None
         if self.source.kind == "join":  # chaining: the parent's left events, enriched with its features
             if plan is None:
-                raise ValueError(f"GroupBy {group_by.name!r} reads a JoinSource: pass the plan to enrich its events")
+                raise ValueError(
+                    f"GroupBy {group_by.name!r} reads a JoinSource: pass the plan to enrich its events"
+                )
             from gnomon.streaming.chain import Enricher
 
             self.enricher = Enricher(plan, self.source, store, left_schema)
@@ -328,19 +401,33 @@ class RecordApplier:
         enriched, dead = self.enricher.enrich(records)  # a JoinSource: the parent's output rows
         return self._prepare(enriched, records, dead, consumer_group)
 
-    def _prepare(self, records: Sequence[Record], consumed: Sequence[Record], enrichment_dead: list[tuple[Record, str]],
-                 consumer_group: str | None) -> PreparedBatch:
+    def _prepare(
+        self,
+        records: Sequence[Record],
+        consumed: Sequence[Record],
+        enrichment_dead: list[tuple[Record, str]],
+        consumer_group: str | None,
+    ) -> PreparedBatch:
         """`prepare` of ``records`` (what the Query reads), for the ``consumed`` ones (offsets, counts)."""
         arrived_at = int(self.clock() * 1000)
         table = self.evaluator.json_table(records)
         if table is not None:  # the fast path: the whole batch read by Arrow, evaluated in one query
             try:
-                rows, dead = self._complete_rows(self.evaluator.evaluate_table(table, arrived_at=arrived_at), records)
+                rows, dead = self._complete_rows(
+                    self.evaluator.evaluate_table(table, arrived_at=arrived_at), records
+                )
             except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
                 pass  # e.g. a cast in the Query that fails for one event: find it event by event
             else:
-                return self._prepared(consumed, records, rows, enrichment_dead + dead, len(records) - len(dead),
-                                      consumer_group, arrived_at)
+                return self._prepared(
+                    consumed,
+                    records,
+                    rows,
+                    enrichment_dead + dead,
+                    len(records) - len(dead),
+                    consumer_group,
+                    arrived_at,
+                )
         events: list[dict[str, Any]] = []
         origins: list[Record] = []
         suffixes: list[str] = []
@@ -360,7 +447,9 @@ class RecordApplier:
                 continue
             if self.evaluator.mutations:  # a mutation-table row, or a Debezium change event: 1 or 2 rows
                 try:
-                    converted = mutation_rows(event, self.source.mutation_time_column, self.source.reversal_column)
+                    converted = mutation_rows(
+                        event, self.source.mutation_time_column, self.source.reversal_column
+                    )
                 except MutationFormatError as error:
                     dead.append((record, str(error)))
                     continue
@@ -373,18 +462,32 @@ class RecordApplier:
             suffixes.append("")
         rows, evaluation_dead = self._evaluate(events, origins, suffixes)
         dead.extend(evaluation_dead)
-        return self._prepared(consumed, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group,
-                              arrived_at)
+        return self._prepared(
+            consumed, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group, arrived_at
+        )
 
-    def _prepared(self, records: Sequence[Record], origins: Sequence[Record], rows: dict[str, list[Any]],
-                  dead: list[tuple[Record, str]], evaluated: int, consumer_group: str | None,
-                  arrived_at: int) -> PreparedBatch:
+    def _prepared(
+        self,
+        records: Sequence[Record],
+        origins: Sequence[Record],
+        rows: dict[str, list[Any]],
+        dead: list[tuple[Record, str]],
+        evaluated: int,
+        consumer_group: str | None,
+        arrived_at: int,
+    ) -> PreparedBatch:
         """The store items of a micro-batch: ``rows`` (whose ``__index`` points into ``origins``), of
         the ``evaluated`` events the Query read, and the ``dead`` letters; counted in the stats."""
         items = self._stored_rows(rows, origins, arrived_at)
         for record, reason in dead:
-            letter = json.dumps({"reason": reason, "payload": record.payload.decode("utf-8", "replace"),
-                                 "group_by": self.group_by.name, "event_id": record.event_id})
+            letter = json.dumps(
+                {
+                    "reason": reason,
+                    "payload": record.payload.decode("utf-8", "replace"),
+                    "group_by": self.group_by.name,
+                    "event_id": record.event_id,
+                }
+            )
             items.append((dead_letter_key(self.topic), record.event_id.encode(), letter.encode()))
             kind = reason.split(":")[0]
             self.stats.dead_letter_reasons[kind] = self.stats.dead_letter_reasons.get(kind, 0) + 1
@@ -397,8 +500,9 @@ class RecordApplier:
         self.stats.batches += 1
         return PreparedBatch(items, consumer_group, offsets, kept, len(dead))
 
-    def _stored_rows(self, rows: dict[str, list[Any]], origins: Sequence[Record],
-                     arrived_at: int) -> list[tuple[bytes, bytes, bytes]]:
+    def _stored_rows(
+        self, rows: dict[str, list[Any]], origins: Sequence[Record], arrived_at: int
+    ) -> list[tuple[bytes, bytes, bytes]]:
         """(row key, event id, encoded StreamRow) per evaluated row."""
         if not rows or not rows["ts"]:
             return []
@@ -406,23 +510,35 @@ class RecordApplier:
         if None in keys:  # key types the Query cannot encode exactly as entity_key does
             prefix = self.evaluator.rows_prefix
             encoded = _entity_keys([rows[k] for k in self.group_by.keys])
-            keys = [key if key is not None else prefix + python_key for key, python_key in zip(keys, encoded, strict=True)]
-        blobs = rows.get("__row") or encode_stream_rows(rows["ts"], arrived_at, rows["__seq"],
-                                                        zip(*[rows[c] for c in self.evaluator.columns], strict=True))
+            keys = [
+                key if key is not None else prefix + python_key
+                for key, python_key in zip(keys, encoded, strict=True)
+            ]
+        blobs = rows.get("__row") or encode_stream_rows(
+            rows["ts"],
+            rows["__published"],
+            rows["__seq"],
+            zip(*[rows[c] for c in self.evaluator.columns], strict=True),
+        )
         return list(zip(keys, rows["__event_id"], blobs, strict=True))
 
-    def _evaluate(self, events: list[dict[str, Any]], origins: list[Record],
-                  suffixes: list[str]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
+    def _evaluate(
+        self, events: list[dict[str, Any]], origins: list[Record], suffixes: list[str]
+    ) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
         if not events:
             return {}, []
         try:
             rows = self.evaluator.evaluate_columns(events, origins, suffixes)
         except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
             if len(events) == 1:
-                return {}, [(origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")]
+                return {}, [
+                    (origins[0], f"the Query cannot read this event: {_why(self.evaluator, events[0])}")
+                ]
             merged: dict[str, list[Any]] = {}
             dead: list[tuple[Record, str]] = []
-            for index, (event, origin) in enumerate(zip(events, origins, strict=True)):  # isolate the bad events
+            for index, (event, origin) in enumerate(
+                zip(events, origins, strict=True)
+            ):  # isolate the bad events
                 one, bad = self._evaluate([event], [origin], [suffixes[index]])
                 dead.extend(bad)
                 if one:
@@ -432,15 +548,18 @@ class RecordApplier:
             return merged, dead
         return self._complete_rows(rows, origins)
 
-    def _complete_rows(self, rows: dict[str, list[Any]],
-                       origins: Sequence[Record]) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
+    def _complete_rows(
+        self, rows: dict[str, list[Any]], origins: Sequence[Record]
+    ) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
         """The rows with every key and the time, and dead letters for the others."""
         keys, ts = [rows[k] for k in self.group_by.keys], rows["ts"]
         if all(None not in column for column in keys) and None not in ts:
             return rows, []
         keep, dead = [], []
         for position, index in enumerate(rows["__index"]):
-            missing = [k for k, column in zip(self.group_by.keys, keys, strict=True) if column[position] is None]
+            missing = [
+                k for k, column in zip(self.group_by.keys, keys, strict=True) if column[position] is None
+            ]
             if missing:
                 dead.append((origins[index], f"missing key: {missing[0]!r} is null or absent"))
             elif ts[position] is None:
@@ -453,10 +572,20 @@ class RecordApplier:
 class StreamWorker:
     """Consumes one GroupBy's topic into the online store."""
 
-    def __init__(self, group_by: GroupByPlan, store: OnlineStore, broker: Broker, group: str | None = None,
-                 name: str | None = None, clock: Callable[[], float] = time.time,
-                 schema: pa.Schema | None = None, metrics: StreamMetrics | None = None,
-                 topic: str | None = None, plan: Plan | None = None, left_schema: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        group_by: GroupByPlan,
+        store: OnlineStore,
+        broker: Broker,
+        group: str | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] = time.time,
+        schema: pa.Schema | None = None,
+        metrics: StreamMetrics | None = None,
+        topic: str | None = None,
+        plan: Plan | None = None,
+        left_schema: pa.Schema | None = None,
+    ) -> None:
         self.applier = RecordApplier(group_by, store, clock, schema, topic, plan, left_schema)
         self.metrics = metrics
         self.group_by = group_by
@@ -470,8 +599,13 @@ class StreamWorker:
     def stats(self) -> WorkerStats:
         return self.applier.stats
 
-    def run(self, until_caught_up: bool = False, max_records: int = 2000, poll_timeout_s: float = 0.5,
-            stop: Callable[[], bool] | None = None) -> WorkerStats:
+    def run(
+        self,
+        until_caught_up: bool = False,
+        max_records: int = 2000,
+        poll_timeout_s: float = 0.5,
+        stop: Callable[[], bool] | None = None,
+    ) -> WorkerStats:
         """Process micro-batches until stopped (or, with ``until_caught_up``, until the topic's end).
 
         Three stages overlap, one thread each: polling micro-batch N+1, preparing N (parse, Query,
@@ -483,13 +617,17 @@ class StreamWorker:
         target = self.broker.end_offsets(self.topic) if until_caught_up else None
         seen: dict[str, str] = {}
         write: Future[None] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="gnomon-poll") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix="gnomon-write") as writer:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="gnomon-poll") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="gnomon-write") as writer,
+        ):
             polled = reader.submit(self.consumer.poll, max_records, poll_timeout_s)
             try:
                 while stop is None or not stop():
                     records = polled.result()
-                    polled = reader.submit(self.consumer.poll, max_records, 0.0 if records else poll_timeout_s)
+                    polled = reader.submit(
+                        self.consumer.poll, max_records, 0.0 if records else poll_timeout_s
+                    )
                     if records:
                         batch = self.applier.prepare(records, self.group)
                         if write is not None:
@@ -497,8 +635,10 @@ class StreamWorker:
                         write = writer.submit(self._write_and_commit, batch, records)
                         for record in records:
                             seen[record.partition] = record.offset
-                    if target is not None and (_caught_up(seen, target, {}) or (
-                            not records and _caught_up(seen, target, self.store.offsets(self.group)))):
+                    if target is not None and (
+                        _caught_up(seen, target, {})
+                        or (not records and _caught_up(seen, target, self.store.offsets(self.group)))
+                    ):
                         break  # other members of the group may have consumed the rest: their
                         # committed offsets count once polls run dry
             finally:
@@ -530,8 +670,9 @@ class StreamWorker:
 _EVALUATORS: dict[tuple[str, int, int, str | None], QueryEvaluator] = {}
 
 
-def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None,
-               rows_prefix: bytes) -> QueryEvaluator:
+def _evaluator(
+    group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | None, rows_prefix: bytes
+) -> QueryEvaluator:
     """One evaluator per GroupBy, source, schema and thread (DuckDB connections are not shared across
     threads)."""
     import threading
@@ -545,9 +686,11 @@ def _evaluator(group_by: GroupByPlan, source: SourcePlan, schema: pa.Schema | No
 
 
 def consumer_group(group_by: GroupByPlan, topic: str) -> str:
-    """The default consumer group of a GroupBy's topic: ``gnomon.<group_by>``, and
-    ``gnomon.<group_by>.<topic>`` for each topic of a GroupBy with several."""
-    return f"gnomon.{group_by.name}" if len(streamed_topics(group_by)) == 1 else f"gnomon.{group_by.name}.{topic}"
+    """The default consumer group of a GroupBy's topic: ``gnomon.<stream id>`` (`stream_id`: a new
+    definition reads its topics anew), and ``gnomon.<stream id>.<topic>`` for each topic of a
+    GroupBy with several."""
+    name = f"gnomon.{stream_id(group_by)}"
+    return name if len(streamed_topics(group_by)) == 1 else f"{name}.{topic}"
 
 
 def streamed_topics(group_by: GroupByPlan) -> dict[str, SourcePlan]:

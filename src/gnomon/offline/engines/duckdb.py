@@ -66,7 +66,7 @@ def element_type(duck_type: str) -> str:
             depth += char == "("
             depth -= char == ")"
             if char == "," and depth == 0:
-                return inner[index + 1:].strip()
+                return inner[index + 1 :].strip()
     return duck_type
 
 
@@ -108,9 +108,17 @@ class DuckDBEngine:
 
     # ------------------------------------------------------------------ sources
 
-    def source_sql(self, owner: str, sources: Sequence[SourcePlan], start_ds: str | None, end_ds: str | None,
-                   needed: Sequence[str] | None = None, strict: Sequence[str] = (),
-                   entity: tuple[Sequence[str], Sequence[str]] | None = None, row_ids: bool = False) -> str | None:
+    def source_sql(
+        self,
+        owner: str,
+        sources: Sequence[SourcePlan],
+        start_ds: str | None,
+        end_ds: str | None,
+        needed: Sequence[str] | None = None,
+        strict: Sequence[str] = (),
+        entity: tuple[Sequence[str], Sequence[str]] | None = None,
+        row_ids: bool = False,
+    ) -> str | None:
         """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
 
         ``__seq`` orders rows as the SPEC's source order: (ds, source index, file name, row number).
@@ -135,19 +143,32 @@ class DuckDBEngine:
             columns = self._table_columns(files)
             file_rows.extend((_file_ds(f), index, f) for f in files)
             origin = _read_files_sql(files)
-            reads.append(self._query_sql(source, columns, needed, f"(SELECT *, ds AS __ds FROM {origin})",
-                                         "ds", versions=False))
+            reads.append(
+                self._query_sql(
+                    source, columns, needed, f"(SELECT *, ds AS __ds FROM {origin})", "ds", versions=False
+                )
+            )
         if not reads:
             return None
         files_table = self._name("files")
         ordered = sorted(file_rows)
         self.con.execute(f"CREATE TEMP TABLE {files_table} (__filename VARCHAR, __ordinal BIGINT)")
-        self.con.executemany(f"INSERT INTO {files_table} VALUES (?, ?)",
-                             [(file, ordinal) for ordinal, (_, _, file) in enumerate(ordered)])
+        self.con.executemany(
+            f"INSERT INTO {files_table} VALUES (?, ?)",
+            [(file, ordinal) for ordinal, (_, _, file) in enumerate(ordered)],
+        )
         return " UNION ALL BY NAME ".join(f"({r.replace('{files}', files_table)})" for r in reads)
 
-    def _query_sql(self, source: SourcePlan, columns: list[str], needed: Sequence[str] | None, rows: str,
-                   ds_column: str, versions: bool, row_ids: bool = False) -> str:
+    def _query_sql(
+        self,
+        source: SourcePlan,
+        columns: list[str],
+        needed: Sequence[str] | None,
+        rows: str,
+        ds_column: str,
+        versions: bool,
+        row_ids: bool = False,
+    ) -> str:
         """A source's Query over ``rows`` (raw columns, ``__ds``, and ``__seq`` or the file columns)."""
         time_expr = source.time_column
         if source.kind == "entities" and time_expr not in columns and time_expr == "ts":
@@ -155,37 +176,55 @@ class DuckDBEngine:
             end_of_day = f"((CAST({ds_column} AS DATE) - DATE '1970-01-01' + 1) * 86400000 - 1)"
             time_expr = f"COALESCE(__from, {end_of_day})" if versions else end_of_day
         if source.selects is not None:
-            select_list = [f"{expr} AS {quote(name)}" for name, expr in source.selects.items() if name != "ts"]
+            select_list = [
+                f"{expr} AS {quote(name)}" for name, expr in source.selects.items() if name != "ts"
+            ]
         else:
             select_list = [quote(c) for c in columns if c != "ts" and (needed is None or c in needed)]
         where = " AND ".join(f"({w})" for w in source.wheres) or "TRUE"
         seq = "__seq" if versions else "(__files.__ordinal * 4294967296 + file_row_number) AS __seq"
         validity = ("__from, __to, " if versions else "") + ("__row_id, " if row_ids else "")
         join = "" if versions else " JOIN {files} AS __files ON __r.filename = __files.__filename"
-        return (f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
-                f"__ds, '{source.kind}' AS __kind, {validity}{seq} FROM {rows} AS __r{join} WHERE {where}")
+        return (
+            f"SELECT {', '.join([*select_list, ''])}CAST(({time_expr}) AS BIGINT) AS ts, "
+            f"__ds, '{source.kind}' AS __kind, {validity}{seq} FROM {rows} AS __r{join} WHERE {where}"
+        )
 
-    def _entity_read(self, owner: str, source: SourcePlan, index: int, entity: tuple[Sequence[str], Sequence[str]],
-                     file_rows: list[tuple[str, int, str]], row_ids: bool = False) -> str | None:
+    def _entity_read(
+        self,
+        owner: str,
+        source: SourcePlan,
+        index: int,
+        entity: tuple[Sequence[str], Sequence[str]],
+        file_rows: list[tuple[str, int, str]],
+        row_ids: bool = False,
+    ) -> str | None:
         """An entity source's versions for the given (snapshot days, mutation days)."""
         snapshot_days, mutation_days = entity
         if not snapshot_days:
             return None
         self.warehouse.require_partitions(source.table, snapshot_days)
-        snapshot_files = [f for day in snapshot_days for f in self.warehouse.partition_files(source.table, day, day)]
+        snapshot_files = [
+            f for day in snapshot_days for f in self.warehouse.partition_files(source.table, day, day)
+        ]
         check_source(owner, source, self.warehouse, None)
         columns = self._table_columns(snapshot_files)
         mutation_files: list[str] = []
         if source.mutation_table is not None and mutation_days:
             self.warehouse.require_partitions(source.mutation_table, mutation_days)
-            mutation_files = [f for day in mutation_days
-                              for f in self.warehouse.partition_files(source.mutation_table, day, day)]
+            mutation_files = [
+                f
+                for day in mutation_days
+                for f in self.warehouse.partition_files(source.mutation_table, day, day)
+            ]
             check_mutation_columns(owner, source, columns, self._table_columns(mutation_files))
         file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
         versions = _versions_sql(source, columns, snapshot_files, mutation_files, row_ids)
         return self._query_sql(source, columns, None, versions, "__ds", versions=True, row_ids=row_ids)
 
-    def _files(self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()) -> list[str]:
+    def _files(
+        self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()
+    ) -> list[str]:
         table = source.table
         self.warehouse.require_table(table)
         if strict:
@@ -225,13 +264,20 @@ class DuckDBEngine:
             return self._lookup_values(group_by, queries, events, types, owner)
         for column in [*group_by.keys, *(f.input_column for f in group_by.features)]:
             if column not in types:
-                raise DefinitionError(f"the sources do not yield column {column!r}; they yield "
-                                      f"{', '.join(c for c in types if not c.startswith('__'))}",
-                                      obj=owner, field="sources", fix="select it in every source's Query")
+                raise DefinitionError(
+                    f"the sources do not yield column {column!r}; they yield "
+                    f"{', '.join(c for c in types if not c.startswith('__'))}",
+                    obj=owner,
+                    field="sources",
+                    fix="select it in every source's Query",
+                )
         modes = {f.name: self._group_key(f, types[f.input_column], owner) for f in group_by.features}
         entities = any(s.kind == "entities" for s in group_by.sources)
-        framed = [f for f in group_by.features
-                  if not entities and f.operation in FRAMED and modes[f.name] == ("plain", None)]
+        framed = [
+            f
+            for f in group_by.features
+            if not entities and f.operation in FRAMED and modes[f.name] == ("plain", None)
+        ]
         joined_features = [f for f in group_by.features if f not in framed]
         pieces: list[tuple[str, list[FeaturePlan]]] = []
         if framed:
@@ -242,20 +288,32 @@ class DuckDBEngine:
             groups: dict[tuple[str, str | None], list[FeaturePlan]] = {}
             for feature in joined_features:
                 groups.setdefault(modes[feature.name], []).append(feature)
-            pieces += [(self._aggregate_group(mode, sub, features, joined_table, types, owner), features)
-                       for (mode, sub), features in groups.items()]
+            pieces += [
+                (self._aggregate_group(mode, sub, features, joined_table, types, owner), features)
+                for (mode, sub), features in groups.items()
+            ]
         piece_types = {p: self.column_types(p) for p, _ in pieces}
         select = ", ".join(
             f"{null_non_finite(f'{p}.{quote(f.name)}', piece_types[p][f.name])} AS {quote(f.name)}"
-            for f in group_by.features for p, features in pieces if f in features)
+            for f in group_by.features
+            for p, features in pieces
+            if f in features
+        )
         joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p, _ in pieces)
         result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
         for table in [*(p for p, _ in pieces), *([joined_table] if joined_table else [])]:
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         return result
 
-    def _range_join(self, group_by: GroupByPlan, queries: str, events: str, features: list[FeaturePlan],
-                    types: dict[str, str], owner: str) -> str:
+    def _range_join(
+        self,
+        group_by: GroupByPlan,
+        queries: str,
+        events: str,
+        features: list[FeaturePlan],
+        types: dict[str, str],
+        owner: str,
+    ) -> str:
         """Every (query, event) pair of a key with ``earliest window start <= ts < q``, only the columns needed."""
         key_match = " AND ".join(f"q.{quote(k)} = e.{quote(k)}" for k in group_by.keys)
         conditions = [key_match, "e.ts < q.__q"]
@@ -263,25 +321,43 @@ class DuckDBEngine:
         if earliest:
             conditions.append(f"e.ts >= {earliest}")
         if any(s.kind == "entities" for s in group_by.sources):
-            conditions.append("(e.__kind <> 'entities' OR (e.__ds = q.__snap_ds AND (e.__from IS NULL OR e.__from < q.__q) "
-                              "AND (e.__to IS NULL OR q.__q <= e.__to)))")
-        columns = sorted({f.input_column for f in features} | {f.bucket for f in features if f.bucket}
-                         | ({*group_by.value_columns} if not features else set()))
+            conditions.append(
+                "(e.__kind <> 'entities' OR (e.__ds = q.__snap_ds AND (e.__from IS NULL OR e.__from < q.__q) "
+                "AND (e.__to IS NULL OR q.__q <= e.__to)))"
+            )
+        columns = sorted(
+            {f.input_column for f in features}
+            | {f.bucket for f in features if f.bucket}
+            | ({*group_by.value_columns} if not features else set())
+        )
         selected = "".join(f", e.{quote(c)}" for c in columns)
-        return self._materialize("joined", f"SELECT q.__qid, q.__q, e.ts, e.__seq{selected} FROM {queries} AS q "
-                                 f"JOIN {events} AS e ON {' AND '.join(conditions)}", owner)
+        return self._materialize(
+            "joined",
+            f"SELECT q.__qid, q.__q, e.ts, e.__seq{selected} FROM {queries} AS q "
+            f"JOIN {events} AS e ON {' AND '.join(conditions)}",
+            owner,
+        )
 
-    def _aggregate_frames(self, group_by: GroupByPlan, queries: str, events: str, features: list[FeaturePlan],
-                          types: dict[str, str], owner: str) -> str:
+    def _aggregate_frames(
+        self,
+        group_by: GroupByPlan,
+        queries: str,
+        events: str,
+        features: list[FeaturePlan],
+        types: dict[str, str],
+        owner: str,
+    ) -> str:
         """Window aggregates over events and queries sorted together by (keys, ts): for a query row at q
         the frame ``RANGE BETWEEN q - window_start(q) PRECEDING AND 1 PRECEDING`` is exactly
         ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built."""
         keys = [quote(k) for k in group_by.keys]
         columns = sorted({f.input_column for f in features})
         not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
-        union = (f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}, NULL::BIGINT AS __qid "
-                 f"FROM {events} WHERE {not_null} UNION ALL BY NAME "
-                 f"SELECT {', '.join(keys)}, __q AS ts, __qid FROM {queries} WHERE {not_null}")
+        union = (
+            f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}, NULL::BIGINT AS __qid "
+            f"FROM {events} WHERE {not_null} UNION ALL BY NAME "
+            f"SELECT {', '.join(keys)}, __q AS ts, __qid FROM {queries} WHERE {not_null}"
+        )
         windows: dict[tuple[int | None, int | None], str] = {}
         for feature in features:
             windows.setdefault((feature.window_ms, feature.hop_ms), f"w{len(windows)}")
@@ -296,12 +372,16 @@ class DuckDBEngine:
         aggregates = []
         for feature in features:
             column = quote(feature.input_column)
-            suffix = f" FILTER (WHERE {column} IS NOT NULL) OVER {windows[(feature.window_ms, feature.hop_ms)]}"
+            suffix = (
+                f" FILTER (WHERE {column} IS NOT NULL) OVER {windows[(feature.window_ms, feature.hop_ms)]}"
+            )
             check_input_type(feature, owner, types[feature.input_column])
             form = sql_form(feature, column, types[feature.input_column], suffix)
             aggregates.append(f"{form} AS {quote(feature.name)}")
-        sql = (f"SELECT * FROM (SELECT __qid, {', '.join(aggregates)} FROM ({union}) "
-               f"WINDOW {', '.join(definitions)}) WHERE __qid IS NOT NULL")
+        sql = (
+            f"SELECT * FROM (SELECT __qid, {', '.join(aggregates)} FROM ({union}) "
+            f"WINDOW {', '.join(definitions)}) WHERE __qid IS NOT NULL"
+        )
         return self._materialize("framed", sql, owner)
 
     def _group_key(self, feature: FeaturePlan, input_type: str, owner: str) -> tuple[str, str | None]:
@@ -309,23 +389,42 @@ class DuckDBEngine:
         is_list, is_map = input_type.endswith("[]"), input_type.startswith("MAP(")
         if feature.element_wise:
             if not is_list:
-                raise DefinitionError(f"element_wise needs a list input, but {feature.input_column!r} is {input_type}",
-                                      obj=owner, field=f"aggregations[{feature.name}]", fix="remove element_wise=True")
+                raise DefinitionError(
+                    f"element_wise needs a list input, but {feature.input_column!r} is {input_type}",
+                    obj=owner,
+                    field=f"aggregations[{feature.name}]",
+                    fix="remove element_wise=True",
+                )
             if feature.bucket:
-                raise DefinitionError("element_wise with buckets is not supported", obj=owner,
-                                      field=f"aggregations[{feature.name}]", fix="use one or the other")
+                raise DefinitionError(
+                    "element_wise with buckets is not supported",
+                    obj=owner,
+                    field=f"aggregations[{feature.name}]",
+                    fix="use one or the other",
+                )
             return ("element_wise", feature.input_column)
         if is_map:
             if feature.bucket:
-                raise DefinitionError("a map input with buckets is not supported", obj=owner,
-                                      field=f"aggregations[{feature.name}]", fix="use one or the other")
+                raise DefinitionError(
+                    "a map input with buckets is not supported",
+                    obj=owner,
+                    field=f"aggregations[{feature.name}]",
+                    fix="use one or the other",
+                )
             return ("map", feature.input_column)
         if is_list and feature.operation not in _ORDER_FREE:
             return ("list", f"{feature.input_column}|{feature.bucket or ''}")
         return ("bucket", feature.bucket) if feature.bucket else ("plain", None)
 
-    def _aggregate_group(self, mode: str, sub: str | None, features: list[FeaturePlan], joined: str,
-                         types: dict[str, str], owner: str) -> str:
+    def _aggregate_group(
+        self,
+        mode: str,
+        sub: str | None,
+        features: list[FeaturePlan],
+        joined: str,
+        types: dict[str, str],
+        owner: str,
+    ) -> str:
         base_columns = "__qid, __q, ts, __seq"
         sub_column: str | None = None
         if mode == "plain":
@@ -340,19 +439,28 @@ class DuckDBEngine:
             rows = f"(SELECT {base_columns}{extra}, UNNEST({quote(column)}) AS {quote(column)} FROM {joined}{where})"
             sub_column = "__sub" if bucket else None
         elif mode == "map":
-            rows = (f"(SELECT {base_columns}, UNNEST(map_keys({quote(sub)})) AS __sub, "  # type: ignore[arg-type]
-                    f"UNNEST(map_values({quote(sub)})) AS {quote(sub)} FROM {joined})")  # type: ignore[arg-type]
+            column = quote(sub)  # type: ignore[arg-type]
+            rows = (
+                f"(SELECT {base_columns}, UNNEST(map_keys({column})) AS __sub, "
+                f"UNNEST(map_values({column})) AS {column} FROM {joined})"
+            )
             sub_column = "__sub"
         else:  # element_wise
-            rows = (f"(SELECT {base_columns}, UNNEST({quote(sub)}) AS {quote(sub)}, "  # type: ignore[arg-type]
-                    f"UNNEST(generate_series(1, len({quote(sub)}))) AS __sub FROM {joined})")  # type: ignore[arg-type]
+            column = quote(sub)  # type: ignore[arg-type]
+            rows = (
+                f"(SELECT {base_columns}, UNNEST({column}) AS {column}, "
+                f"UNNEST(generate_series(1, len({column}))) AS __sub FROM {joined})"
+            )
             sub_column = "__sub"
         aggregates = []
         folded = []
         for feature in features:
             column = quote(feature.input_column)
-            scalar_type = types[feature.input_column] if mode in ("plain", "bucket") else element_type(
-                types[feature.input_column])
+            scalar_type = (
+                types[feature.input_column]
+                if mode in ("plain", "bucket")
+                else element_type(types[feature.input_column])
+            )
             check_input_type(feature, owner, scalar_type)
             condition = f"{column} IS NOT NULL"
             if feature.window_ms is not None:
@@ -363,8 +471,10 @@ class DuckDBEngine:
                 if feature.operation == "approx_unique_count":
                     form = f"list(DISTINCT {column}) FILTER (WHERE {condition})"
                 else:
-                    form = (f"list(struct_pack(v := {column}, t := ts, s := __seq) ORDER BY ts, __seq) "
-                            f"FILTER (WHERE {condition})")
+                    form = (
+                        f"list(struct_pack(v := {column}, t := ts, s := __seq) ORDER BY ts, __seq) "
+                        f"FILTER (WHERE {condition})"
+                    )
             aggregates.append(f"{form} AS {quote(feature.name)}")
         group_columns = "__qid" + (f", {sub_column}" if sub_column else "")
         inner_sql = f"SELECT {group_columns}, {', '.join(aggregates)} FROM {rows} GROUP BY {group_columns}"
@@ -377,11 +487,17 @@ class DuckDBEngine:
         for feature in features:
             name = quote(feature.name)
             if mode == "element_wise":
-                outer.append(f"CASE WHEN count({name}) = 0 THEN NULL ELSE list({name} ORDER BY __sub) END AS {name}")
+                outer.append(
+                    f"CASE WHEN count({name}) = 0 THEN NULL ELSE list({name} ORDER BY __sub) END AS {name}"
+                )
             else:
-                outer.append(f"NULLIF(map_from_entries(list({{'key': __sub, 'value': {name}}}) "
-                             f"FILTER (WHERE {name} IS NOT NULL)), MAP {{}}) AS {name}")
-        result = self._materialize("grouped", f"SELECT __qid, {', '.join(outer)} FROM {inner} GROUP BY __qid", owner)
+                outer.append(
+                    f"NULLIF(map_from_entries(list({{'key': __sub, 'value': {name}}}) "
+                    f"FILTER (WHERE {name} IS NOT NULL)), MAP {{}}) AS {name}"
+                )
+        result = self._materialize(
+            "grouped", f"SELECT __qid, {', '.join(outer)} FROM {inner} GROUP BY __qid", owner
+        )
         self.con.execute(f"DROP TABLE IF EXISTS {inner}")
         return result
 
@@ -422,22 +538,36 @@ class DuckDBEngine:
         self.con.unregister(f"{name}_view")
         return name
 
-    def _lookup_values(self, group_by: GroupByPlan, queries: str, events: str, types: dict[str, str],
-                       owner: str) -> str:
+    def _lookup_values(
+        self, group_by: GroupByPlan, queries: str, events: str, types: dict[str, str], owner: str
+    ) -> str:
         """GroupBys without aggregations: the columns of the key's row with the greatest ``ts < q``
         (ties: the first in source order), nulls included; every column null when there is none."""
         for column in [*group_by.keys, *group_by.value_columns]:
             if column not in types:
-                raise DefinitionError(f"the sources do not yield column {column!r}", obj=owner, field="sources",
-                                      fix="select it in every source's Query")
+                raise DefinitionError(
+                    f"the sources do not yield column {column!r}",
+                    obj=owner,
+                    field="sources",
+                    fix="select it in every source's Query",
+                )
         joined = self._range_join(group_by, queries, events, [], types, owner)
         packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in group_by.value_columns)
-        picked = self._materialize("picked", f"SELECT __qid, first(struct_pack({packed}) ORDER BY ts DESC, __seq) "
-                                   f"AS __row FROM {joined} GROUP BY __qid", owner)
-        columns = ", ".join(f"{null_non_finite(f'p.__row.{quote(c)}', types[c])} AS {quote(c)}"
-                            for c in group_by.value_columns)
-        values = self._materialize("values", f"SELECT q.__qid, {columns} FROM {queries} AS q "
-                                   f"LEFT JOIN {picked} AS p USING (__qid)", owner)
+        picked = self._materialize(
+            "picked",
+            f"SELECT __qid, first(struct_pack({packed}) ORDER BY ts DESC, __seq) "
+            f"AS __row FROM {joined} GROUP BY __qid",
+            owner,
+        )
+        columns = ", ".join(
+            f"{null_non_finite(f'p.__row.{quote(c)}', types[c])} AS {quote(c)}"
+            for c in group_by.value_columns
+        )
+        values = self._materialize(
+            "values",
+            f"SELECT q.__qid, {columns} FROM {queries} AS q LEFT JOIN {picked} AS p USING (__qid)",
+            owner,
+        )
         for table in (joined, picked):
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         return values
@@ -451,7 +581,9 @@ class DuckDBEngine:
         result = self._name("result")
         if low is None:
             columns = self._empty_columns(group_by)
-            self.con.execute(f"CREATE TEMP TABLE {result} AS SELECT __qid{columns} FROM {queries} WHERE FALSE")
+            self.con.execute(
+                f"CREATE TEMP TABLE {result} AS SELECT __qid{columns} FROM {queries} WHERE FALSE"
+            )
             return result
         span = group_by.max_window_ms
         start_ds = None if span is None else ms_to_ds(low - span - DAY_MS)
@@ -461,23 +593,35 @@ class DuckDBEngine:
             # one query time per (day, midnight or not) is enough to name the partitions
             representative = self.con.execute(
                 f"SELECT DISTINCT CASE WHEN __q % {DAY_MS} = 0 THEN __q ELSE __q - __q % {DAY_MS} + 1 END "
-                f"FROM {queries}").fetchall()
+                f"FROM {queries}"
+            ).fetchall()
             entity = entity_partitions(row[0] for row in representative)
         keys = [k for k in group_by.keys]
-        needed = [*keys, *(f.input_column for f in group_by.features), *(f.bucket for f in group_by.features if f.bucket),
-                  *group_by.value_columns]
+        needed = [
+            *keys,
+            *(f.input_column for f in group_by.features),
+            *(f.bucket for f in group_by.features if f.bucket),
+            *group_by.value_columns,
+        ]
         events_sql = self.source_sql(owner, group_by.sources, start_ds, end_ds, needed, strict, entity)
         shards = max(1, self.config.shards)
         created = False
         for shard in range(shards):
-            shard_filter = "TRUE" if shards == 1 else f"hash({', '.join(quote(k) for k in keys)}) % {shards} = {shard}"
+            shard_filter = (
+                "TRUE" if shards == 1 else f"hash({', '.join(quote(k) for k in keys)}) % {shards} = {shard}"
+            )
             if events_sql is None:
                 events = None
-                values = self._materialize("values", f"SELECT __qid{self._empty_columns(group_by)} FROM {queries}", owner)
+                values = self._materialize(
+                    "values", f"SELECT __qid{self._empty_columns(group_by)} FROM {queries}", owner
+                )
             else:
-                events = self._materialize("events", f"SELECT * FROM ({events_sql}) WHERE {shard_filter} "
-                                           f"AND ts < {high}", owner)
-                shard_queries = self._materialize("queries", f"SELECT * FROM {queries} WHERE {shard_filter}", owner)
+                events = self._materialize(
+                    "events", f"SELECT * FROM ({events_sql}) WHERE {shard_filter} AND ts < {high}", owner
+                )
+                shard_queries = self._materialize(
+                    "queries", f"SELECT * FROM {queries} WHERE {shard_filter}", owner
+                )
                 values = self.aggregate(group_by, shard_queries, events)
                 self.con.execute(f"DROP TABLE IF EXISTS {shard_queries}")
             if created:
@@ -494,8 +638,9 @@ class DuckDBEngine:
     def _empty_columns(self, group_by: GroupByPlan) -> str:
         return "".join(f", NULL AS {quote(c)}" for c in group_by.raw_columns)
 
-    def with_derivations(self, group_by_or_join: GroupByPlan | JoinPlan, table: str, base: list[str],
-                         raw: list[str]) -> tuple[str, list[str]]:
+    def with_derivations(
+        self, group_by_or_join: GroupByPlan | JoinPlan, table: str, base: list[str], raw: list[str]
+    ) -> tuple[str, list[str]]:
         """Apply derivations: SQL over the raw columns; returns (SQL, output feature columns)."""
         derivations = group_by_or_join.derivations
         if not derivations:
@@ -517,8 +662,15 @@ class DuckDBEngine:
             span = group_by.max_window_ms
             start_ds = None if span is None else ms_to_ds(q - span - DAY_MS)
             event_sources = [s for s in group_by.sources if s.kind != "entities"]
-            events_sql = self.source_sql(owner, group_by.sources, start_ds, day, None,
-                                         strict=[day] if event_sources else (), entity=entity_partitions([q]))
+            events_sql = self.source_sql(
+                owner,
+                group_by.sources,
+                start_ds,
+                day,
+                None,
+                strict=[day] if event_sources else (),
+                entity=entity_partitions([q]),
+            )
             keys = ", ".join(quote(k) for k in group_by.keys)
             condition = f"ts < {q}"
             earliest = earliest_start_sql(group_by.features, str(q))
@@ -530,11 +682,16 @@ class DuckDBEngine:
                 "queries",
                 f"SELECT row_number() OVER () AS __qid, *, {q}::BIGINT AS __q, '{day}' AS __snap_ds FROM "
                 f"(SELECT DISTINCT {keys} FROM ({events_sql}) WHERE {condition} AND "
-                + " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys) + ")", owner)
+                + " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
+                + ")",
+                owner,
+            )
             values = self.values_for(group_by, queries)
             joined = self._name("gb_out")
-            self.con.execute(f"CREATE TEMP VIEW {joined} AS SELECT q.* EXCLUDE (__qid, __q, __snap_ds), v.* EXCLUDE (__qid) "
-                             f"FROM {queries} AS q JOIN {values} AS v USING (__qid)")
+            self.con.execute(
+                f"CREATE TEMP VIEW {joined} AS SELECT q.* EXCLUDE (__qid, __q, __snap_ds), v.* EXCLUDE (__qid) "
+                f"FROM {queries} AS q JOIN {values} AS v USING (__qid)"
+            )
             sql, _ = self.with_derivations(group_by, joined, list(group_by.keys), group_by.raw_columns)
             table = self.con.sql(sql).to_arrow_table()
             table = table.sort_by([(k, "ascending") for k in group_by.keys])
@@ -555,35 +712,53 @@ class DuckDBEngine:
             group_by = self.plan.group_bys[part.group_by]
             for key, column in part.key_columns.items():
                 if column not in left_types:
-                    raise DefinitionError(f"GroupBy {part.group_by!r} needs key {key!r} from left column {column!r}, "
-                                          f"which the left rows lack (they have "
-                                          f"{', '.join(c for c in left_types if not c.startswith('__'))})",
-                                          obj=owner, field="right_parts", fix="add the column or set key_mapping")
+                    raise DefinitionError(
+                        f"GroupBy {part.group_by!r} needs key {key!r} from left column {column!r}, "
+                        f"which the left rows lack (they have "
+                        f"{', '.join(c for c in left_types if not c.startswith('__'))})",
+                        obj=owner,
+                        field="right_parts",
+                        fix="add the column or set key_mapping",
+                    )
             q = self._query_time_sql(join, group_by)
             keys = ", ".join(f"{quote(column)} AS {quote(key)}" for key, column in part.key_columns.items())
             queries = self._materialize(
-                "queries", f"SELECT __rid AS __qid, {keys}, {q} AS __q, "
+                "queries",
+                f"SELECT __rid AS __qid, {keys}, {q} AS __q, "
                 f"strftime(CAST(epoch_ms({q}) AS DATE) - 1, '%Y-%m-%d') AS __snap_ds FROM {left} WHERE {q} IS NOT NULL",
-                owner)
+                owner,
+            )
             values = self.values_for(group_by, queries)
             with_keys = self._name("part")
-            self.con.execute(f"CREATE TEMP VIEW {with_keys} AS SELECT q.__qid, "
-                             + "".join(f"q.{quote(k)}, " for k in part.key_columns)
-                             + f"v.* EXCLUDE (__qid) FROM {queries} AS q JOIN {values} AS v USING (__qid)")
-            sql, out = self.with_derivations(group_by, with_keys, ["__qid", *part.key_columns], group_by.raw_columns)
+            self.con.execute(
+                f"CREATE TEMP VIEW {with_keys} AS SELECT q.__qid, "
+                + "".join(f"q.{quote(k)}, " for k in part.key_columns)
+                + f"v.* EXCLUDE (__qid) FROM {queries} AS q JOIN {values} AS v USING (__qid)"
+            )
+            sql, out = self.with_derivations(
+                group_by, with_keys, ["__qid", *part.key_columns], group_by.raw_columns
+            )
             renamed = ", ".join(f"{quote(c)} AS {quote(part.column_prefix + c)}" for c in out)
-            part_table = self._materialize("part_values", f"SELECT __qid AS __rid, {renamed} FROM ({sql})", owner)
+            part_table = self._materialize(
+                "part_values", f"SELECT __qid AS __rid, {renamed} FROM ({sql})", owner
+            )
             feature_tables.append(part_table)
             feature_columns.extend(part.column_prefix + c for c in out)
         left_columns = [c for c in left_types if not c.startswith("__")]
-        select = ", ".join([*(f"l.{quote(c)}" for c in left_columns),
-                            *(f"{t}.{quote(c)}" for t in feature_tables
-                              for c in self.column_types(t) if c != "__rid")])
+        select = ", ".join(
+            [
+                *(f"l.{quote(c)}" for c in left_columns),
+                *(f"{t}.{quote(c)}" for t in feature_tables for c in self.column_types(t) if c != "__rid"),
+            ]
+        )
         joins = " ".join(f"LEFT JOIN {t} ON l.__rid = {t}.__rid" for t in feature_tables)
         extra = ", l.__ds" if "__ds" in left_types else ""
-        assembled = self._materialize("assembled", f"SELECT {select}{extra}, l.__rid FROM {left} AS l {joins}", owner)
-        sql, _ = self.with_derivations(join, assembled, [*left_columns, *(["__ds"] if extra else []), "__rid"],
-                                       feature_columns)
+        assembled = self._materialize(
+            "assembled", f"SELECT {select}{extra}, l.__rid FROM {left} AS l {joins}", owner
+        )
+        sql, _ = self.with_derivations(
+            join, assembled, [*left_columns, *(["__ds"] if extra else []), "__rid"], feature_columns
+        )
         try:
             table = self.con.sql(f"SELECT * FROM ({sql}) ORDER BY __rid").to_arrow_table()
         except duckdb.Error as error:
@@ -605,8 +780,12 @@ class DuckDBEngine:
         owner = f"Join({join.name!r})"
         left_sql = self.source_sql(owner, [join.left], days[0], days[-1], None, strict=list(days))
         wanted = ", ".join(f"'{d}'" for d in days)
-        left = self._materialize("left", f"SELECT row_number() OVER (ORDER BY __seq) AS __rid, * EXCLUDE (__kind, __seq) "
-                                 f"FROM ({left_sql}) WHERE __ds IN ({wanted})", owner)
+        left = self._materialize(
+            "left",
+            f"SELECT row_number() OVER (ORDER BY __seq) AS __rid, * EXCLUDE (__kind, __seq) "
+            f"FROM ({left_sql}) WHERE __ds IN ({wanted})",
+            owner,
+        )
         table = self.join_left(join, left)
         self.con.execute(f"DROP TABLE IF EXISTS {left}")
         ds_column = table.column("__ds")
@@ -621,17 +800,26 @@ class DuckDBEngine:
         owner = f"Join({join.name!r})"
         if join.left.kind == "entities":
             if "ds" not in left.column_names:
-                raise DefinitionError("the left rows need a 'ds' column (the Join's left is an entity source)",
-                                      obj=owner, field="left", fix="add ds (YYYY-MM-DD) to the frame")
+                raise DefinitionError(
+                    "the left rows need a 'ds' column (the Join's left is an entity source)",
+                    obj=owner,
+                    field="left",
+                    fix="add ds (YYYY-MM-DD) to the frame",
+                )
         elif "ts" not in left.column_names:
-            raise DefinitionError("the left rows need a 'ts' column (epoch milliseconds)", obj=owner, field="left",
-                                  fix="add ts = the time each row asks for features, as int64 epoch ms")
+            raise DefinitionError(
+                "the left rows need a 'ts' column (epoch milliseconds)",
+                obj=owner,
+                field="left",
+                fix="add ts = the time each row asks for features, as int64 epoch ms",
+            )
         view = self._name("user_left")
         self.con.register(view, left)
         rename = ", ds AS __ds" if join.left.kind == "entities" else ""
         cast_ts = "* REPLACE (CAST(ts AS BIGINT) AS ts)" if "ts" in left.column_names else "*"
-        table_name = self._materialize("left", f"SELECT row_number() OVER () AS __rid, {cast_ts}{rename} FROM {view}",
-                                       owner)
+        table_name = self._materialize(
+            "left", f"SELECT row_number() OVER () AS __rid, {cast_ts}{rename} FROM {view}", owner
+        )
         self.con.unregister(view)
         result = self.join_left(join, table_name)
         self.con.execute(f"DROP TABLE IF EXISTS {table_name}")
@@ -654,9 +842,11 @@ class DuckDBEngine:
                 self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(namespace)}")
                 schemas.add(namespace)
             file_list = ", ".join(f"'{f}'" for f in files)
-            self.con.execute(f"CREATE OR REPLACE VIEW {quote(namespace)}.{quote(name)} AS SELECT * FROM "
-                             f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
-                             "union_by_name = true)")
+            self.con.execute(
+                f"CREATE OR REPLACE VIEW {quote(namespace)}.{quote(name)} AS SELECT * FROM "
+                f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
+                "union_by_name = true)"
+            )
         yield
 
     def run_staging_query(self, sql: str, days: Sequence[str], owner: str) -> Iterator[tuple[str, pa.Table]]:
@@ -666,8 +856,12 @@ class DuckDBEngine:
             except duckdb.Error as error:
                 raise ExecutionError(f"{owner}: the query failed: {error}") from error
         if "ds" not in table.column_names:
-            raise DefinitionError("the query must select a 'ds' column (the output partition)", obj=owner,
-                                  field="query", fix="add e.g. `ds` or `'{{ end_date }}' AS ds` to the SELECT")
+            raise DefinitionError(
+                "the query must select a 'ds' column (the output partition)",
+                obj=owner,
+                field="query",
+                fix="add e.g. `ds` or `'{{ end_date }}' AS ds` to the SELECT",
+            )
         import pyarrow.compute as pc
 
         ds_column = pc.cast(table.column("ds"), pa.string())
@@ -682,32 +876,49 @@ def _file_ds(file: str) -> str:
 
 def _read_files_sql(files: Sequence[str]) -> str:
     file_list = ", ".join(f"'{f}'" for f in files)
-    return (f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
-            "filename = true, file_row_number = true, union_by_name = true)")
+    return (
+        f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
+        "filename = true, file_row_number = true, union_by_name = true)"
+    )
 
 
-def check_mutation_columns(owner: str, source: SourcePlan, snapshot_columns: list[str],
-                           mutation_columns: list[str]) -> None:
+def check_mutation_columns(
+    owner: str, source: SourcePlan, snapshot_columns: list[str], mutation_columns: list[str]
+) -> None:
     """A mutation table holds the snapshot table's columns plus the mutation time and reversal columns."""
     table = source.mutation_table
     for column in (source.mutation_time_column, source.reversal_column):
         if column not in mutation_columns:
             raise DefinitionError(
                 f"mutation table {table!r} has no column {column!r} (it has {', '.join(mutation_columns)})."
-                + did_you_mean(column, mutation_columns), obj=owner, field="sources",
+                + did_you_mean(column, mutation_columns),
+                obj=owner,
+                field="sources",
                 fix=f"write {column!r} in every mutation row, or name the column with "
-                    "Query(mutation_time_column=..., reversal_column=...)")
-    extra = [c for c in mutation_columns if c not in snapshot_columns
-             and c not in (source.mutation_time_column, source.reversal_column)]
+                "Query(mutation_time_column=..., reversal_column=...)",
+            )
+    extra = [
+        c
+        for c in mutation_columns
+        if c not in snapshot_columns and c not in (source.mutation_time_column, source.reversal_column)
+    ]
     if extra:
         raise DefinitionError(
             f"mutation table {table!r} has column {extra[0]!r}, which snapshot table {source.table!r} does not "
             f"have (it has {', '.join(snapshot_columns)})." + did_you_mean(extra[0], snapshot_columns),
-            obj=owner, field="sources", fix="give both tables the same row columns")
+            obj=owner,
+            field="sources",
+            fix="give both tables the same row columns",
+        )
 
 
-def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequence[str],
-                  mutation_files: Sequence[str], row_ids: bool = False) -> str:
+def _versions_sql(
+    source: SourcePlan,
+    columns: list[str],
+    snapshot_files: Sequence[str],
+    mutation_files: Sequence[str],
+    row_ids: bool = False,
+) -> str:
     """The table's rows as *versions* valid for ``__from < q <= __to`` (null: unbounded) on the day
     after their snapshot ``__ds`` (SPEC §4, with exact deletes for every operation).
 
@@ -718,13 +929,19 @@ def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequen
     delete that removes something ends the k-th copy.
     """
     raw = ", ".join(quote(c) for c in columns)
-    snapshot = (f"SELECT {raw}, ds AS __ds, NULL::BIGINT AS __m, false AS __before, "
-                f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
-                f"FROM {_read_files_sql(snapshot_files)} AS __r JOIN {{files}} AS __files "
-                f"ON __r.filename = __files.__filename")
+    snapshot = (
+        f"SELECT {raw}, ds AS __ds, NULL::BIGINT AS __m, false AS __before, "
+        f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
+        f"FROM {_read_files_sql(snapshot_files)} AS __r JOIN {{files}} AS __files "
+        f"ON __r.filename = __files.__filename"
+    )
     parts = [snapshot]
     if mutation_files:
-        table, time_column, reversal = source.mutation_table, quote(source.mutation_time_column), quote(source.reversal_column)
+        table, time_column, reversal = (
+            source.mutation_table,
+            quote(source.mutation_time_column),
+            quote(source.reversal_column),
+        )
         parts.append(
             f"SELECT {raw}, strftime(CAST(ds AS DATE) - 1, '%Y-%m-%d') AS __ds, "
             f"CASE WHEN {time_column} IS NULL THEN error('mutation table {table}: a row has no "
@@ -735,7 +952,8 @@ def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequen
             f"ELSE CAST({reversal} AS BOOLEAN) END AS __before, "
             f"(__files.__ordinal * 4294967296 + file_row_number) AS __seq "
             f"FROM {_read_files_sql(mutation_files)} AS __r JOIN {{files}} AS __files "
-            f"ON __r.filename = __files.__filename")
+            f"ON __r.filename = __files.__filename"
+        )
     rows = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
     row_id = f", {row_id_sql(columns)} AS __row_id" if row_ids else ""
     if not mutation_files:
@@ -752,7 +970,8 @@ def _versions_sql(source: SourcePlan, columns: list[str], snapshot_files: Sequen
         # inserted rows follow the snapshot's in the order they were applied (source order for ties)
         f"SELECT {raw}, __ds, CASE WHEN __m IS NULL THEN __seq ELSE 4611686018427387904 + row_number() OVER "
         f"(PARTITION BY __ds, __m IS NULL ORDER BY __m, __seq) END AS __seq, __m AS __from, "
-        f"__ends[__copy] AS __to{row_id} FROM __c WHERE NOT __before)")
+        f"__ends[__copy] AS __to{row_id} FROM __c WHERE NOT __before)"
+    )
 
 
 def _to_arrow(values: list[Any]) -> pa.Array:
@@ -761,10 +980,17 @@ def _to_arrow(values: list[Any]) -> pa.Array:
     if isinstance(sample, dict):
         value_sample = next((x for v in values if v for x in v.values() if x is not None), 0)
         value_type = pa.float64() if isinstance(value_sample, float) else pa.int64()
-        return pa.array([None if v is None else list(v.items()) for v in values], pa.map_(pa.string(), value_type))
+        return pa.array(
+            [None if v is None else list(v.items()) for v in values], pa.map_(pa.string(), value_type)
+        )
     if isinstance(sample, float) or (isinstance(sample, int) and any(isinstance(v, float) for v in values)):
-        return pa.array([None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
-                         for v in values], pa.float64())
+        return pa.array(
+            [
+                None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+                for v in values
+            ],
+            pa.float64(),
+        )
     return pa.array(values)
 
 

@@ -16,8 +16,21 @@ from gnomon.errors import DefinitionError
 ORDER_KEY_ASC = "struct_pack(t := ts, s := __seq)"
 ORDER_KEY_DESC = "struct_pack(t := ts, s := -__seq)"  # newest first, first-seen wins a tie
 
-NUMERIC_PREFIXES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-                    "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL", "BOOLEAN")
+NUMERIC_PREFIXES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+    "BOOLEAN",
+)
 FLOAT_PREFIXES = ("FLOAT", "DOUBLE", "DECIMAL")
 
 # Folded by the IR code: no exact SQL twin (moment ratios need the IR's merge formulas; sketches
@@ -40,8 +53,10 @@ def null_non_finite(column: str, duck_type: str) -> str:
         # an entry whose value is not finite is left out, as the IR's finalize leaves out a null value
         return f"NULLIF(map_from_entries(list_filter(map_entries({column}), lambda e: isfinite(e.value))), MAP {{}})"
     if duck_type.startswith("MAP(") and duck_type.endswith(("DOUBLE[])", "FLOAT[])")):
-        return (f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': "
-                f"list_transform(e.value, lambda v: {finite('v')})}}))")
+        return (
+            f"map_from_entries(list_transform(map_entries({column}), lambda e: {{'key': e.key, 'value': "
+            f"list_transform(e.value, lambda v: {finite('v')})}}))"
+        )
     return column
 
 
@@ -70,7 +85,9 @@ _FORMS: dict[str, Callable[[str, str, dict[str, Any], str], str]] = {
     "sum": lambda x, t, p, f: _sum(x, t, f),
     "average": lambda x, t, p, f: finite(f"AVG(CAST({x} AS DOUBLE)){f}"),
     # DuckDB's VAR_POP of a lone NaN is 0; adding 0 * SUM makes any NaN or ±Inf input poison it
-    "variance": lambda x, t, p, f: finite(f"(VAR_POP(CAST({x} AS DOUBLE)){f} + 0 * SUM(CAST({x} AS DOUBLE)){f})"),
+    "variance": lambda x, t, p, f: finite(
+        f"(VAR_POP(CAST({x} AS DOUBLE)){f} + 0 * SUM(CAST({x} AS DOUBLE)){f})"
+    ),
     "min": lambda x, t, p, f: f"MIN({x}){f}",
     "max": lambda x, t, p, f: f"MAX({x}){f}",
     "first": lambda x, t, p, f: f"arg_min({x}, {ORDER_KEY_ASC}){f}",
@@ -92,14 +109,30 @@ def check_input_type(feature: FeaturePlan, owner: str, input_type: str) -> None:
     if feature.operation in numeric_only and not base.startswith(NUMERIC_PREFIXES):
         raise DefinitionError(
             f"{feature.operation.upper()} needs a numeric input, but {feature.input_column!r} is {input_type}",
-            obj=owner, field=f"aggregations[{feature.name}]",
-            fix=f"cast it in the Query, e.g. \"CAST(... AS DOUBLE)\", or use an operation for {input_type} values")
+            obj=owner,
+            field=f"aggregations[{feature.name}]",
+            fix=f'cast it in the Query, e.g. "CAST(... AS DOUBLE)", or use an operation for {input_type} values',
+        )
 
 
 # Computed as window aggregates over one sorted stream of events and queries (DuckDB evaluates
 # these with segment trees, without materialising query × event pairs); the rest use the range join.
-FRAMED = frozenset({"count", "sum", "average", "variance", "min", "max", "first", "last", "first_k", "last_k",
-                    "top_k", "bottom_k"})
+FRAMED = frozenset(
+    {
+        "count",
+        "sum",
+        "average",
+        "variance",
+        "min",
+        "max",
+        "first",
+        "last",
+        "first_k",
+        "last_k",
+        "top_k",
+        "bottom_k",
+    }
+)
 
 
 def sql_form(feature: FeaturePlan, column: str, input_type: str, suffix: str) -> str | None:

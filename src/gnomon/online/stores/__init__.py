@@ -38,7 +38,7 @@ def open_store(url: str, root: Path) -> OnlineStore:
     if url.startswith("sqlite:///"):
         from gnomon.online.stores.sqlite import SQLiteStore
 
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if not path or path.endswith("/"):
             raise ConfigError(f"online store URL {url!r} names no database file; expected {_ACCEPTED}")
         return SQLiteStore(Path(root) / Path(path).expanduser())

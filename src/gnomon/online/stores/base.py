@@ -34,8 +34,12 @@ class OnlineStore(ABC):
         """Remove values and row sets of these keys."""
 
     @abstractmethod
-    def add_rows(self, rows: Sequence[tuple[bytes, bytes, bytes]], consumer: str | None = None,
-                 offsets: Mapping[str, str] | None = None) -> None:
+    def add_rows(
+        self,
+        rows: Sequence[tuple[bytes, bytes, bytes]],
+        consumer: str | None = None,
+        offsets: Mapping[str, str] | None = None,
+    ) -> None:
         """Add (key, event_id, row) triples, ignoring ids a key already holds, and record ``offsets``
         (partition -> last processed offset) for ``consumer`` — all in one atomic step."""
 
@@ -43,13 +47,15 @@ class OnlineStore(ABC):
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         """Every row each key holds (any order), in key order."""
 
-    def get_with_rows(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[bytes | None],
-                                                                                     list[list[bytes]]]:
+    def get_with_rows(
+        self, keys: Sequence[bytes], row_keys: Sequence[bytes]
+    ) -> tuple[list[bytes | None], list[list[bytes]]]:
         """``get(keys)`` and ``get_rows(row_keys)`` together; a networked store does it in one round trip."""
         return (self.get(keys) if keys else []), (self.get_rows(row_keys) if row_keys else [])
 
-    async def get_with_rows_async(self, keys: Sequence[bytes],
-                                  row_keys: Sequence[bytes]) -> tuple[list[bytes | None], list[list[bytes]]]:
+    async def get_with_rows_async(
+        self, keys: Sequence[bytes], row_keys: Sequence[bytes]
+    ) -> tuple[list[bytes | None], list[list[bytes]]]:
         """`get_with_rows` for an asyncio server. A local store answers in microseconds and simply
         calls it; a networked one awaits the reply without blocking the event loop."""
         return self.get_with_rows(keys, row_keys)

@@ -47,7 +47,7 @@ def _values_and_rows(replies: list[Any], value_commands: int) -> tuple[list[byte
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), CHUNK):
-        yield items[start:start + CHUNK]
+        yield items[start : start + CHUNK]
 
 
 # One script adds a micro-batch's rows and advances the consumer's offsets, atomically (a script
@@ -112,8 +112,9 @@ class RedisStore(OnlineStore):
                 pipe.mget([prefix + key for key in chunk])
             return [value for values in pipe.execute() for value in values]
 
-    def get_with_rows(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[bytes | None],
-                                                                                     list[list[bytes]]]:
+    def get_with_rows(
+        self, keys: Sequence[bytes], row_keys: Sequence[bytes]
+    ) -> tuple[list[bytes | None], list[list[bytes]]]:
         """Values and row sets in one pipeline: one network round trip for a whole fetch."""
         commands, value_commands = self._read_commands(keys, row_keys)
         if not commands:
@@ -127,8 +128,9 @@ class RedisStore(OnlineStore):
                 replies = pipe.execute()
         return _values_and_rows(replies, value_commands)
 
-    async def get_with_rows_async(self, keys: Sequence[bytes],
-                                  row_keys: Sequence[bytes]) -> tuple[list[bytes | None], list[list[bytes]]]:
+    async def get_with_rows_async(
+        self, keys: Sequence[bytes], row_keys: Sequence[bytes]
+    ) -> tuple[list[bytes | None], list[list[bytes]]]:
         """`get_with_rows` on the running event loop's pipelined connection (the loop never blocks)."""
         if self._async_reads is None:
             return self.get_with_rows(keys, row_keys)
@@ -137,7 +139,9 @@ class RedisStore(OnlineStore):
             return [], []
         return _values_and_rows(await self._async_reads.execute(commands), value_commands)
 
-    def _read_commands(self, keys: Sequence[bytes], row_keys: Sequence[bytes]) -> tuple[list[tuple[bytes, ...]], int]:
+    def _read_commands(
+        self, keys: Sequence[bytes], row_keys: Sequence[bytes]
+    ) -> tuple[list[tuple[bytes, ...]], int]:
         value_prefix, rows_prefix = self._value_prefix, self._rows_prefix
         commands = [(b"MGET", *[value_prefix + key for key in chunk]) for chunk in _chunks(keys)]
         return commands + [(b"HVALS", rows_prefix + key) for key in row_keys], len(commands)
@@ -156,19 +160,26 @@ class RedisStore(OnlineStore):
             return
         with self._client.pipeline(transaction=True) as pipe:
             for chunk in _chunks(keys):
-                pipe.delete(*[self._value_prefix + key for key in chunk],
-                            *[self._rows_prefix + key for key in chunk])
+                pipe.delete(
+                    *[self._value_prefix + key for key in chunk], *[self._rows_prefix + key for key in chunk]
+                )
             pipe.execute()
 
-    def add_rows(self, rows: Sequence[tuple[bytes, bytes, bytes]], consumer: str | None = None,
-                 offsets: Mapping[str, str] | None = None) -> None:
+    def add_rows(
+        self,
+        rows: Sequence[tuple[bytes, bytes, bytes]],
+        consumer: str | None = None,
+        offsets: Mapping[str, str] | None = None,
+    ) -> None:
         if offsets and consumer is None:
             raise ValueError("add_rows: offsets need a consumer name to be recorded under")
         if not rows and not offsets:
             return
         arguments = [item for pair in (offsets or {}).items() for item in pair]
         offsets_key = self._offsets_key(consumer or "")
-        chunks = [rows[start:start + ROWS_PER_SCRIPT] for start in range(0, len(rows), ROWS_PER_SCRIPT)] or [[]]
+        chunks = [
+            rows[start : start + ROWS_PER_SCRIPT] for start in range(0, len(rows), ROWS_PER_SCRIPT)
+        ] or [[]]
         blobs = [msgpack.packb(chunk, use_bin_type=False) for chunk in chunks]  # Redis Lua reads no bin type
         if len(blobs) == 1:
             self._add_rows(keys=[offsets_key], args=[self._rows_prefix, blobs[0], *arguments])
@@ -176,8 +187,11 @@ class RedisStore(OnlineStore):
         with self._client.pipeline(transaction=True) as pipe:  # all chunks or none
             for position, blob in enumerate(blobs):
                 last = position == len(blobs) - 1
-                self._add_rows(keys=[offsets_key], args=[self._rows_prefix, blob, *(arguments if last else [])],
-                               client=pipe)
+                self._add_rows(
+                    keys=[offsets_key],
+                    args=[self._rows_prefix, blob, *(arguments if last else [])],
+                    client=pipe,
+                )
             pipe.execute()
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:

@@ -39,8 +39,16 @@ class ReplyError(RuntimeError):
 class FastReads:
     """Read commands to one Redis database, one round trip per call."""
 
-    def __init__(self, hiredis: Any, host: str, port: int, db: int, username: str | None, password: str | None,
-                 timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        hiredis: Any,
+        host: str,
+        port: int,
+        db: int,
+        username: str | None,
+        password: str | None,
+        timeout_s: float | None,
+    ) -> None:
         self._hiredis = hiredis
         self.address = (host, port)
         self.db, self.username, self.password = db, username, password
@@ -97,7 +105,9 @@ class FastReads:
             if reply is False:
                 data = sock.recv(1 << 16)
                 if not data:
-                    raise ReadConnectionError(f"Redis at {self.address[0]}:{self.address[1]} closed the connection")
+                    raise ReadConnectionError(
+                        f"Redis at {self.address[0]}:{self.address[1]} closed the connection"
+                    )
                 reader.feed(data)
             else:
                 replies.append(reply)
@@ -216,8 +226,11 @@ class _PipelinedConnection:
         while self.waiting:
             _count, _replies, future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error if isinstance(error, (OSError, ReadConnectionError))
-                                     else ReadConnectionError(str(error)))
+                future.set_exception(
+                    error
+                    if isinstance(error, (OSError, ReadConnectionError))
+                    else ReadConnectionError(str(error))
+                )
         self.writer.close()
         if self.task is not asyncio.current_task():
             self.task.cancel()
@@ -236,6 +249,12 @@ def fast_reads(client: Any) -> FastReads | None:
     if pool.connection_class is not Connection:  # TLS or a Unix socket
         return None
     options = pool.connection_kwargs
-    return FastReads(hiredis, options.get("host", "localhost"), int(options.get("port", 6379)),
-                     int(options.get("db", 0) or 0), options.get("username"), options.get("password"),
-                     options.get("socket_timeout") or DEFAULT_TIMEOUT_S)
+    return FastReads(
+        hiredis,
+        options.get("host", "localhost"),
+        int(options.get("port", 6379)),
+        int(options.get("db", 0) or 0),
+        options.get("username"),
+        options.get("password"),
+        options.get("socket_timeout") or DEFAULT_TIMEOUT_S,
+    )

@@ -53,8 +53,10 @@ _SCHEMA = (
 _GET_ONE = "SELECT value FROM kv WHERE key = ?"
 _PUT = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 _ADD_ROW = "INSERT OR IGNORE INTO rows (key, event_id, row) VALUES (?, ?, ?)"
-_SET_OFFSET = ('INSERT INTO offsets (consumer, "partition", "offset") VALUES (?, ?, ?)'
-               ' ON CONFLICT (consumer, "partition") DO UPDATE SET "offset" = excluded."offset"')
+_SET_OFFSET = (
+    'INSERT INTO offsets (consumer, "partition", "offset") VALUES (?, ?, ?)'
+    ' ON CONFLICT (consumer, "partition") DO UPDATE SET "offset" = excluded."offset"'
+)
 _GET_OFFSETS = 'SELECT "partition", "offset" FROM offsets WHERE consumer = ?'
 
 
@@ -66,8 +68,14 @@ class SQLiteConnections:
     can close every thread's connection; each is otherwise used by its own thread alone.
     """
 
-    def __init__(self, path: Path, schema: Sequence[str] = (), *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-                 mmap_size: int = MMAP_SIZE) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: Sequence[str] = (),
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        mmap_size: int = MMAP_SIZE,
+    ) -> None:
         self.path = path
         self.schema = tuple(schema)
         self.busy_timeout_ms = busy_timeout_ms
@@ -96,8 +104,13 @@ class SQLiteConnections:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
-                                     check_same_thread=False, cached_statements=_STATEMENT_CACHE)
+        connection = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=_STATEMENT_CACHE,
+        )
         try:
             # Switching to WAL needs an exclusive lock that the busy handler does not always wait
             # for, so retry while another process is creating the same file.
@@ -183,7 +196,7 @@ def _select_rows(count: int) -> str:
 
 def _chunks(keys: Sequence[bytes]) -> Iterator[Sequence[bytes]]:
     for start in range(0, len(keys), CHUNK):
-        yield keys[start:start + CHUNK]
+        yield keys[start : start + CHUNK]
 
 
 class SQLiteStore(OnlineStore):
@@ -200,12 +213,14 @@ class SQLiteStore(OnlineStore):
     >>> store.close()
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-                 mmap_size: int = MMAP_SIZE) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, mmap_size: int = MMAP_SIZE
+    ) -> None:
         self.path = Path(path).absolute()
         self.url = f"sqlite:///{self.path}"
-        self._connections = SQLiteConnections(self.path, _SCHEMA, busy_timeout_ms=busy_timeout_ms,
-                                              mmap_size=mmap_size)
+        self._connections = SQLiteConnections(
+            self.path, _SCHEMA, busy_timeout_ms=busy_timeout_ms, mmap_size=mmap_size
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -234,8 +249,12 @@ class SQLiteStore(OnlineStore):
                 connection.execute(f"DELETE FROM kv WHERE key IN ({_in_list(len(chunk))})", chunk)
                 connection.execute(f"DELETE FROM rows WHERE key IN ({_in_list(len(chunk))})", chunk)
 
-    def add_rows(self, rows: Sequence[tuple[bytes, bytes, bytes]], consumer: str | None = None,
-                 offsets: Mapping[str, str] | None = None) -> None:
+    def add_rows(
+        self,
+        rows: Sequence[tuple[bytes, bytes, bytes]],
+        consumer: str | None = None,
+        offsets: Mapping[str, str] | None = None,
+    ) -> None:
         if offsets and consumer is None:
             raise ValueError("add_rows: offsets need a consumer name to be recorded under")
         if not rows and not offsets:
@@ -248,8 +267,11 @@ class SQLiteStore(OnlineStore):
                 from gnomon.offsets import offset_order
 
                 current = dict(connection.execute(_GET_OFFSETS, (consumer,)).fetchall())
-                advanced = [(consumer, partition, offset) for partition, offset in offsets.items()
-                            if partition not in current or offset_order(offset) > offset_order(current[partition])]
+                advanced = [
+                    (consumer, partition, offset)
+                    for partition, offset in offsets.items()
+                    if partition not in current or offset_order(offset) > offset_order(current[partition])
+                ]
                 connection.executemany(_SET_OFFSET, advanced)
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:

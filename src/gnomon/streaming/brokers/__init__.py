@@ -25,8 +25,10 @@ from gnomon.streaming.brokers.base import Broker, Consumer, Record
 __all__ = ["Broker", "BrokerError", "Consumer", "Record", "offset_order", "open_broker"]
 
 DEFAULT_EMBEDDED_FILE = "stream.db"
-_ACCEPTED = ("embedded, embedded:///relative/path.db, embedded:////absolute/path.db, "
-             "redis://host:port/db or kafka://host:port")
+_ACCEPTED = (
+    "embedded, embedded:///relative/path.db, embedded:////absolute/path.db, "
+    "redis://host:port/db or kafka://host:port"
+)
 
 
 class BrokerError(GnomonError, RuntimeError):
@@ -50,7 +52,7 @@ def open_broker(url: str, root: Path) -> Broker:
     if url == "embedded" or url.startswith("embedded:///"):
         from gnomon.streaming.brokers.embedded import EmbeddedBroker
 
-        path = url[len("embedded:///"):] if url != "embedded" else DEFAULT_EMBEDDED_FILE
+        path = url[len("embedded:///") :] if url != "embedded" else DEFAULT_EMBEDDED_FILE
         if not path or path.endswith("/"):
             raise ConfigError(f"stream broker URL {url!r} names no log file; expected {_ACCEPTED}")
         return EmbeddedBroker(Path(root) / Path(path).expanduser())

@@ -37,16 +37,20 @@ _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS log (topic TEXT, "offset" INTEGER, payload BLOB, published_at INTEGER,'
     ' PRIMARY KEY (topic, "offset")) WITHOUT ROWID',
     'CREATE TABLE IF NOT EXISTS groups (topic TEXT, grp TEXT, "offset" INTEGER,'
-    ' PRIMARY KEY (topic, grp)) WITHOUT ROWID',
+    " PRIMARY KEY (topic, grp)) WITHOUT ROWID",
 )
 _NEXT_OFFSET = 'SELECT COALESCE(MAX("offset"), -1) + 1 FROM log WHERE topic = ?'
 _APPEND = 'INSERT INTO log (topic, "offset", payload, published_at) VALUES (?, ?, ?, ?)'
 _LAST_OFFSET = 'SELECT MAX("offset") FROM log WHERE topic = ?'
-_READ = ('SELECT "offset", payload, published_at FROM log WHERE topic = ?1 AND "offset" > max(?2,'
-         ' COALESCE((SELECT "offset" FROM groups WHERE topic = ?1 AND grp = ?3), -1))'
-         ' ORDER BY "offset" LIMIT ?4')
-_COMMIT = ('INSERT INTO groups (topic, grp, "offset") VALUES (?, ?, ?) ON CONFLICT (topic, grp)'
-           ' DO UPDATE SET "offset" = max("offset", excluded."offset")')
+_READ = (
+    'SELECT "offset", payload, published_at FROM log WHERE topic = ?1 AND "offset" > max(?2,'
+    ' COALESCE((SELECT "offset" FROM groups WHERE topic = ?1 AND grp = ?3), -1))'
+    ' ORDER BY "offset" LIMIT ?4'
+)
+_COMMIT = (
+    'INSERT INTO groups (topic, grp, "offset") VALUES (?, ?, ?) ON CONFLICT (topic, grp)'
+    ' DO UPDATE SET "offset" = max("offset", excluded."offset")'
+)
 
 
 class EmbeddedBroker(Broker):
@@ -80,8 +84,9 @@ class EmbeddedBroker(Broker):
         with write_transaction(self._connections.get()) as connection:
             now_ms = time.time_ns() // 1_000_000  # under the lock: waiting for it is not publishing
             first = int(connection.execute(_NEXT_OFFSET, (topic,)).fetchone()[0])
-            connection.executemany(_APPEND, [(topic, first + index, payload, now_ms)
-                                             for index, payload in enumerate(payloads)])
+            connection.executemany(
+                _APPEND, [(topic, first + index, payload, now_ms) for index, payload in enumerate(payloads)]
+            )
         with self._published:
             self._generation += 1
             self._published.notify_all()
@@ -97,8 +102,11 @@ class EmbeddedBroker(Broker):
 
     def committed(self, topic: str, group: str) -> int | None:
         """The offset ``group`` last committed on ``topic`` (None before its first commit)."""
-        found = self._connections.get().execute(
-            'SELECT "offset" FROM groups WHERE topic = ? AND grp = ?', (topic, group)).fetchone()
+        found = (
+            self._connections.get()
+            .execute('SELECT "offset" FROM groups WHERE topic = ? AND grp = ?', (topic, group))
+            .fetchone()
+        )
         return None if found is None else int(found[0])
 
     def close(self) -> None:
@@ -129,8 +137,9 @@ class EmbeddedConsumer(Consumer):
             if records or remaining <= 0:
                 return records
             with published:
-                published.wait_for(partial(self.broker._published_since, generation),
-                                   timeout=min(step, remaining))
+                published.wait_for(
+                    partial(self.broker._published_since, generation), timeout=min(step, remaining)
+                )
             step = min(step * 2, MAX_WAIT_STEP_S)
 
     def _read(self, max_records: int) -> list[Record]:
@@ -138,8 +147,10 @@ class EmbeddedConsumer(Consumer):
         found = connection.execute(_READ, (self.topic, self._returned, self.group, max_records)).fetchall()
         if found:
             self._returned = found[-1][0]
-        return [Record(self.topic, PARTITION, str(offset), payload, published_at)
-                for offset, payload, published_at in found]
+        return [
+            Record(self.topic, PARTITION, str(offset), payload, published_at)
+            for offset, payload, published_at in found
+        ]
 
     def commit(self, records: Sequence[Record]) -> None:
         mine = [int(record.offset) for record in records if record.topic == self.topic]

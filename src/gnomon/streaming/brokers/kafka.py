@@ -84,16 +84,20 @@ class KafkaBroker(Broker):
         for index, payload in enumerate(payloads):
             while True:
                 try:
-                    producer.produce(topic, value=payload,
-                                     on_delivery=lambda error, message, index=index: delivered(index, error, message))
+                    producer.produce(
+                        topic,
+                        value=payload,
+                        on_delivery=lambda error, message, index=index: delivered(index, error, message),
+                    )
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     producer.poll(0.1)
         remaining = producer.flush(self.flush_timeout_s)
         if failures or remaining or None in ids:
             reason = failures[0] if failures else f"{remaining} not delivered within {self.flush_timeout_s}s"
-            raise BrokerError(f"publishing {len(payloads)} records to Kafka topic {topic!r} at {self.url} "
-                              f"failed: {reason}")
+            raise BrokerError(
+                f"publishing {len(payloads)} records to Kafka topic {topic!r} at {self.url} failed: {reason}"
+            )
         return [event_id for event_id in ids if event_id is not None]
 
     def consumer(self, topic: str, group: str, name: str | None = None) -> KafkaConsumer:
@@ -102,15 +106,21 @@ class KafkaBroker(Broker):
     def end_offsets(self, topic: str) -> dict[str, str]:
         if self._metadata is None:
             # Never subscribes nor commits, so this group id leaves nothing on the cluster.
-            self._metadata = self._kafka.Consumer({**self.config, "group.id": f"gnomon-metadata-{uuid.uuid4().hex}",
-                                                   "enable.auto.commit": False})
+            self._metadata = self._kafka.Consumer(
+                {
+                    **self.config,
+                    "group.id": f"gnomon-metadata-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                }
+            )
         metadata = self._metadata.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return {}
         result: dict[str, str] = {}
         for partition in sorted(metadata.partitions):
-            low, high = self._metadata.get_watermark_offsets(self._kafka.TopicPartition(topic, partition),
-                                                             timeout=METADATA_TIMEOUT_S)
+            low, high = self._metadata.get_watermark_offsets(
+                self._kafka.TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S
+            )
             if high > low:
                 result[str(partition)] = str(high - 1)
         return result
@@ -127,18 +137,21 @@ class KafkaBroker(Broker):
 class KafkaConsumer(Consumer):
     """A Kafka consumer subscribed to one topic, committing by hand."""
 
-    def __init__(self, kafka: ModuleType, config: dict[str, str], topic: str, group: str,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, kafka: ModuleType, config: dict[str, str], topic: str, group: str, name: str | None = None
+    ) -> None:
         self.topic, self.group, self.name = topic, group, name
         self._kafka = kafka
-        settings = {**config, "group.id": group, "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest"}
+        settings = {**config, "group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest"}
         if name:
             settings["client.id"] = name
         self._consumer = kafka.Consumer(settings)
         self._consumer.subscribe([topic])
-        self._ignored = {kafka.KafkaError._PARTITION_EOF, kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
-                         kafka.KafkaError._UNKNOWN_TOPIC}
+        self._ignored = {
+            kafka.KafkaError._PARTITION_EOF,
+            kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+            kafka.KafkaError._UNKNOWN_TOPIC,
+        }
 
     def __repr__(self) -> str:
         return f"KafkaConsumer(topic={self.topic!r}, group={self.group!r})"
@@ -150,14 +163,22 @@ class KafkaConsumer(Consumer):
             if error is not None:
                 # librdkafka recovers from non-fatal errors (broker restarts, rebalances) by itself.
                 if error.fatal() and error.code() not in self._ignored:
-                    raise BrokerError(f"Kafka consumer of topic {self.topic!r} (group {self.group!r}) "
-                                      f"failed: {error}")
+                    raise BrokerError(
+                        f"Kafka consumer of topic {self.topic!r} (group {self.group!r}) failed: {error}"
+                    )
                 continue
             kind, timestamp = message.timestamp()
             if kind == self._kafka.TIMESTAMP_NOT_AVAILABLE or timestamp < 0:
                 timestamp = time.time_ns() // 1_000_000
-            records.append(Record(message.topic(), str(message.partition()), str(message.offset()),
-                                  message.value() or b"", int(timestamp)))
+            records.append(
+                Record(
+                    message.topic(),
+                    str(message.partition()),
+                    str(message.offset()),
+                    message.value() or b"",
+                    int(timestamp),
+                )
+            )
         return records
 
     def commit(self, records: Sequence[Record]) -> None:
@@ -166,9 +187,13 @@ class KafkaConsumer(Consumer):
             key = (record.topic, int(record.partition))
             last[key] = max(last.get(key, -1), int(record.offset))
         if last:
-            self._consumer.commit(offsets=[self._kafka.TopicPartition(topic, partition, offset + 1)
-                                           for (topic, partition), offset in last.items()],
-                                  asynchronous=False)
+            self._consumer.commit(
+                offsets=[
+                    self._kafka.TopicPartition(topic, partition, offset + 1)
+                    for (topic, partition), offset in last.items()
+                ],
+                asynchronous=False,
+            )
 
     def close(self) -> None:
         self._consumer.close()

@@ -64,15 +64,16 @@ class RedisStreamsBroker(Broker):
         ids: list[str] = []
         for start in range(0, len(payloads), PUBLISH_CHUNK):
             with self._client.pipeline(transaction=True) as pipe:
-                for payload in payloads[start:start + PUBLISH_CHUNK]:
+                for payload in payloads[start : start + PUBLISH_CHUNK]:
                     pipe.xadd(key, {PAYLOAD_FIELD: payload})
                 ids.extend(f"{PARTITION}:{entry_id.decode()}" for entry_id in pipe.execute())
         return ids
 
     def consumer(self, topic: str, group: str, name: str | None = None) -> RedisStreamsConsumer:
         name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return RedisStreamsConsumer(self._client, self.stream_key(topic), topic, group, name,
-                                    self.claim_idle_ms)
+        return RedisStreamsConsumer(
+            self._client, self.stream_key(topic), topic, group, name, self.claim_idle_ms
+        )
 
     def end_offsets(self, topic: str) -> dict[str, str]:
         """``{"0": id of the last entry}``, or ``{}`` while the stream is empty."""
@@ -116,9 +117,13 @@ class RedisStreamsConsumer(Consumer):
                 records.append(self._claimed.popleft())
         if len(records) < max_records:
             block_ms = int(timeout_s * 1000) if not records else 0
-            reply = self._raw.xreadgroup(self.group, self.name, {self._key: ">"},
-                                         count=max_records - len(records),
-                                         block=block_ms if block_ms > 0 else None)
+            reply = self._raw.xreadgroup(
+                self.group,
+                self.name,
+                {self._key: ">"},
+                count=max_records - len(records),
+                block=block_ms if block_ms > 0 else None,
+            )
             records.extend(self._records(_raw_entries(reply)))
         self._in_flight.update(record.offset for record in records)
         return records
@@ -130,8 +135,9 @@ class RedisStreamsConsumer(Consumer):
             self._in_flight.difference_update(ids)
 
     def close(self) -> None:
-        summary = self._client.xpending_range(self._key, self.group, min="-", max="+", count=1,
-                                              consumername=self.name)
+        summary = self._client.xpending_range(
+            self._key, self.group, min="-", max="+", count=1, consumername=self.name
+        )
         if not summary:
             self._client.xgroup_delconsumer(self._key, self.group, self.name)
 
@@ -139,8 +145,9 @@ class RedisStreamsConsumer(Consumer):
         """Records delivered to this consumer name earlier and never acknowledged."""
         if self._own_cursor is None:
             return []
-        reply = self._client.xreadgroup(self.group, self.name, {self._key: self._own_cursor},
-                                        count=max_records)
+        reply = self._client.xreadgroup(
+            self.group, self.name, {self._key: self._own_cursor}, count=max_records
+        )
         entries = _entries(reply)
         # A short page means the backlog is read: later pages would repeat what this consumer
         # receives from now on, since that becomes pending under its name too.
@@ -156,16 +163,23 @@ class RedisStreamsConsumer(Consumer):
             if now - self._last_claim < self.claim_idle_ms / 1000:
                 return
             self._claim_cursor = "0-0"
-        reply = self._client.xautoclaim(self._key, self.group, self.name, self.claim_idle_ms,
-                                        start_id=self._claim_cursor, count=max(wanted, 1))
+        reply = self._client.xautoclaim(
+            self._key,
+            self.group,
+            self.name,
+            self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=max(wanted, 1),
+        )
         cursor, entries = reply[0], reply[1]
         cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         if cursor == "0-0":
             self._claim_cursor, self._last_claim = None, now
         else:
             self._claim_cursor = cursor
-        fresh = [entry for entry in entries
-                 if entry[0] is not None and entry[0].decode() not in self._in_flight]
+        fresh = [
+            entry for entry in entries if entry[0] is not None and entry[0].decode() not in self._in_flight
+        ]
         self._claimed.extend(self._records(fresh))
 
     def _records(self, entries: list[Any]) -> list[Record]:
