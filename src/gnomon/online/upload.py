@@ -29,19 +29,23 @@ from gnomon.online.features import (
     keeps_rows,
     online_features,
     row_columns,
+    stream_id,
 )
 from gnomon.online.records import (
     RECORD_VERSION,
+    StreamRow,
     UploadMeta,
     batch_key,
     encode_batch_rows,
     encode_batch_state,
     entity_key,
     meta_key,
+    rows_key,
 )
 from gnomon.online.stores.base import OnlineStore
 
 _CHUNK = 5000
+_META_GRACE_S = 1.0  # longer than a fetcher keeps an upload's meta (`Fetcher.meta_ttl_s`)
 
 
 def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store: OnlineStore) -> int:
@@ -72,7 +76,38 @@ def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store:
             )
         ]
     )
+    if group_by.accuracy == "temporal":
+        time.sleep(_META_GRACE_S)  # fetchers still holding the previous meta may read these rows
+        prune_stream_rows(group_by, store, batch_end, uploaded_at)
     return written
+
+
+def prune_stream_rows(group_by: GroupByPlan, store: OnlineStore, batch_end: int, uploaded_at: int) -> int:
+    """Delete the streamed rows no fetch reads any more, now that an upload as of ``batch_end`` is
+    served: events the upload covers (``ts < batch_end`` and arrived before it started), events
+    older than every window at the batch end, and entity mutations before the batch end (in the
+    snapshot). The next upload supersedes what it covers; returns the number of rows deleted."""
+    span = group_by.max_window_ms
+    entities = any(s.kind == "entities" for s in group_by.sources)
+    prefix = rows_key(stream_id(group_by), b"")
+    doomed: list[tuple[bytes, bytes]] = []
+    deleted = 0
+    for key, rows in store.scan_rows(prefix):
+        for event_id, blob in rows:
+            row = StreamRow.decode(blob)
+            if entities:
+                gone = row.values[-3] is not None and row.values[-3] < batch_end
+            else:
+                covered = row.ts < batch_end and row.arrived_at <= uploaded_at
+                gone = covered or (span is not None and group_by.features and row.ts < batch_end - span)
+            if gone:
+                doomed.append((key, event_id))
+        if len(doomed) >= _CHUNK:
+            store.delete_rows(doomed)
+            deleted += len(doomed)
+            doomed = []
+    store.delete_rows(doomed)
+    return deleted + len(doomed)
 
 
 def _upload_snapshot(

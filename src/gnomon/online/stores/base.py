@@ -13,7 +13,7 @@ Two kinds of records live in a store, both under opaque byte keys built by the c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 class OnlineStore(ABC):
@@ -59,6 +59,14 @@ class OnlineStore(ABC):
         """`get_with_rows` for an asyncio server. A local store answers in microseconds and simply
         calls it; a networked one awaits the reply without blocking the event loop."""
         return self.get_with_rows(keys, row_keys)
+
+    @abstractmethod
+    def scan_rows(self, prefix: bytes) -> Iterator[tuple[bytes, list[tuple[bytes, bytes]]]]:
+        """Every row set whose key starts with ``prefix``: (key, [(event id, row), ...])."""
+
+    @abstractmethod
+    def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        """Remove these (key, event id) rows (a missing one is ignored)."""
 
     @abstractmethod
     def offsets(self, consumer: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ Streams broker uses too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -201,6 +202,25 @@ class RedisStore(OnlineStore):
             for key in keys:
                 pipe.hvals(self._rows_prefix + key)
             return [list(rows) for rows in pipe.execute()]
+
+    def scan_rows(self, prefix: bytes) -> Iterator[tuple[bytes, list[tuple[bytes, bytes]]]]:
+        full = self._rows_prefix + prefix
+        pattern = re.sub(rb"([\\*?\[\]])", rb"\\\1", full) + b"*"
+        keys = list(self._client.scan_iter(match=pattern, count=1000))
+        for chunk in _chunks(keys):
+            with self._client.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hgetall(key)
+                for key, rows in zip(chunk, pipe.execute(), strict=True):
+                    yield key[len(self._rows_prefix) :], list(rows.items())
+
+    def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        if not rows:
+            return
+        with self._client.pipeline(transaction=True) as pipe:
+            for key, event_id in rows:
+                pipe.hdel(self._rows_prefix + key, event_id)
+            pipe.execute()
 
     def offsets(self, consumer: str) -> dict[str, str]:
         stored = self._client.hgetall(self._offsets_key(consumer))

@@ -282,6 +282,29 @@ class SQLiteStore(OnlineStore):
                 found.setdefault(key, []).append(row)
         return [list(found.get(key, ())) for key in keys]
 
+    def scan_rows(self, prefix: bytes) -> Iterator[tuple[bytes, list[tuple[bytes, bytes]]]]:
+        connection = self._connections.get()
+        cursor = connection.execute(
+            "SELECT key, event_id, row FROM rows WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + b"\xff"),
+        )
+        current: bytes | None = None
+        found: list[tuple[bytes, bytes]] = []
+        for key, event_id, row in cursor:
+            if key != current:
+                if current is not None:
+                    yield current, found
+                current, found = key, []
+            found.append((event_id, row))
+        if current is not None:
+            yield current, found
+
+    def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        if not rows:
+            return
+        with write_transaction(self._connections.get()) as connection:
+            connection.executemany("DELETE FROM rows WHERE key = ? AND event_id = ?", rows)
+
     def offsets(self, consumer: str) -> dict[str, str]:
         return dict(self._connections.get().execute(_GET_OFFSETS, (consumer,)).fetchall())
 
