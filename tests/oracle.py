@@ -177,8 +177,10 @@ class ApproxPercentiles:
             below = sum(1 for x in self.values if x < value) / n
             at_most = sum(1 for x in self.values if x <= value) / n
             if below > p + eps or at_most < p - eps:
-                return (f"percentile {p}: {value!r} has rank [{below:.4f}, {at_most:.4f}], not within {eps:.4f} "
-                        f"of {p} (n={n}, sorted values {_short(list(self.values))})")
+                return (
+                    f"percentile {p}: {value!r} has rank [{below:.4f}, {at_most:.4f}], not within {eps:.4f} "
+                    f"of {p} (n={n}, sorted values {_short(list(self.values))})"
+                )
         return None
 
 
@@ -320,7 +322,9 @@ def apply_operation(operation: Any, updates: list[Update]) -> Any:
     if kind == "approx_unique_count":
         return ApproxUniqueCount(distinct, params["lg_k"])
     if kind == "approx_percentile":
-        return ApproxPercentiles(tuple(sorted(float(v) for v in values)), tuple(params["percentiles"]), params["k"])
+        return ApproxPercentiles(
+            tuple(sorted(float(v) for v in values)), tuple(params["percentiles"]), params["k"]
+        )
     counts = Counter(str(v) for v in values)
     if kind == "histogram":
         if params["k"] is None:
@@ -352,9 +356,14 @@ def aggregate(aggregation: Aggregation, rows: Iterable[Row]) -> Any:
     if aggregation.element_wise:
         lengths = {len(u.value) for u in updates}
         assert len(lengths) == 1, f"element_wise input lists of different lengths {lengths}"
-        return [clean_output(apply_operation(operation, [Update(u.ts, u.seq, u.value[i]) for u in updates
-                                                         if u.value[i] is not None]))
-                for i in range(lengths.pop())]
+        return [
+            clean_output(
+                apply_operation(
+                    operation, [Update(u.ts, u.seq, u.value[i]) for u in updates if u.value[i] is not None]
+                )
+            )
+            for i in range(lengths.pop())
+        ]
     if isinstance(updates[0].value, Mapping):
         by_key: dict[str, list[Update]] = {}
         for u in updates:
@@ -369,8 +378,9 @@ def aggregate(aggregation: Aggregation, rows: Iterable[Row]) -> Any:
     return clean_output(apply_operation(operation, updates))
 
 
-def aggregate_column(aggregation: Aggregation, window: Window | None, bucket: str | None, rows: Iterable[Row],
-                     q: int) -> Any:
+def aggregate_column(
+    aggregation: Aggregation, window: Window | None, bucket: str | None, rows: Iterable[Row], q: int
+) -> Any:
     """One output column's value at q over one key's rows (SPEC §2 window, §3 buckets)."""
     start = window_start(q, window)  # in_window(ts, q, window), with the start computed once
     selected = [r for r in rows if r.ts < q and (start is None or r.ts >= start)]
@@ -471,8 +481,12 @@ def match_key(columns: Sequence[str], row: Mapping[str, Any]) -> tuple[Any, ...]
     return tuple(_match_value(row.get(c)) for c in columns)
 
 
-def mutation_changes(mutations: Mapping[str, Sequence[Mapping[str, Any]]], *, mutation_time_column: str = "mutation_ts",
-                     reversal_column: str = "is_before") -> list[Change]:
+def mutation_changes(
+    mutations: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    mutation_time_column: str = "mutation_ts",
+    reversal_column: str = "is_before",
+) -> list[Change]:
     """Every mutation row of every partition (ds -> rows in file order), in replay order."""
     reserved = {mutation_time_column, reversal_column, "ds"}
     changes = []
@@ -480,8 +494,12 @@ def mutation_changes(mutations: Mapping[str, Sequence[Mapping[str, Any]]], *, mu
         for row_number, row in enumerate(mutations[ds]):
             when, before = row[mutation_time_column], row[reversal_column]
             assert _is_int(when), f"mutation row {row_number} of ds={ds}: {mutation_time_column} is {when!r}"
-            assert isinstance(before, bool), f"mutation row {row_number} of ds={ds}: {reversal_column} is {before!r}"
-            changes.append(Change(when, before, ds, row_number, {k: v for k, v in row.items() if k not in reserved}))
+            assert isinstance(before, bool), (
+                f"mutation row {row_number} of ds={ds}: {reversal_column} is {before!r}"
+            )
+            changes.append(
+                Change(when, before, ds, row_number, {k: v for k, v in row.items() if k not in reserved})
+            )
     changes.sort(key=Change.sort_key)
     return changes
 
@@ -492,12 +510,16 @@ def apply_changes(initial: Sequence[Mapping[str, Any]], changes: Iterable[Change
     changes = list(changes)
     rows = [{k: v for k, v in row.items() if k != "ds"} for row in initial]
     columns = sorted({c for r in rows for c in r} | {c for change in changes for c in change.columns})
-    return _apply_keyed([(row, match_key(columns, row)) for row in rows],
-                        [(change, match_key(columns, change.columns)) for change in changes])
+    return _apply_keyed(
+        [(row, match_key(columns, row)) for row in rows],
+        [(change, match_key(columns, change.columns)) for change in changes],
+    )
 
 
-def _apply_keyed(initial: Sequence[tuple[Mapping[str, Any], tuple[Any, ...]]],
-                 changes: Iterable[tuple[Change, tuple[Any, ...]]]) -> list[StateRow]:
+def _apply_keyed(
+    initial: Sequence[tuple[Mapping[str, Any], tuple[Any, ...]]],
+    changes: Iterable[tuple[Change, tuple[Any, ...]]],
+) -> list[StateRow]:
     """`apply_changes` with every row's match key already computed."""
     state = [StateRow(row, None) for row, _ in initial]
     keys = [key for _, key in initial]
@@ -512,17 +534,28 @@ def _apply_keyed(initial: Sequence[tuple[Mapping[str, Any], tuple[Any, ...]]],
     return state
 
 
-def replay(initial: Sequence[Mapping[str, Any]], mutations: Mapping[str, Sequence[Mapping[str, Any]]], q: int, *,
-           after: int | None = None, mutation_time_column: str = "mutation_ts",
-           reversal_column: str = "is_before") -> list[StateRow]:
+def replay(
+    initial: Sequence[Mapping[str, Any]],
+    mutations: Mapping[str, Sequence[Mapping[str, Any]]],
+    q: int,
+    *,
+    after: int | None = None,
+    mutation_time_column: str = "mutation_ts",
+    reversal_column: str = "is_before",
+) -> list[StateRow]:
     """The state at q: ``initial`` rows, then every mutation with ``after <= mutation_ts < q``."""
-    changes = mutation_changes(mutations, mutation_time_column=mutation_time_column, reversal_column=reversal_column)
-    return apply_changes(initial, [c for c in changes if c.mutation_ts < q and (after is None or c.mutation_ts >= after)])
+    changes = mutation_changes(
+        mutations, mutation_time_column=mutation_time_column, reversal_column=reversal_column
+    )
+    return apply_changes(
+        initial, [c for c in changes if c.mutation_ts < q and (after is None or c.mutation_ts >= after)]
+    )
 
 
 def _partition_allowed(query: Any, ds: str) -> bool:
-    return ((query.start_partition is None or ds >= query.start_partition)
-            and (query.end_partition is None or ds <= query.end_partition))
+    return (query.start_partition is None or ds >= query.start_partition) and (
+        query.end_partition is None or ds <= query.end_partition
+    )
 
 
 class MissingPartition(LookupError):
@@ -552,17 +585,36 @@ class Oracle:
             raise MissingPartition(f"{source.snapshot_table} ds={needed} (state at {iso(q)})")
         earliest = min(snapshots)
         assert source.mutation_table is not None
-        mutation_time_column, reversal_column = _column(query.mutation_time_column), _column(query.reversal_column)
-        prepared_key = ("changes", source.snapshot_table, source.mutation_table, mutation_time_column, reversal_column)
+        mutation_time_column, reversal_column = (
+            _column(query.mutation_time_column),
+            _column(query.reversal_column),
+        )
+        prepared_key = (
+            "changes",
+            source.snapshot_table,
+            source.mutation_table,
+            mutation_time_column,
+            reversal_column,
+        )
         if prepared_key not in self._cache:  # every row with its match key, computed once
             after = midnight(earliest) + DAY_MS
-            changes = [c for c in mutation_changes(self.tables.get(source.mutation_table, {}),
-                                                   mutation_time_column=mutation_time_column,
-                                                   reversal_column=reversal_column) if c.mutation_ts >= after]
+            changes = [
+                c
+                for c in mutation_changes(
+                    self.tables.get(source.mutation_table, {}),
+                    mutation_time_column=mutation_time_column,
+                    reversal_column=reversal_column,
+                )
+                if c.mutation_ts >= after
+            ]
             initial = [{k: v for k, v in row.items() if k != "ds"} for row in snapshots[earliest]]
-            columns = sorted({c for r in initial for c in r} | {c for change in changes for c in change.columns})
-            self._cache[prepared_key] = ([(row, match_key(columns, row)) for row in initial],
-                                         [(change, match_key(columns, change.columns)) for change in changes])
+            columns = sorted(
+                {c for r in initial for c in r} | {c for change in changes for c in change.columns}
+            )
+            self._cache[prepared_key] = (
+                [(row, match_key(columns, row)) for row in initial],
+                [(change, match_key(columns, change.columns)) for change in changes],
+            )
         state_key = ("state", *prepared_key, q)
         if state_key not in self._cache:
             initial, changes = self._cache[prepared_key]
@@ -575,8 +627,11 @@ class Oracle:
         rows = []
         for position, state_row in enumerate(self.entity_state(source, q)):
             appended_today = state_row.since is not None and state_row.since >= midnight(today)
-            row = _project_row(source.query, state_row.columns,
-                               (today if appended_today else yesterday, index, PART_FILE, position))
+            row = _project_row(
+                source.query,
+                state_row.columns,
+                (today if appended_today else yesterday, index, PART_FILE, position),
+            )
             if row is not None:
                 rows.append(row)
         return rows
@@ -636,9 +691,11 @@ class Oracle:
     def raw_values(self, group_by: GroupBy, rows: Sequence[Row], q: int) -> dict[str, Any]:
         if not group_by.aggregations:
             return self.lookup_values(group_by, rows, q)
-        return {name: aggregate_column(aggregation, window, bucket, rows, q)
-                for aggregation in group_by.aggregations
-                for window, bucket, name in aggregation.output_columns()}
+        return {
+            name: aggregate_column(aggregation, window, bucket, rows, q)
+            for aggregation in group_by.aggregations
+            for window, bucket, name in aggregation.output_columns()
+        }
 
     @staticmethod
     def lookup_values(group_by: GroupBy, rows: Sequence[Row], q: int) -> dict[str, Any]:
@@ -651,7 +708,9 @@ class Oracle:
         picked = min(before, key=lambda r: (-r.ts, r.seq))
         return {c: clean_output(picked.columns.get(c)) for c in columns}
 
-    def derive(self, derivations: Sequence[Any], base: dict[str, Any], raw_columns: Sequence[str]) -> dict[str, Any]:
+    def derive(
+        self, derivations: Sequence[Any], base: dict[str, Any], raw_columns: Sequence[str]
+    ) -> dict[str, Any]:
         """Apply derivations; without Derivation("*", "*") the raw feature columns are dropped."""
         if not derivations:
             return base
@@ -702,7 +761,9 @@ class Oracle:
         columns = group_by.output_columns()
         if group_by.derivations:
             keep_raw = any(d.is_star for d in group_by.derivations)
-            columns = [c for c in columns if keep_raw] + [d.name for d in group_by.derivations if not d.is_star]
+            columns = [c for c in columns if keep_raw] + [
+                d.name for d in group_by.derivations if not d.is_star
+            ]
         prefix = f"{part.prefix}_" if part.prefix else ""
         assert group_by.name, "give every GroupBy in an oracle test a name"
         return [f"{prefix}{group_by.name.replace('.', '_')}_{c}" for c in columns]
@@ -720,8 +781,11 @@ class Oracle:
                 if None in key:
                     values: list[Any] = [None] * len(names)
                 else:
-                    values = list(self.group_by_values(group_by, key, self.query_time(join, group_by, left_row))
-                                  .values())
+                    values = list(
+                        self.group_by_values(
+                            group_by, key, self.query_time(join, group_by, left_row)
+                        ).values()
+                    )
                 record.update(zip(names, values, strict=True))
             output.append(self.derive(join.derivations, record, raw_columns))
         return output
@@ -764,7 +828,11 @@ def compare_values(expected: Any, got: Any, rel: float = 1e-9, abs_tol: float = 
     if isinstance(expected, float):
         if not isinstance(got, float):
             return f"expected float {expected!r}, got {type(got).__name__} {got!r}"
-        return None if math.isclose(expected, got, rel_tol=rel, abs_tol=abs_tol) else f"expected {expected!r}, got {got!r}"
+        return (
+            None
+            if math.isclose(expected, got, rel_tol=rel, abs_tol=abs_tol)
+            else f"expected {expected!r}, got {got!r}"
+        )
     if isinstance(expected, list):
         if not isinstance(got, list) or len(got) != len(expected):
             return f"expected list {_short(expected)}, got {_short(got)}"
@@ -784,9 +852,14 @@ def compare_values(expected: Any, got: Any, rel: float = 1e-9, abs_tol: float = 
     return None if expected == got else f"expected {expected!r}, got {got!r}"
 
 
-def assert_rows_match(expected: Sequence[Mapping[str, Any]], got: Sequence[Mapping[str, Any]],
-                      identity: Sequence[str], *, context: Callable[[Mapping[str, Any]], str] | None = None,
-                      limit: int = 15) -> None:
+def assert_rows_match(
+    expected: Sequence[Mapping[str, Any]],
+    got: Sequence[Mapping[str, Any]],
+    identity: Sequence[str],
+    *,
+    context: Callable[[Mapping[str, Any]], str] | None = None,
+    limit: int = 15,
+) -> None:
     """Compare two row lists as multisets matched on the ``identity`` columns, then column by column.
 
     ``context(expected_row)`` may add a description (e.g. the window's input rows) to each failure.
@@ -795,8 +868,10 @@ def assert_rows_match(expected: Sequence[Mapping[str, Any]], got: Sequence[Mappi
     expected_columns = set().union(*(r.keys() for r in expected)) if expected else set()
     got_columns = set().union(*(r.keys() for r in got)) if got else set()
     if expected and got and expected_columns != got_columns:
-        problems.append(f"columns differ: missing {sorted(expected_columns - got_columns)}, "
-                        f"unexpected {sorted(got_columns - expected_columns)}")
+        problems.append(
+            f"columns differ: missing {sorted(expected_columns - got_columns)}, "
+            f"unexpected {sorted(got_columns - expected_columns)}"
+        )
 
     def ident(row: Mapping[str, Any]) -> str:
         return repr(tuple(row.get(c) for c in identity))
@@ -807,8 +882,10 @@ def assert_rows_match(expected: Sequence[Mapping[str, Any]], got: Sequence[Mappi
     got_ids = Counter(ident(r) for r in got)
     if expected_ids != got_ids:
         missing, extra = expected_ids - got_ids, got_ids - expected_ids
-        problems.append(f"rows differ ({len(expected)} expected, {len(got)} got): missing {_short(dict(missing), 800)}, "
-                        f"unexpected {_short(dict(extra), 800)}")
+        problems.append(
+            f"rows differ ({len(expected)} expected, {len(got)} got): missing {_short(dict(missing), 800)}, "
+            f"unexpected {_short(dict(extra), 800)}"
+        )
     else:
         for want, have in zip(expected_sorted, got_sorted, strict=True):
             for column in sorted(want):
@@ -821,7 +898,9 @@ def assert_rows_match(expected: Sequence[Mapping[str, Any]], got: Sequence[Mappi
     if problems:
         shown = problems[:limit]
         more = f"\n  … and {len(problems) - limit} more" if len(problems) > limit else ""
-        raise AssertionError(f"{len(problems)} mismatch(es) against the oracle:\n  " + "\n  ".join(shown) + more)
+        raise AssertionError(
+            f"{len(problems)} mismatch(es) against the oracle:\n  " + "\n  ".join(shown) + more
+        )
 
 
 # ------------------------------------------------------------------------------ rows <-> Arrow plumbing
@@ -840,8 +919,10 @@ def arrow_rows(table: Any) -> list[dict[str, Any]]:
             return [convert(v, arrow_type.value_type) for v in value]
         return value
 
-    columns = {name: [convert(v, table.schema.field(name).type) for v in table.column(name).to_pylist()]
-               for name in table.column_names}
+    columns = {
+        name: [convert(v, table.schema.field(name).type) for v in table.column(name).to_pylist()]
+        for name in table.column_names
+    }
     return [{name: columns[name][i] for name in table.column_names} for i in range(table.num_rows)]
 
 

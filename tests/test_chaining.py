@@ -90,11 +90,22 @@ def write_data(repo: Path) -> None:
     session = 0
     for ds in DAYS:
         day = midnight(ds)
-        purchases = [{"item": rng.choice(["i0", "i1", "i2"]),
-                      "amount": None if rng.random() < 0.1 else round(rng.uniform(1, 50), 2),
-                      "ts": day + rng.randrange(DAY_MS)} for _ in range(12)]
-        visits = [{"user": rng.choice(["u0", "u1", "u2"]), "item": rng.choice(["i0", "i1", "i2", "i3"]),
-                   "ts": day + rng.randrange(DAY_MS)} for _ in range(8)]
+        purchases = [
+            {
+                "item": rng.choice(["i0", "i1", "i2"]),
+                "amount": None if rng.random() < 0.1 else round(rng.uniform(1, 50), 2),
+                "ts": day + rng.randrange(DAY_MS),
+            }
+            for _ in range(12)
+        ]
+        visits = [
+            {
+                "user": rng.choice(["u0", "u1", "u2"]),
+                "item": rng.choice(["i0", "i1", "i2", "i3"]),
+                "ts": day + rng.randrange(DAY_MS),
+            }
+            for _ in range(8)
+        ]
         visits.append({"user": "u0", "item": "i1", "ts": day})  # exactly at midnight: a window edge
         visits.append({"user": None, "item": "i0", "ts": day + 3 * HOUR_MS})
         sessions = []
@@ -126,14 +137,19 @@ def window_start(q: int, window_ms: int, hop_ms: int) -> int:
 
 
 def naive_average(rows: list[dict[str, Any]], user: str, q: int, window_ms: int, hop_ms: int) -> float | None:
-    values = [r["spend"] for r in rows if r["user"] == user and window_start(q, window_ms, hop_ms) <= r["ts"] < q
-              and r["spend"] is not None]
+    values = [
+        r["spend"]
+        for r in rows
+        if r["user"] == user and window_start(q, window_ms, hop_ms) <= r["ts"] < q and r["spend"] is not None
+    ]
     return sum(values) / len(values) if values else None
 
 
 def parent_rows(project: gnomon.Project) -> list[dict[str, Any]]:
-    return [{"user": r["user"], "ts": r["ts"], "spend": r[SPEND], "ds": r["ds"]}
-            for r in project.read_table(PARENT_TABLE).to_pylist()]
+    return [
+        {"user": r["user"], "ts": r["ts"], "spend": r[SPEND], "ds": r["ds"]}
+        for r in project.read_table(PARENT_TABLE).to_pylist()
+    ]
 
 
 def close(a: float | None, b: float | None) -> bool:
@@ -148,15 +164,25 @@ def test_backfilling_the_child_backfills_the_parent_first(repo: Path) -> None:
     written = project.backfill(CHILD, "2026-01-03", "2026-01-05")
     assert written == ["2026-01-03", "2026-01-04", "2026-01-05"]
     # day D reads the parent from the earliest window start at D+1 00:00 (D-1 00:00 for 2d, hop 1h) up to D
-    assert project.warehouse.partitions(PARENT_TABLE) == ["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
+    assert project.warehouse.partitions(PARENT_TABLE) == [
+        "2026-01-02",
+        "2026-01-03",
+        "2026-01-04",
+        "2026-01-05",
+    ]
 
     # the parent itself is right: SUM(amount) per item over [floor(ts - 1d, 1h), ts)
     purchases = project.read_table("ev.purchases").to_pylist()
     enriched = project.read_table(PARENT_TABLE).to_pylist()
     assert len(enriched) == 4 * 10
     for row in enriched:
-        amounts = [p["amount"] for p in purchases if p["item"] == row["item"] and p["amount"] is not None
-                   and window_start(row["ts"], DAY_MS, HOUR_MS) <= p["ts"] < row["ts"]]
+        amounts = [
+            p["amount"]
+            for p in purchases
+            if p["item"] == row["item"]
+            and p["amount"] is not None
+            and window_start(row["ts"], DAY_MS, HOUR_MS) <= p["ts"] < row["ts"]
+        ]
         assert close(row[SPEND], float(sum(amounts)) if amounts else None), row
     assert sum(row[SPEND] is not None for row in enriched) > 20
 
@@ -165,8 +191,13 @@ def test_backfilling_the_child_backfills_the_parent_first(repo: Path) -> None:
     output = project.read_table(CHILD_TABLE).to_pylist()
     for ds in written:
         q = midnight(ds) + DAY_MS
-        users = sorted({r["user"] for r in rows if r["user"] is not None
-                        and window_start(q, 2 * DAY_MS, HOUR_MS) <= r["ts"] < q})
+        users = sorted(
+            {
+                r["user"]
+                for r in rows
+                if r["user"] is not None and window_start(q, 2 * DAY_MS, HOUR_MS) <= r["ts"] < q
+            }
+        )
         got = {r["user"]: r["spend_average_2d"] for r in output if r["ds"] == ds}
         assert sorted(got) == users, ds
         for user in users:
@@ -190,13 +221,20 @@ def test_a_join_using_the_chained_group_by_backfills_the_parent(repo: Path) -> N
     project = gnomon.Project(repo)
     project.backfill(JOIN, "2026-01-04", "2026-01-05")
     # a left row of day D asks at q in [D, D+1): the parent from floor(D - 2d, 1h) = D-2 up to D
-    assert project.warehouse.partitions(PARENT_TABLE) == ["2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"]
+    assert project.warehouse.partitions(PARENT_TABLE) == [
+        "2026-01-02",
+        "2026-01-03",
+        "2026-01-04",
+        "2026-01-05",
+    ]
     assert project.warehouse.partitions(CHILD_TABLE) == []  # the Join computes the child's values itself
     rows = parent_rows(project)
     output = project.read_table("features.chain_user_training").to_pylist()
     assert len(output) == 2 * 12
     for row in output:  # TEMPORAL: q is the session's ts
-        assert close(row[CHILD_FEATURE], naive_average(rows, row["user"], row["ts"], 2 * DAY_MS, HOUR_MS)), row
+        assert close(row[CHILD_FEATURE], naive_average(rows, row["user"], row["ts"], 2 * DAY_MS, HOUR_MS)), (
+            row
+        )
     assert any(row[CHILD_FEATURE] is not None for row in output)
     assert all(row[CHILD_FEATURE] is None for row in output if row["user"] == "u3")
 
@@ -209,9 +247,14 @@ def test_a_chain_of_chains_backfills_recursively(repo: Path) -> None:
     assert project.warehouse.partitions(PARENT_TABLE) == ["2026-01-03", "2026-01-04", "2026-01-05"]
     training = project.read_table("features.chain_user_training").to_pylist()
     q = midnight("2026-01-06")
-    got = {r["user"]: r["avg_spend_count_1d"] for r in project.read_table("features.chain_user_training_count").to_pylist()}
+    got = {
+        r["user"]: r["avg_spend_count_1d"]
+        for r in project.read_table("features.chain_user_training_count").to_pylist()
+    }
     for user in ["u0", "u1", "u2", "u3"]:
-        values = [r for r in training if r["user"] == user and window_start(q, DAY_MS, HOUR_MS) <= r["ts"] < q]
+        values = [
+            r for r in training if r["user"] == user and window_start(q, DAY_MS, HOUR_MS) <= r["ts"] < q
+        ]
         count = sum(r[CHILD_FEATURE] is not None for r in values)
         assert got[user] == (count or None), user
 
@@ -227,8 +270,20 @@ def test_a_parent_day_without_left_data_is_named(repo: Path) -> None:
 
 
 def test_no_deps_fails_naming_the_missing_parent_partitions_and_writes_nothing(repo: Path) -> None:
-    result = CliRunner().invoke(main, ["backfill", CHILD, "--start-ds", "2026-01-03", "--end-ds", "2026-01-04",
-                                       "--repo", str(repo), "--no-deps"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "backfill",
+            CHILD,
+            "--start-ds",
+            "2026-01-03",
+            "--end-ds",
+            "2026-01-04",
+            "--repo",
+            str(repo),
+            "--no-deps",
+        ],
+    )
     assert result.exit_code == 1, result.output
     message = " ".join(result.output.split())
     assert PARENT in message and PARENT_TABLE in message
@@ -243,11 +298,24 @@ def test_no_deps_fails_naming_the_missing_parent_partitions_and_writes_nothing(r
 
 def test_no_deps_succeeds_once_the_parent_is_there(repo: Path) -> None:
     runner = CliRunner()
-    parent = runner.invoke(main, ["backfill", PARENT, "--start-ds", "2026-01-02", "--end-ds", "2026-01-04",
-                                  "--repo", str(repo)])
+    parent = runner.invoke(
+        main, ["backfill", PARENT, "--start-ds", "2026-01-02", "--end-ds", "2026-01-04", "--repo", str(repo)]
+    )
     assert parent.exit_code == 0, parent.output
-    child = runner.invoke(main, ["backfill", CHILD, "--start-ds", "2026-01-03", "--end-ds", "2026-01-04",
-                                 "--repo", str(repo), "--no-deps"])
+    child = runner.invoke(
+        main,
+        [
+            "backfill",
+            CHILD,
+            "--start-ds",
+            "2026-01-03",
+            "--end-ds",
+            "2026-01-04",
+            "--repo",
+            str(repo),
+            "--no-deps",
+        ],
+    )
     assert child.exit_code == 0, child.output
     assert "wrote 2 partition(s) of features.chain_user_spend" in child.output
 
@@ -257,18 +325,30 @@ def test_no_deps_succeeds_once_the_parent_is_there(repo: Path) -> None:
 
 def definitions(**child: Any) -> dict[str, Any]:
     """The parent Join and one child GroupBy built from ``child`` (keyword overrides)."""
-    item_spend = GroupBy(name="v.item_spend", keys=["item"], accuracy=Accuracy.TEMPORAL,
-                         sources=[EventSource(table="ev.purchases",
-                                              query=Query(selects={"item": "item", "amount": "amount"}))],
-                         aggregations=[Aggregation("amount", Operation.SUM, windows=["1d"])])
+    item_spend = GroupBy(
+        name="v.item_spend",
+        keys=["item"],
+        accuracy=Accuracy.TEMPORAL,
+        sources=[
+            EventSource(table="ev.purchases", query=Query(selects={"item": "item", "amount": "amount"}))
+        ],
+        aggregations=[Aggregation("amount", Operation.SUM, windows=["1d"])],
+    )
     topic = child.pop("left_topic", None)
     derivations = child.pop("parent_derivations", [])
-    parent = Join(name="v.parent", right_parts=[JoinPart(item_spend)], derivations=derivations,
-                  left=EventSource(table="ev.visits", topic=topic,
-                                   query=Query(selects={"user": "user", "item": "item"})))
+    parent = Join(
+        name="v.parent",
+        right_parts=[JoinPart(item_spend)],
+        derivations=derivations,
+        left=EventSource(
+            table="ev.visits", topic=topic, query=Query(selects={"user": "user", "item": "item"})
+        ),
+    )
     query = child.pop("query", Query(selects={"user": "user", "spend": "v_item_spend_amount_sum_1d"}))
-    options: dict[str, Any] = {"keys": ["user"], "aggregations": [Aggregation("spend", Operation.AVERAGE,
-                                                                                 windows=["2d"])]}
+    options: dict[str, Any] = {
+        "keys": ["user"],
+        "aggregations": [Aggregation("spend", Operation.AVERAGE, windows=["2d"])],
+    }
     options.update(child)
     group_by = GroupBy(name="v.child", sources=[JoinSource(parent, query)], **options)
     return {"v.parent": parent, "v.child": group_by}
@@ -282,8 +362,10 @@ def test_valid_chaining_compiles(tmp_path: Path) -> None:
     # (compile/guards.py, run after validation) may still refuse online chaining until it lands
     with contextlib.suppress(gnomon.UnsupportedError):
         gnomon.Project(tmp_path, definitions(online=True, left_topic="visits")).compile(write=False)
-    star = definitions(query=Query(selects=None), aggregations=[
-        Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"])])
+    star = definitions(
+        query=Query(selects=None),
+        aggregations=[Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"])],
+    )
     gnomon.Project(tmp_path, star).compile(write=False)
 
 
@@ -298,27 +380,39 @@ def test_a_select_over_a_column_the_parent_does_not_output(tmp_path: Path) -> No
 
 
 def test_a_where_or_time_column_over_an_unknown_column(tmp_path: Path) -> None:
-    objects = definitions(query=Query(selects={"user": "user", "spend": "v_item_spend_amount_sum_1d"},
-                                      wheres=["usr IS NOT NULL"]))
+    objects = definitions(
+        query=Query(
+            selects={"user": "user", "spend": "v_item_spend_amount_sum_1d"}, wheres=["usr IS NOT NULL"]
+        )
+    )
     with pytest.raises(DefinitionError, match=r"'usr'.*Did you mean 'user'"):
         gnomon.Project(tmp_path, objects).compile(write=False)
-    objects = definitions(query=Query(selects={"user": "user", "spend": "v_item_spend_amount_sum_1d"},
-                                      time_column="event_ts"))
+    objects = definitions(
+        query=Query(selects={"user": "user", "spend": "v_item_spend_amount_sum_1d"}, time_column="event_ts")
+    )
     with pytest.raises(DefinitionError, match="'event_ts'"):
         gnomon.Project(tmp_path, objects).compile(write=False)
 
 
 def test_without_selects_keys_and_inputs_must_be_parent_columns(tmp_path: Path) -> None:
-    objects = definitions(query=Query(selects=None), keys=["usr"],
-                          aggregations=[Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"])])
+    objects = definitions(
+        query=Query(selects=None),
+        keys=["usr"],
+        aggregations=[Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"])],
+    )
     with pytest.raises(DefinitionError, match=r"GroupBy\('v.child'\).*'usr'.*Did you mean 'user'"):
         gnomon.Project(tmp_path, objects).compile(write=False)
-    objects = definitions(query=Query(selects=None),
-                          aggregations=[Aggregation("spend", Operation.AVERAGE, windows=["2d"])])
+    objects = definitions(
+        query=Query(selects=None), aggregations=[Aggregation("spend", Operation.AVERAGE, windows=["2d"])]
+    )
     with pytest.raises(DefinitionError, match="'spend'"):
         gnomon.Project(tmp_path, objects).compile(write=False)
-    objects = definitions(query=Query(selects=None), aggregations=[
-        Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"], buckets=["itm"])])
+    objects = definitions(
+        query=Query(selects=None),
+        aggregations=[
+            Aggregation("v_item_spend_amount_sum_1d", Operation.AVERAGE, windows=["2d"], buckets=["itm"])
+        ],
+    )
     with pytest.raises(DefinitionError, match=r"'itm'.*Did you mean 'item'"):
         gnomon.Project(tmp_path, objects).compile(write=False)
 
@@ -326,10 +420,13 @@ def test_without_selects_keys_and_inputs_must_be_parent_columns(tmp_path: Path) 
 def test_parent_derivations_decide_its_output_columns(tmp_path: Path) -> None:
     derived = [gnomon.Derivation("double_spend", "v_item_spend_amount_sum_1d * 2")]
     objects = definitions(parent_derivations=derived)  # without "*", the raw feature is not output
-    with pytest.raises(DefinitionError, match=r"'v_item_spend_amount_sum_1d'.*has user, item, ts, double_spend, ds"):
+    with pytest.raises(
+        DefinitionError, match=r"'v_item_spend_amount_sum_1d'.*has user, item, ts, double_spend, ds"
+    ):
         gnomon.Project(tmp_path, objects).compile(write=False)
-    objects = definitions(parent_derivations=derived,
-                          query=Query(selects={"user": "user", "spend": "double_spend"}))
+    objects = definitions(
+        parent_derivations=derived, query=Query(selects={"user": "user", "spend": "double_spend"})
+    )
     gnomon.Project(tmp_path, objects).compile(write=False)
 
 
@@ -347,8 +444,14 @@ def test_a_chaining_cycle_is_a_definition_error(tmp_path: Path) -> None:
     plan = project.compile(write=False)
     # frozen objects cannot form a cycle; a plan can, by name: make the parent's right GroupBy read the parent
     right = plan.group_bys["v.item_spend"]
-    loop = SourcePlan(kind="join", table="features.v_parent", selects={"item": "item", "amount": "amount"},
-                      wheres=[], time_column="ts", upstream_join="v.parent")
+    loop = SourcePlan(
+        kind="join",
+        table="features.v_parent",
+        selects={"item": "item", "amount": "amount"},
+        wheres=[],
+        time_column="ts",
+        upstream_join="v.parent",
+    )
     plan.group_bys["v.item_spend"] = dataclasses.replace(right, sources=[*right.sources, loop])
     with pytest.raises(DefinitionError) as raised:
         check_chaining_cycles(plan, project._loaded)  # type: ignore[arg-type]

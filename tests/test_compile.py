@@ -36,7 +36,9 @@ def make_repo(root: Path, derivation_column: str = "p_features_prices_user_price
     (root / "gnomon.yaml").write_text("project: test\n")
     (root / "features" / "__init__.py").write_text("")
     (root / "features" / "prices.py").write_text(textwrap.dedent(DEFINITIONS))
-    (root / "features" / "training.py").write_text(textwrap.dedent(TRAINING).replace("{column}", derivation_column))
+    (root / "features" / "training.py").write_text(
+        textwrap.dedent(TRAINING).replace("{column}", derivation_column)
+    )
     return root
 
 
@@ -68,8 +70,9 @@ def test_a_derivation_over_an_unknown_column_names_file_and_suggests(tmp_path: P
 
 def test_an_unknown_column_in_a_select_lists_the_available_ones(tmp_path: Path) -> None:
     project = Project(make_repo(tmp_path))
-    project.warehouse.write_partition("act.views", "2026-01-01",
-                                      pa.table({"user_id": ["a"], "cost": [1.0], "ts": [1767225600000]}))
+    project.warehouse.write_partition(
+        "act.views", "2026-01-01", pa.table({"user_id": ["a"], "cost": [1.0], "ts": [1767225600000]})
+    )
     with pytest.raises(DefinitionError) as error:
         project.compile()
     assert "'price'" in str(error.value) and "user_id, cost, ts" in str(error.value)
@@ -110,7 +113,8 @@ def test_an_error_in_an_imported_module_names_that_module(tmp_path: Path) -> Non
 def test_two_repos_with_the_same_package_name_do_not_shadow_each_other(tmp_path: Path) -> None:
     first, second = make_repo(tmp_path / "a"), make_repo(tmp_path / "b")
     (second / "features" / "extra.py").write_text(
-        "from gnomon import StagingQuery\nextra = StagingQuery(name='extra', query='select 1', start_partition='2026-01-01')\n")
+        "from gnomon import StagingQuery\nextra = StagingQuery(name='extra', query='select 1', start_partition='2026-01-01')\n"
+    )
     assert "extra" not in Project(first).compile().staging_queries
     assert "extra" in Project(second).compile().staging_queries
     assert "extra" not in Project(first).compile().staging_queries

@@ -25,8 +25,11 @@ from gnomon import (
 
 
 def views(**selects: str) -> EventSource:
-    return EventSource(table="act.views", topic="views",
-                       query=Query(selects=selects or {"user": "user_id", "item": "item_id", "view": "1"}))
+    return EventSource(
+        table="act.views",
+        topic="views",
+        query=Query(selects=selects or {"user": "user_id", "item": "item_id", "view": "1"}),
+    )
 
 
 def test_window_strings_and_objects_agree() -> None:
@@ -56,8 +59,13 @@ def test_parametric_operations_bare_or_called() -> None:
 
 
 def test_output_names_follow_the_spec() -> None:
-    aggregation = Aggregation("price", Operation.SUM, windows=["1d", Window(2, TimeUnit.HOURS)], buckets=["category"])
-    assert [name for _, _, name in aggregation.output_columns()] == ["price_sum_1d_by_category", "price_sum_2h_by_category"]
+    aggregation = Aggregation(
+        "price", Operation.SUM, windows=["1d", Window(2, TimeUnit.HOURS)], buckets=["category"]
+    )
+    assert [name for _, _, name in aggregation.output_columns()] == [
+        "price_sum_1d_by_category",
+        "price_sum_2h_by_category",
+    ]
     assert [n for _, _, n in Aggregation("price", Operation.LAST_K(3)).output_columns()] == ["price_last3"]
 
 
@@ -77,8 +85,11 @@ def test_a_key_the_source_does_not_select_is_named_with_a_suggestion() -> None:
 
 def test_default_accuracy_follows_the_topics() -> None:
     streamed = GroupBy(sources=[views()], keys=["user"], aggregations=[Aggregation("view", Operation.COUNT)])
-    batch = GroupBy(sources=[EventSource(table="a.b", query=Query(selects={"user": "u", "view": "1"}))],
-                    keys=["user"], aggregations=[Aggregation("view", Operation.COUNT)])
+    batch = GroupBy(
+        sources=[EventSource(table="a.b", query=Query(selects={"user": "u", "view": "1"}))],
+        keys=["user"],
+        aggregations=[Aggregation("view", Operation.COUNT)],
+    )
     assert streamed.effective_accuracy is Accuracy.TEMPORAL
     assert batch.effective_accuracy is Accuracy.SNAPSHOT
 
@@ -87,12 +98,16 @@ def test_a_group_by_without_aggregations_is_a_lookup_of_the_selected_columns() -
     assert GroupBy(sources=[views()], keys=["user"]).output_columns() == ["item", "view"]
     with pytest.raises(DefinitionError, match="nothing to look up"):
         GroupBy(sources=[EventSource(table="a.b", query=Query(selects={"user": "u"}))], keys=["user"])
-    entity = EntitySource(snapshot_table="users.profiles", query=Query(selects={"user": "id", "city": "city"}))
+    entity = EntitySource(
+        snapshot_table="users.profiles", query=Query(selects={"user": "id", "city": "city"})
+    )
     assert GroupBy(sources=[entity], keys=["user"]).output_columns() == ["city"]
 
 
 def test_join_whose_left_cannot_supply_a_key_fails_at_construction() -> None:
-    group_by = GroupBy(sources=[views()], keys=["user", "item"], aggregations=[Aggregation("view", Operation.COUNT)])
+    group_by = GroupBy(
+        sources=[views()], keys=["user", "item"], aggregations=[Aggregation("view", Operation.COUNT)]
+    )
     left = EventSource(table="act.watches", query=Query(selects={"user": "user_id"}))
     with pytest.raises(DefinitionError) as error:
         Join(left=left, right_parts=[JoinPart(group_by)])

@@ -55,7 +55,9 @@ from oracle import (
 
 FIRST_DS, LAST_DS = "2026-03-01", "2026-03-10"
 DAYS = ds_range(FIRST_DS, LAST_DS)
-START = "2026-03-02"  # the first day with a snapshot the day before: every Join and GroupBy backfill starts here
+START = (
+    "2026-03-02"  # the first day with a snapshot the day before: every Join and GroupBy backfill starts here
+)
 T0, T_END = midnight(FIRST_DS), midnight(LAST_DS) + DAY_MS
 ITEMS = ["i0", "i1", "i2", "i3", "i4"]
 CATEGORIES = ["red", "green", "blue"]
@@ -65,24 +67,57 @@ WINDOWS = ["7m", "5h", "13h", "2d", "14d"]  # hops 1m, 5m, 1h, 1h, 1d
 BUCKET_WINDOWS = ["5h", "2d"]
 
 SNAPSHOTS, MUTATIONS = "items.ratings", "items.rating_mutations"
-EVENTS, ADDRESSES, LEFT_TABLE, PROFILES = "events.activity", "users.address_history", "events.left", "users.profiles"
+EVENTS, ADDRESSES, LEFT_TABLE, PROFILES = (
+    "events.activity",
+    "users.address_history",
+    "events.left",
+    "users.profiles",
+)
 
-ENTITY_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("item", pa.string()), ("rating", pa.float64()), ("stars", pa.int64()),
-    ("xn", pa.float64()), ("s", pa.string()), ("s_wide", pa.string()), ("cat", pa.string()),
-    ("tags", pa.list_(pa.string())), ("vec", pa.list_(pa.float64())), ("ts", pa.int64()),
-])
+ENTITY_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("item", pa.string()),
+        ("rating", pa.float64()),
+        ("stars", pa.int64()),
+        ("xn", pa.float64()),
+        ("s", pa.string()),
+        ("s_wide", pa.string()),
+        ("cat", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("vec", pa.list_(pa.float64())),
+        ("ts", pa.int64()),
+    ]
+)
 MUTATION_SCHEMA = pa.schema([*ENTITY_SCHEMA, ("mutation_ts", pa.int64()), ("is_before", pa.bool_())])
 ENTITY_COLUMNS = [c for c in ENTITY_SCHEMA.names if c != "ts"]
-EVENT_SCHEMA = pa.schema([("item", pa.string()), ("ts", pa.int64()), ("s", pa.string()), ("x", pa.float64()),
-                          ("n", pa.int64()), ("tags", pa.list_(pa.string()))])
-ADDRESS_SCHEMA = pa.schema([("user", pa.int64()), ("address", pa.string()), ("zip", pa.int64()), ("ts", pa.int64())])
-LEFT_SCHEMA = pa.schema([("row_id", pa.int64()), ("item_id", pa.string()), ("user_id", pa.int64()),
-                         ("ts", pa.int64())])
-PROFILE_SCHEMA = pa.schema([("row_id", pa.int64()), ("item_id", pa.string()), ("user_id", pa.int64()),
-                            ("ts", pa.int64())])
-SCHEMAS = {SNAPSHOTS: ENTITY_SCHEMA, MUTATIONS: MUTATION_SCHEMA, EVENTS: EVENT_SCHEMA, ADDRESSES: ADDRESS_SCHEMA,
-           LEFT_TABLE: LEFT_SCHEMA, PROFILES: PROFILE_SCHEMA}
+EVENT_SCHEMA = pa.schema(
+    [
+        ("item", pa.string()),
+        ("ts", pa.int64()),
+        ("s", pa.string()),
+        ("x", pa.float64()),
+        ("n", pa.int64()),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
+ADDRESS_SCHEMA = pa.schema(
+    [("user", pa.int64()), ("address", pa.string()), ("zip", pa.int64()), ("ts", pa.int64())]
+)
+LEFT_SCHEMA = pa.schema(
+    [("row_id", pa.int64()), ("item_id", pa.string()), ("user_id", pa.int64()), ("ts", pa.int64())]
+)
+PROFILE_SCHEMA = pa.schema(
+    [("row_id", pa.int64()), ("item_id", pa.string()), ("user_id", pa.int64()), ("ts", pa.int64())]
+)
+SCHEMAS = {
+    SNAPSHOTS: ENTITY_SCHEMA,
+    MUTATIONS: MUTATION_SCHEMA,
+    EVENTS: EVENT_SCHEMA,
+    ADDRESSES: ADDRESS_SCHEMA,
+    LEFT_TABLE: LEFT_SCHEMA,
+    PROFILES: PROFILE_SCHEMA,
+}
 USERS = [1, 2, 3, 4, 5, 6]
 
 Rows = list[dict[str, Any]]
@@ -106,12 +141,14 @@ def special_float(rng: random.Random) -> float | None:
 
 def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """The generator's own row equality (NaN equals NaN, None equals None), for its model of the table."""
+
     def same(x: Any, y: Any) -> bool:
         if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
             return True
         if isinstance(x, list) and isinstance(y, list):
             return len(x) == len(y) and all(same(p, r) for p, r in zip(x, y, strict=True))
         return type(x) is type(y) and x == y
+
     return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
 
 
@@ -129,11 +166,19 @@ class Cdc:
     def values(self, item: str | None, ts: int) -> dict[str, Any]:
         rng = self.rng
         self.next_id += 1
-        return {"id": self.next_id, "item": item, "rating": maybe(rng, round(rng.uniform(1, 5), 1), 0.1),
-                "stars": maybe(rng, rng.randint(1, 5)), "xn": special_float(rng), "s": maybe(rng, rng.choice(WORDS)),
-                "s_wide": maybe(rng, rng.choice(WIDE_WORDS), 0.05), "cat": maybe(rng, rng.choice(CATEGORIES), 0.2),
-                "tags": maybe(rng, [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]),
-                "vec": maybe(rng, [round(rng.uniform(-10, 10), 2) for _ in range(3)]), "ts": ts}
+        return {
+            "id": self.next_id,
+            "item": item,
+            "rating": maybe(rng, round(rng.uniform(1, 5), 1), 0.1),
+            "stars": maybe(rng, rng.randint(1, 5)),
+            "xn": special_float(rng),
+            "s": maybe(rng, rng.choice(WORDS)),
+            "s_wide": maybe(rng, rng.choice(WIDE_WORDS), 0.05),
+            "cat": maybe(rng, rng.choice(CATEGORIES), 0.2),
+            "tags": maybe(rng, [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]),
+            "vec": maybe(rng, [round(rng.uniform(-10, 10), 2) for _ in range(3)]),
+            "ts": ts,
+        }
 
     def row_time(self, when: int) -> int:
         roll = self.rng.random()
@@ -178,9 +223,12 @@ class Cdc:
             new = dict(old)
             fresh = self.values(old["item"], old["ts"])
             self.next_id -= 1
-            if rng.random() < 0.9:  # else an update that changes nothing: the row moves to the end of the list
-                for column in rng.sample(["rating", "stars", "xn", "s", "s_wide", "cat", "tags", "vec"],
-                                         rng.randint(1, 3)):
+            if (
+                rng.random() < 0.9
+            ):  # else an update that changes nothing: the row moves to the end of the list
+                for column in rng.sample(
+                    ["rating", "stars", "xn", "s", "s_wide", "cat", "tags", "vec"], rng.randint(1, 3)
+                ):
                     new[column] = fresh[column]
                 if rng.random() < 0.4:
                     new["ts"] = when if rng.random() < 0.8 else when + rng.randrange(MINUTE_MS, 6 * HOUR_MS)
@@ -204,7 +252,9 @@ def day_times(rng: random.Random, ds: str) -> list[int]:
     start = midnight(ds)
     times = [start + rng.randrange(DAY_MS) for _ in range(16)]
     times.append(start)  # a mutation at exactly midnight belongs to that day
-    times += [start + DAY_MS - rng.randrange(1, 7 * MINUTE_MS) for _ in range(3)]  # seen by 7m windows at midnight
+    times += [
+        start + DAY_MS - rng.randrange(1, 7 * MINUTE_MS) for _ in range(3)
+    ]  # seen by 7m windows at midnight
     times += [start + rng.randrange(DAY_MS) // HOUR_MS * HOUR_MS for _ in range(2)]  # on hop boundaries
     times += rng.sample(times, 2)  # two changes at the same ms
     return sorted(times)
@@ -227,7 +277,10 @@ def make_cdc(rng: random.Random) -> tuple[dict[str, Rows], dict[str, Rows], list
         else:
             events: list[tuple[int, str | None]] = [(t, None) for t in day_times(rng, ds)]
             # bursts of 5 rows in under 3.5 minutes: one at a random time, one just before midnight
-            for burst_start in (midnight(ds) + rng.randrange(DAY_MS - HOUR_MS), midnight(ds) + DAY_MS - 6 * MINUTE_MS):
+            for burst_start in (
+                midnight(ds) + rng.randrange(DAY_MS - HOUR_MS),
+                midnight(ds) + DAY_MS - 6 * MINUTE_MS,
+            ):
                 burst_item = rng.choice(ITEMS)
                 events += [(burst_start + k * 40_000 + rng.randrange(1, 1000), burst_item) for k in range(5)]
             cdc.burst_cat = rng.choice(CATEGORIES)
@@ -250,10 +303,16 @@ def make_events(rng: random.Random) -> dict[str, Rows]:
     times += rng.sample(times, 25)
     partitions: dict[str, Rows] = {ds: [] for ds in DAYS}
     for ts in times:
-        partitions[ds_of(ts)].append({"item": maybe(rng, rng.choice(ITEMS), 0.03), "ts": ts,
-                                      "s": maybe(rng, rng.choice(WORDS)), "x": maybe(rng, round(rng.uniform(0, 9), 2)),
-                                      "n": maybe(rng, rng.randint(0, 100)),
-                                      "tags": maybe(rng, rng.sample(WORDS, rng.randint(1, 2)))})
+        partitions[ds_of(ts)].append(
+            {
+                "item": maybe(rng, rng.choice(ITEMS), 0.03),
+                "ts": ts,
+                "s": maybe(rng, rng.choice(WORDS)),
+                "x": maybe(rng, round(rng.uniform(0, 9), 2)),
+                "n": maybe(rng, rng.randint(0, 100)),
+                "tags": maybe(rng, rng.sample(WORDS, rng.randint(1, 2))),
+            }
+        )
     for rows in partitions.values():
         rng.shuffle(rows)
     return partitions
@@ -264,16 +323,27 @@ def make_addresses(rng: random.Random) -> dict[str, Rows]:
     history = []
     for user in USERS:
         for _ in range(rng.randint(2, 6)):
-            history.append({"user": user, "address": maybe(rng, f"{rng.randint(1, 400)} {rng.choice(WORDS)} St", 0.1),
-                            "zip": maybe(rng, rng.randint(10000, 10009)), "ts": T0 + rng.randrange(10 * DAY_MS)})
+            history.append(
+                {
+                    "user": user,
+                    "address": maybe(rng, f"{rng.randint(1, 400)} {rng.choice(WORDS)} St", 0.1),
+                    "zip": maybe(rng, rng.randint(10000, 10009)),
+                    "ts": T0 + rng.randrange(10 * DAY_MS),
+                }
+            )
     for row in rng.sample(history, 3):  # ties: a second version at the same ts
         history.append({**row, "address": f"{rng.randint(1, 400)} tie St"})
     rng.shuffle(history)
     return {ds: [row for row in history if row["ts"] < midnight(ds) + DAY_MS] for ds in DAYS}
 
 
-def make_left(rng: random.Random, mutations: dict[str, Rows], bursts: list[tuple[str, int]],
-              events: dict[str, Rows], addresses: Rows) -> dict[str, Rows]:
+def make_left(
+    rng: random.Random,
+    mutations: dict[str, Rows],
+    bursts: list[tuple[str, int]],
+    events: dict[str, Rows],
+    addresses: Rows,
+) -> dict[str, Rows]:
     """Left rows: at mutation times, 1 ms either side, future row times, window tails, midnights, random."""
     probes: list[tuple[str | None, int]] = []
     changes = [c for ds in DAYS[1:] for c in mutations[ds]]
@@ -298,7 +368,9 @@ def make_left(rng: random.Random, mutations: dict[str, Rows], bursts: list[tuple
     for rows in list(events.values())[1:]:
         for event in rng.sample(rows, 2):  # exactly at an event, and just after
             probes += [(event["item"], event["ts"]), (event["item"], event["ts"] + 1)]
-    probes += [(rng.choice(ITEMS), midnight(START) + rng.randrange(T_END - midnight(START))) for _ in range(15)]
+    probes += [
+        (rng.choice(ITEMS), midnight(START) + rng.randrange(T_END - midnight(START))) for _ in range(15)
+    ]
     probes += [(None, midnight(START) + rng.randrange(T_END - midnight(START))) for _ in range(3)]
     probes += [("i9", midnight(START) + rng.randrange(T_END - midnight(START))) for _ in range(3)]
     address_times = [row["ts"] for row in addresses if row["ts"] >= midnight(START)]
@@ -308,10 +380,18 @@ def make_left(rng: random.Random, mutations: dict[str, Rows], bursts: list[tuple
         if not midnight(START) <= ts < T_END:
             continue
         rows.append({"row_id": row_id, "item_id": item, "user_id": rng.choice(users), "ts": ts})
-    for ts in rng.sample(address_times, min(15, len(address_times))):  # exactly at an address change, and after
+    for ts in rng.sample(
+        address_times, min(15, len(address_times))
+    ):  # exactly at an address change, and after
         for delta in (0, 1):
-            rows.append({"row_id": len(probes) + len(rows), "item_id": rng.choice(ITEMS),
-                         "user_id": rng.choice(USERS), "ts": ts + delta})
+            rows.append(
+                {
+                    "row_id": len(probes) + len(rows),
+                    "item_id": rng.choice(ITEMS),
+                    "user_id": rng.choice(USERS),
+                    "ts": ts + delta,
+                }
+            )
     rows += [dict(row) for row in rng.sample(rows, 4)]  # exact duplicates are kept
     partitions: dict[str, Rows] = {ds: [] for ds in DAYS[1:]}
     for row in rows:
@@ -327,8 +407,14 @@ def make_profiles(rng: random.Random) -> dict[str, Rows]:
     for ds in DAYS:
         rows = []
         for item in [*ITEMS, None, "i9"]:
-            rows.append({"row_id": row_id, "item_id": item, "user_id": rng.choice(USERS),
-                         "ts": midnight(ds) + rng.randrange(DAY_MS)})
+            rows.append(
+                {
+                    "row_id": row_id,
+                    "item_id": item,
+                    "user_id": rng.choice(USERS),
+                    "ts": midnight(ds) + rng.randrange(DAY_MS),
+                }
+            )
             row_id += 1
         rows.append(dict(rows[0]))
         snapshots[ds] = rows
@@ -340,8 +426,14 @@ def make_tables() -> dict[str, dict[str, Rows]]:
     snapshots, mutations, bursts = make_cdc(rng)
     events = make_events(rng)
     addresses = make_addresses(rng)
-    return {SNAPSHOTS: snapshots, MUTATIONS: mutations, EVENTS: events, ADDRESSES: addresses,
-            LEFT_TABLE: make_left(rng, mutations, bursts, events, addresses[LAST_DS]), PROFILES: make_profiles(rng)}
+    return {
+        SNAPSHOTS: snapshots,
+        MUTATIONS: mutations,
+        EVENTS: events,
+        ADDRESSES: addresses,
+        LEFT_TABLE: make_left(rng, mutations, bursts, events, addresses[LAST_DS]),
+        PROFILES: make_profiles(rng),
+    }
 
 
 @dataclass
@@ -368,12 +460,17 @@ def world(tmp_path_factory: pytest.TempPathFactory, new_project: Callable[..., A
 
 
 def entity_source(columns: Sequence[str] = ENTITY_COLUMNS) -> EntitySource:
-    return EntitySource(snapshot_table=SNAPSHOTS, mutation_table=MUTATIONS,
-                        query=Query(selects={c: c for c in columns}, time_column="ts"))
+    return EntitySource(
+        snapshot_table=SNAPSHOTS,
+        mutation_table=MUTATIONS,
+        query=Query(selects={c: c for c in columns}, time_column="ts"),
+    )
 
 
-LEFT = EventSource(table=LEFT_TABLE, query=Query(selects={"row_id": "row_id", "item_id": "item_id",
-                                                          "user_id": "user_id"}, time_column="ts"))
+LEFT = EventSource(
+    table=LEFT_TABLE,
+    query=Query(selects={"row_id": "row_id", "item_id": "item_id", "user_id": "user_id"}, time_column="ts"),
+)
 
 
 def read_output(project: Any, name: str, start: str, end: str) -> Rows:
@@ -392,6 +489,7 @@ def group_by_context(world: World, group_by: GroupBy) -> Callable[[dict[str, Any
         key = tuple(row[k] for k in group_by.keys)
         rows = world.oracle.rows_by_key(group_by, q).get(key, [])
         return f"q={iso(q)} key={key} rows={[(iso(r.ts), dict(r.columns)) for r in rows][:12]}"
+
     return describe
 
 
@@ -405,17 +503,31 @@ def assert_exercised(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> 
     assert not empty, f"the test data leaves these columns null on every row: {empty}"
 
 
-def check_group_by_backfill(world: World, project: Any, group_by: GroupBy, start: str = START,
-                            end: str = LAST_DS, exercised: bool = True) -> None:
+def check_group_by_backfill(
+    world: World,
+    project: Any,
+    group_by: GroupBy,
+    start: str = START,
+    end: str = LAST_DS,
+    exercised: bool = True,
+) -> None:
     got = backfill(project, group_by.name, start, end)
     expected = [row for ds in ds_range(start, end) for row in world.oracle.group_by_backfill(group_by, ds)]
     if exercised:
         assert_exercised(expected, group_by.output_columns())
-    assert_rows_match(expected, got, identity=["ds", *group_by.keys], context=group_by_context(world, group_by))
+    assert_rows_match(
+        expected, got, identity=["ds", *group_by.keys], context=group_by_context(world, group_by)
+    )
 
 
-def check_join_backfill(world: World, project: Any, join: Join, start: str = START, end: str = LAST_DS,
-                        exercised: Sequence[str] | None = None) -> None:
+def check_join_backfill(
+    world: World,
+    project: Any,
+    join: Join,
+    start: str = START,
+    end: str = LAST_DS,
+    exercised: Sequence[str] | None = None,
+) -> None:
     got = backfill(project, join.name, start, end)
     expected = world.oracle.join_backfill(join, start, end)
     columns = [c for part in join.right_parts for c in Oracle.part_columns(part)]
@@ -435,13 +547,16 @@ def test_generated_data_is_consistent(world: World) -> None:
     columns = ENTITY_SCHEMA.names
     for ds in DAYS:
         state = world.oracle.entity_state(entity_source(), midnight(ds) + DAY_MS)
-        assert [match_key(columns, r.columns) for r in state] == \
-            [match_key(columns, r) for r in tables[SNAPSHOTS][ds]], f"snapshot {ds} is not the replayed state"
+        assert [match_key(columns, r.columns) for r in state] == [
+            match_key(columns, r) for r in tables[SNAPSHOTS][ds]
+        ], f"snapshot {ds} is not the replayed state"
         assert all(c["mutation_ts"] >= midnight(ds) for c in tables[MUTATIONS][ds])
     changes = [c for ds in DAYS[1:] for c in tables[MUTATIONS][ds]]
     befores = [c for c in changes if c["is_before"]]
     assert any(c["mutation_ts"] % DAY_MS == 0 for c in changes), "no mutation at midnight"
-    assert any(not c["is_before"] and c["ts"] > c["mutation_ts"] for c in changes), "no insert with a future ts"
+    assert any(not c["is_before"] and c["ts"] > c["mutation_ts"] for c in changes), (
+        "no insert with a future ts"
+    )
     assert any(c["id"] > 100_000 for c in befores), "no delete of a row that never existed"
     assert any(isinstance(c["xn"], float) and math.isnan(c["xn"]) for c in befores), "no before row with NaN"
     assert any(c["rating"] is None or c["stars"] is None for c in befores), "no before row with a null"
@@ -467,31 +582,55 @@ class Case:
     def aggregations(self) -> list[Aggregation]:
         aggregations = []
         for column in self.inputs:
-            aggregations.append(Aggregation(column, self.operation, windows=WINDOWS, element_wise=self.element_wise))
+            aggregations.append(
+                Aggregation(column, self.operation, windows=WINDOWS, element_wise=self.element_wise)
+            )
             aggregations.append(Aggregation(column, self.operation, element_wise=self.element_wise))
         if not self.element_wise:
-            aggregations.append(Aggregation(self.inputs[0], self.operation, windows=BUCKET_WINDOWS, buckets=["cat"]))
+            aggregations.append(
+                Aggregation(self.inputs[0], self.operation, windows=BUCKET_WINDOWS, buckets=["cat"])
+            )
             aggregations.append(Aggregation(self.inputs[0], self.operation, buckets=["cat"]))
         return aggregations
 
 
 GROUPS = {
-    "moments": [Case(Operation.COUNT, ("rating", "tags")), Case(Operation.SUM, ("stars", "xn")),
-                Case(Operation.AVERAGE, ("rating",)), Case(Operation.VARIANCE, ("rating",)),
-                Case(Operation.SKEW, ("rating",)), Case(Operation.KURTOSIS, ("stars",))],
-    "order": [Case(Operation.MIN, ("rating", "s")), Case(Operation.MAX, ("xn", "s")),
-              Case(Operation.FIRST, ("s", "tags")), Case(Operation.LAST, ("rating", "tags")),
-              Case(Operation.FIRST_K(3), ("s",)), Case(Operation.LAST_K(3), ("stars",)),
-              Case(Operation.TOP_K(3), ("rating", "xn")), Case(Operation.BOTTOM_K(2), ("s",))],
-    "distinct": [Case(Operation.UNIQUE_COUNT, ("s", "xn", "tags")), Case(Operation.BOUNDED_UNIQUE_COUNT(3), ("tags",)),
-                 Case(Operation.HISTOGRAM, ("tags",)), Case(Operation.HISTOGRAM(2), ("s_wide",)),
-                 Case(Operation.APPROX_HISTOGRAM_K, ("s",)), Case(Operation.APPROX_HISTOGRAM_K(4), ("s_wide",))],
-    "sketches": [Case(Operation.APPROX_UNIQUE_COUNT, ("stars", "tags")),
-                 Case(Operation.APPROX_UNIQUE_COUNT(lg_k=4), ("s_wide",)),  # past k: estimating
-                 Case(Operation.APPROX_PERCENTILE([0.1, 0.5, 0.99]), ("stars",)),
-                 Case(Operation.APPROX_PERCENTILE([0.25, 0.5, 0.9], k=16), ("rating",))],  # compacting
-    "element_wise": [Case(op, ("vec",), element_wise=True)
-                     for op in (Operation.SUM, Operation.AVERAGE, Operation.MAX, Operation.COUNT)],
+    "moments": [
+        Case(Operation.COUNT, ("rating", "tags")),
+        Case(Operation.SUM, ("stars", "xn")),
+        Case(Operation.AVERAGE, ("rating",)),
+        Case(Operation.VARIANCE, ("rating",)),
+        Case(Operation.SKEW, ("rating",)),
+        Case(Operation.KURTOSIS, ("stars",)),
+    ],
+    "order": [
+        Case(Operation.MIN, ("rating", "s")),
+        Case(Operation.MAX, ("xn", "s")),
+        Case(Operation.FIRST, ("s", "tags")),
+        Case(Operation.LAST, ("rating", "tags")),
+        Case(Operation.FIRST_K(3), ("s",)),
+        Case(Operation.LAST_K(3), ("stars",)),
+        Case(Operation.TOP_K(3), ("rating", "xn")),
+        Case(Operation.BOTTOM_K(2), ("s",)),
+    ],
+    "distinct": [
+        Case(Operation.UNIQUE_COUNT, ("s", "xn", "tags")),
+        Case(Operation.BOUNDED_UNIQUE_COUNT(3), ("tags",)),
+        Case(Operation.HISTOGRAM, ("tags",)),
+        Case(Operation.HISTOGRAM(2), ("s_wide",)),
+        Case(Operation.APPROX_HISTOGRAM_K, ("s",)),
+        Case(Operation.APPROX_HISTOGRAM_K(4), ("s_wide",)),
+    ],
+    "sketches": [
+        Case(Operation.APPROX_UNIQUE_COUNT, ("stars", "tags")),
+        Case(Operation.APPROX_UNIQUE_COUNT(lg_k=4), ("s_wide",)),  # past k: estimating
+        Case(Operation.APPROX_PERCENTILE([0.1, 0.5, 0.99]), ("stars",)),
+        Case(Operation.APPROX_PERCENTILE([0.25, 0.5, 0.9], k=16), ("rating",)),
+    ],  # compacting
+    "element_wise": [
+        Case(op, ("vec",), element_wise=True)
+        for op in (Operation.SUM, Operation.AVERAGE, Operation.MAX, Operation.COUNT)
+    ],
 }
 
 
@@ -500,28 +639,51 @@ def test_operations_vs_oracle(world: World, group: str) -> None:
     """Every operation over the mutated entity source: a Join (events left) with a TEMPORAL and a SNAPSHOT
     part, and the GroupBy backfill (which does not depend on accuracy)."""
     aggregations = [a for case in GROUPS[group] for a in case.aggregations()]
-    parts = {accuracy: GroupBy(name=f"ent.{group}_{accuracy.value}", sources=[entity_source()], keys=["item"],
-                               aggregations=aggregations, accuracy=accuracy)
-             for accuracy in (Accuracy.TEMPORAL, Accuracy.SNAPSHOT)}
+    parts = {
+        accuracy: GroupBy(
+            name=f"ent.{group}_{accuracy.value}",
+            sources=[entity_source()],
+            keys=["item"],
+            aggregations=aggregations,
+            accuracy=accuracy,
+        )
+        for accuracy in (Accuracy.TEMPORAL, Accuracy.SNAPSHOT)
+    }
     names = parts[Accuracy.TEMPORAL].output_columns()
     assert len(names) == len(set(names)), "two aggregations share an output name"
-    join = Join(name=f"train.ent_{group}", left=LEFT,
-                right_parts=[JoinPart(g, key_mapping={"item_id": "item"}) for g in parts.values()])
+    join = Join(
+        name=f"train.ent_{group}",
+        left=LEFT,
+        right_parts=[JoinPart(g, key_mapping={"item_id": "item"}) for g in parts.values()],
+    )
     project = world.project({join.name: join, **{g.name: g for g in parts.values()}})
     check_join_backfill(world, project, join)
     # a few days of the GroupBy (its 7m windows at midnight are often empty: not checked for nulls)
-    check_group_by_backfill(world, project, parts[Accuracy.SNAPSHOT], "2026-03-05", "2026-03-07", exercised=False)
+    check_group_by_backfill(
+        world, project, parts[Accuracy.SNAPSHOT], "2026-03-05", "2026-03-07", exercised=False
+    )
 
 
 # ------------------------------------------------------------------------------------- other shapes
 
 
 def ratings_group_by(name: str, accuracy: Accuracy) -> GroupBy:
-    return GroupBy(name=name, sources=[entity_source()], keys=["item"], accuracy=accuracy, aggregations=[
-        Aggregation("rating", Operation.AVERAGE, windows=["5h", "2d", "14d"]), Aggregation("rating", Operation.AVERAGE),
-        Aggregation("rating", Operation.COUNT, windows=["13h"]), Aggregation("stars", Operation.SUM, windows=["2d"]),
-        Aggregation("rating", Operation.LAST), Aggregation("stars", Operation.TOP_K(2), windows=["14d"]),
-        Aggregation("rating", Operation.MAX), Aggregation("s", Operation.FIRST_K(2), windows=["13h"])])
+    return GroupBy(
+        name=name,
+        sources=[entity_source()],
+        keys=["item"],
+        accuracy=accuracy,
+        aggregations=[
+            Aggregation("rating", Operation.AVERAGE, windows=["5h", "2d", "14d"]),
+            Aggregation("rating", Operation.AVERAGE),
+            Aggregation("rating", Operation.COUNT, windows=["13h"]),
+            Aggregation("stars", Operation.SUM, windows=["2d"]),
+            Aggregation("rating", Operation.LAST),
+            Aggregation("stars", Operation.TOP_K(2), windows=["14d"]),
+            Aggregation("rating", Operation.MAX),
+            Aggregation("s", Operation.FIRST_K(2), windows=["13h"]),
+        ],
+    )
 
 
 LOOKUP_COLUMNS = ["id", "rating", "stars", "s", "cat", "tags"]
@@ -533,16 +695,25 @@ def ratings_lookup(name: str, accuracy: Accuracy, columns: Sequence[str] = LOOKU
 
 def test_entity_left_join(world: World) -> None:
     """Entities on the left: q = ds + 1 day 00:00 for every right part (state at midnight = snapshot ds)."""
-    left = EntitySource(snapshot_table=PROFILES,
-                        query=Query(selects={"row_id": "row_id", "item_id": "item_id", "user_id": "user_id"}))
+    left = EntitySource(
+        snapshot_table=PROFILES,
+        query=Query(selects={"row_id": "row_id", "item_id": "item_id", "user_id": "user_id"}),
+    )
     temporal = ratings_group_by("ent.left_temporal", Accuracy.TEMPORAL)
     snapshot = ratings_group_by("ent.left_snapshot", Accuracy.SNAPSHOT)
     lookup = ratings_lookup("ent.left_lookup", Accuracy.TEMPORAL)
-    join = Join(name="train.ent_profiles", left=left,
-                right_parts=[JoinPart(temporal, key_mapping={"item_id": "item"}),
-                             JoinPart(snapshot, key_mapping={"item_id": "item"}, prefix="daily"),
-                             JoinPart(lookup, key_mapping={"item_id": "item"})])
-    project = world.project({join.name: join, temporal.name: temporal, snapshot.name: snapshot, lookup.name: lookup})
+    join = Join(
+        name="train.ent_profiles",
+        left=left,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"item_id": "item"}),
+            JoinPart(snapshot, key_mapping={"item_id": "item"}, prefix="daily"),
+            JoinPart(lookup, key_mapping={"item_id": "item"}),
+        ],
+    )
+    project = world.project(
+        {join.name: join, temporal.name: temporal, snapshot.name: snapshot, lookup.name: lookup}
+    )
     check_join_backfill(world, project, join)
 
 
@@ -550,10 +721,19 @@ def test_training_data(world: World) -> None:
     """training_data(join, left frame): the oracle's values for every left row, left columns first."""
     temporal = ratings_group_by("ent.td_temporal", Accuracy.TEMPORAL)
     lookup = ratings_lookup("ent.td_lookup", Accuracy.TEMPORAL)
-    join = Join(name="train.ent_td", left=LEFT, right_parts=[JoinPart(temporal, key_mapping={"item_id": "item"}),
-                                                             JoinPart(lookup, key_mapping={"item_id": "item"})])
-    left_rows = [{c: row[c] for c in LEFT_SCHEMA.names}
-                 for ds in ds_range(START, LAST_DS) for row in world.tables[LEFT_TABLE][ds]]
+    join = Join(
+        name="train.ent_td",
+        left=LEFT,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"item_id": "item"}),
+            JoinPart(lookup, key_mapping={"item_id": "item"}),
+        ],
+    )
+    left_rows = [
+        {c: row[c] for c in LEFT_SCHEMA.names}
+        for ds in ds_range(START, LAST_DS)
+        for row in world.tables[LEFT_TABLE][ds]
+    ]
     project = world.project({join.name: join, temporal.name: temporal, lookup.name: lookup})
     table = project.training_data(join.name, pa.Table.from_pylist(left_rows, schema=LEFT_SCHEMA))
     assert table.num_rows == len(left_rows)
@@ -568,9 +748,14 @@ def test_lookup_over_entities_with_mutations(world: World) -> None:
     """No aggregations: the columns of the item's row with the greatest ts < q, in the state at q."""
     temporal = ratings_lookup("ent.lookup_temporal", Accuracy.TEMPORAL)
     snapshot = ratings_lookup("ent.lookup_snapshot", Accuracy.SNAPSHOT)
-    join = Join(name="train.ent_lookup", left=LEFT,
-                right_parts=[JoinPart(temporal, key_mapping={"item_id": "item"}),
-                             JoinPart(snapshot, key_mapping={"item_id": "item"})])
+    join = Join(
+        name="train.ent_lookup",
+        left=LEFT,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"item_id": "item"}),
+            JoinPart(snapshot, key_mapping={"item_id": "item"}),
+        ],
+    )
     project = world.project({join.name: join, temporal.name: temporal, snapshot.name: snapshot})
     check_join_backfill(world, project, join)
     check_group_by_backfill(world, project, snapshot)
@@ -579,14 +764,18 @@ def test_lookup_over_entities_with_mutations(world: World) -> None:
 def test_lookup_nan_becomes_null(world: World) -> None:
     """A looked-up NaN or ±Inf is reported as null, like every other output (SPEC §3; JSON carries no NaN)."""
     lookup = ratings_lookup("ent.lookup_xn", Accuracy.TEMPORAL, ["id", "xn", "vec"])
-    join = Join(name="train.ent_lookup_xn", left=LEFT, right_parts=[JoinPart(lookup, key_mapping={"item_id": "item"})])
+    join = Join(
+        name="train.ent_lookup_xn", left=LEFT, right_parts=[JoinPart(lookup, key_mapping={"item_id": "item"})]
+    )
     project = world.project({join.name: join, lookup.name: lookup})
     check_join_backfill(world, project, join)
 
 
 def event_lookup(name: str, accuracy: Accuracy) -> GroupBy:
-    source = EventSource(table=EVENTS, query=Query(selects={"item": "item", "s": "s", "x": "x", "n": "n",
-                                                            "tags": "tags"}, time_column="ts"))
+    source = EventSource(
+        table=EVENTS,
+        query=Query(selects={"item": "item", "s": "s", "x": "x", "n": "n", "tags": "tags"}, time_column="ts"),
+    )
     return GroupBy(name=name, sources=[source], keys=["item"], accuracy=accuracy)
 
 
@@ -594,25 +783,44 @@ def test_lookup_over_events(world: World) -> None:
     """No aggregations over events: the latest event before q (ts ties: the first in source order)."""
     temporal = event_lookup("ev.lookup_temporal", Accuracy.TEMPORAL)
     snapshot = event_lookup("ev.lookup_snapshot", Accuracy.SNAPSHOT)
-    join = Join(name="train.ev_lookup", left=LEFT,
-                right_parts=[JoinPart(temporal, key_mapping={"item_id": "item"}),
-                             JoinPart(snapshot, key_mapping={"item_id": "item"})])
+    join = Join(
+        name="train.ev_lookup",
+        left=LEFT,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"item_id": "item"}),
+            JoinPart(snapshot, key_mapping={"item_id": "item"}),
+        ],
+    )
     project = world.project({join.name: join, temporal.name: temporal, snapshot.name: snapshot})
     check_join_backfill(world, project, join)
     check_group_by_backfill(world, project, snapshot)
 
 
 def address_group_bys(accuracy: Accuracy) -> tuple[GroupBy, GroupBy]:
-    source = EventSource(table=ADDRESSES, cumulative=True,
-                         query=Query(selects={"user": "user", "address": "address", "zip": "zip"}, time_column="ts"))
-    aggregations = [Aggregation("address", Operation.LAST), Aggregation("address", Operation.FIRST),
-                    Aggregation("address", Operation.COUNT), Aggregation("address", Operation.COUNT, windows=["2d"]),
-                    Aggregation("address", Operation.UNIQUE_COUNT, windows=["14d"]),
-                    Aggregation("zip", Operation.LAST_K(2), windows=["13h", "14d"])]
+    source = EventSource(
+        table=ADDRESSES,
+        cumulative=True,
+        query=Query(selects={"user": "user", "address": "address", "zip": "zip"}, time_column="ts"),
+    )
+    aggregations = [
+        Aggregation("address", Operation.LAST),
+        Aggregation("address", Operation.FIRST),
+        Aggregation("address", Operation.COUNT),
+        Aggregation("address", Operation.COUNT, windows=["2d"]),
+        Aggregation("address", Operation.UNIQUE_COUNT, windows=["14d"]),
+        Aggregation("zip", Operation.LAST_K(2), windows=["13h", "14d"]),
+    ]
     tag = accuracy.value
-    return (GroupBy(name=f"usr.address_{tag}", sources=[source], keys=["user"], accuracy=accuracy,
-                    aggregations=aggregations),
-            GroupBy(name=f"usr.address_lookup_{tag}", sources=[source], keys=["user"], accuracy=accuracy))
+    return (
+        GroupBy(
+            name=f"usr.address_{tag}",
+            sources=[source],
+            keys=["user"],
+            accuracy=accuracy,
+            aggregations=aggregations,
+        ),
+        GroupBy(name=f"usr.address_lookup_{tag}", sources=[source], keys=["user"], accuracy=accuracy),
+    )
 
 
 def test_cumulative_source(world: World) -> None:
@@ -621,8 +829,11 @@ def test_cumulative_source(world: World) -> None:
     temporal, temporal_lookup = address_group_bys(Accuracy.TEMPORAL)
     snapshot, snapshot_lookup = address_group_bys(Accuracy.SNAPSHOT)
     group_bys = [temporal, temporal_lookup, snapshot, snapshot_lookup]
-    join = Join(name="train.addresses", left=LEFT,
-                right_parts=[JoinPart(g, key_mapping={"user_id": "user"}) for g in group_bys])
+    join = Join(
+        name="train.addresses",
+        left=LEFT,
+        right_parts=[JoinPart(g, key_mapping={"user_id": "user"}) for g in group_bys],
+    )
     project = world.project({join.name: join, **{g.name: g for g in group_bys}})
     check_join_backfill(world, project, join)
     check_group_by_backfill(world, project, snapshot)

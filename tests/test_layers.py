@@ -16,16 +16,24 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "gnomon"
 #: the rank of each layer (a module or a package under gnomon/); lower ranks are lower layers.
 #: ``offline.warehouse`` is the storage layout, below the compiler that validates against it.
 RANKS = {
-    "errors": 0, "extras": 0, "offsets": 0, "metrics": 0, "testing": 0,
-    "definitions": 1, "scaffold": 2,
-    "config": 2, "aggregation": 2, "offline.warehouse": 2,
+    "errors": 0,
+    "extras": 0,
+    "offsets": 0,
+    "metrics": 0,
+    "testing": 0,
+    "definitions": 1,
+    "scaffold": 2,
+    "config": 2,
+    "aggregation": 2,
+    "offline.warehouse": 2,
     "compile": 3,
     "offline": 4,
     "online": 5,
     "streaming": 6,
     "project": 7,
     "serving": 8,
-    "cli": 9, "__init__": 10,
+    "cli": 9,
+    "__init__": 10,
 }
 
 

@@ -14,25 +14,39 @@ import gnomon
 from gnomon import Aggregation, EntitySource, EventSource, GroupBy, Join, JoinPart, Operation, Query, Window
 from oracle import HOUR_MS, ds_range, midnight
 
-SCHEMA = pa.schema([("user", pa.string()), ("value", pa.float64()), ("label", pa.string()), ("ts", pa.int64())])
+SCHEMA = pa.schema(
+    [("user", pa.string()), ("value", pa.float64()), ("label", pa.string()), ("ts", pa.int64())]
+)
 DAYS = ds_range("2026-01-01", "2026-01-03")
 
 
 def write_days(project: Any, table: str, days: list[str]) -> None:
     for ds in days:
-        rows = [{"user": "a", "value": 1.5, "label": "x", "ts": midnight(ds) + HOUR_MS},
-                {"user": "b", "value": 2.5, "label": "y", "ts": midnight(ds) + 2 * HOUR_MS}]
+        rows = [
+            {"user": "a", "value": 1.5, "label": "x", "ts": midnight(ds) + HOUR_MS},
+            {"user": "b", "value": 2.5, "label": "y", "ts": midnight(ds) + 2 * HOUR_MS},
+        ]
         project.warehouse.write_partition(table, ds, pa.Table.from_pylist(rows, schema=SCHEMA))
 
 
 def source(table: str = "ev.events", **selects: str) -> EventSource:
-    return EventSource(table=table, query=Query(selects=selects or {"user": "user", "value": "value"}, time_column="ts"))
+    return EventSource(
+        table=table, query=Query(selects=selects or {"user": "user", "value": "value"}, time_column="ts")
+    )
 
 
-def group_by(name: str, src: EventSource | EntitySource | None = None, column: str = "value",
-             operation: Any = Operation.SUM) -> GroupBy:
-    return GroupBy(name=name, sources=[src or source()], keys=["user"],
-                   aggregations=[Aggregation(column, operation, windows=["2d"])])
+def group_by(
+    name: str,
+    src: EventSource | EntitySource | None = None,
+    column: str = "value",
+    operation: Any = Operation.SUM,
+) -> GroupBy:
+    return GroupBy(
+        name=name,
+        sources=[src or source()],
+        keys=["user"],
+        aggregations=[Aggregation(column, operation, windows=["2d"])],
+    )
 
 
 def left_join(name: str, right: GroupBy, table: str = "ev.left") -> Join:
@@ -72,9 +86,13 @@ def test_missing_left_partition_names_table_and_ds(tmp_path: Path, new_project: 
     assert_nothing_written(tmp_path, join.name)
 
 
-def test_missing_snapshot_partition_names_table_and_ds(tmp_path: Path, new_project: Callable[..., Any]) -> None:
+def test_missing_snapshot_partition_names_table_and_ds(
+    tmp_path: Path, new_project: Callable[..., Any]
+) -> None:
     """Backfill partition D of an entity GroupBy needs snapshot D."""
-    entity = EntitySource(snapshot_table="ent.snapshots", query=Query(selects={"user": "user", "value": "value"}))
+    entity = EntitySource(
+        snapshot_table="ent.snapshots", query=Query(selects={"user": "user", "value": "value"})
+    )
     definition = group_by("e.entity", entity, operation=Operation.AVERAGE)
     project = new_project(tmp_path, {definition.name: definition})
     write_days(project, "ent.snapshots", DAYS)
@@ -97,7 +115,9 @@ def test_unknown_column_lists_the_available_ones(tmp_path: Path, new_project: Ca
     assert_nothing_written(tmp_path, definition.name)
 
 
-def test_string_column_into_sum_names_the_aggregation(tmp_path: Path, new_project: Callable[..., Any]) -> None:
+def test_string_column_into_sum_names_the_aggregation(
+    tmp_path: Path, new_project: Callable[..., Any]
+) -> None:
     definition = group_by("e.sum_of_strings", source(user="user", label="label"), column="label")
     project = new_project(tmp_path, {definition.name: definition})
     write_days(project, "ev.events", DAYS)
@@ -117,8 +137,12 @@ def test_malformed_window_is_a_definition_error(text: str) -> None:
 
 
 def test_join_whose_left_cannot_supply_the_keys() -> None:
-    right = GroupBy(name="e.by_user_item", sources=[source(user="user", item="item", value="value")],
-                    keys=["user", "item"], aggregations=[Aggregation("value", Operation.SUM)])
+    right = GroupBy(
+        name="e.by_user_item",
+        sources=[source(user="user", item="item", value="value")],
+        keys=["user", "item"],
+        aggregations=[Aggregation("value", Operation.SUM)],
+    )
     left = EventSource(table="ev.left", query=Query(selects={"user": "user"}, time_column="ts"))
     with pytest.raises(gnomon.DefinitionError, match="item"):
         Join(name="e.bad_join", left=left, right_parts=[JoinPart(right)])

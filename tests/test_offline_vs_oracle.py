@@ -61,19 +61,46 @@ WINDOWS = ["7m", "30m", "5h", "13h", "2d", "14d"]  # hops 1m, 1m, 5m, 1h, 1h, 1d
 GB_START, GB_END = "2026-01-02", "2026-01-07"
 JOIN_START, JOIN_END = "2026-01-02", LAST_DS
 
-EVENT_SCHEMA = pa.schema([
-    ("user", pa.string()), ("ts", pa.int64()), ("i", pa.int64()), ("x", pa.float64()), ("xn", pa.float64()),
-    ("b", pa.bool_()), ("s", pa.string()), ("s_wide", pa.string()), ("cat", pa.string()),
-    ("tags", pa.list_(pa.string())), ("nums", pa.list_(pa.int64())), ("vec", pa.list_(pa.float64())),
-    ("m_int", pa.map_(pa.string(), pa.int64())), ("m_float", pa.map_(pa.string(), pa.float64())),
-])
+EVENT_SCHEMA = pa.schema(
+    [
+        ("user", pa.string()),
+        ("ts", pa.int64()),
+        ("i", pa.int64()),
+        ("x", pa.float64()),
+        ("xn", pa.float64()),
+        ("b", pa.bool_()),
+        ("s", pa.string()),
+        ("s_wide", pa.string()),
+        ("cat", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("nums", pa.list_(pa.int64())),
+        ("vec", pa.list_(pa.float64())),
+        ("m_int", pa.map_(pa.string(), pa.int64())),
+        ("m_float", pa.map_(pa.string(), pa.float64())),
+    ]
+)
 EVENT_COLUMNS = [name for name in EVENT_SCHEMA.names if name != "ts"]
-LEFT_SCHEMA = pa.schema([("row_id", pa.int64()), ("user_id", pa.string()), ("item_id", pa.string()),
-                         ("cat", pa.string()), ("ts", pa.int64())])
-REVIEW_SCHEMA = pa.schema([("review_id", pa.int64()), ("item", pa.string()), ("rating", pa.float64()),
-                           ("stars", pa.int64()), ("ts", pa.int64())])
-PROFILE_SCHEMA = pa.schema([("row_id", pa.int64()), ("user_id", pa.string()), ("item_id", pa.string()),
-                            ("ts", pa.int64())])
+LEFT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("cat", pa.string()),
+        ("ts", pa.int64()),
+    ]
+)
+REVIEW_SCHEMA = pa.schema(
+    [
+        ("review_id", pa.int64()),
+        ("item", pa.string()),
+        ("rating", pa.float64()),
+        ("stars", pa.int64()),
+        ("ts", pa.int64()),
+    ]
+)
+PROFILE_SCHEMA = pa.schema(
+    [("row_id", pa.int64()), ("user_id", pa.string()), ("item_id", pa.string()), ("ts", pa.int64())]
+)
 ITEMS = ["i0", "i1", "i2", "i3", "i4", "i5"]
 
 
@@ -101,7 +128,8 @@ def make_event(rng: random.Random, ts: int, user: str) -> dict[str, Any]:
     special = rng.random()
     xn = math.nan if special < 0.06 else (math.inf if special < 0.07 else rng.uniform(-5, 5))
     return {
-        "user": user, "ts": ts,
+        "user": user,
+        "ts": ts,
         "i": maybe(rng, rng.randint(-50, 50)),
         "x": maybe(rng, round(rng.uniform(-100, 100), 3)),
         "xn": maybe(rng, xn),
@@ -113,7 +141,9 @@ def make_event(rng: random.Random, ts: int, user: str) -> dict[str, Any]:
         "nums": maybe(rng, [rng.randint(0, 20) for _ in range(rng.randint(1, 3))]),
         "vec": maybe(rng, [round(rng.uniform(-10, 10), 2) for _ in range(3)]),
         "m_int": maybe(rng, {k: rng.randint(-5, 5) for k in rng.sample(["a", "b", "c"], rng.randint(1, 3))}),
-        "m_float": maybe(rng, {k: round(rng.uniform(0, 9), 2) for k in rng.sample(["a", "b", "c"], rng.randint(1, 2))}),
+        "m_float": maybe(
+            rng, {k: round(rng.uniform(0, 9), 2) for k in rng.sample(["a", "b", "c"], rng.randint(1, 2))}
+        ),
     }
 
 
@@ -155,8 +185,16 @@ def make_left(rng: random.Random, events: list[dict[str, Any]]) -> list[dict[str
     probes += [(None, T0 + rng.randrange(20 * DAY_MS)) for _ in range(4)]
     probes += [("nobody", T0 + rng.randrange(20 * DAY_MS)) for _ in range(3)]
     probes = [(user, ts) for user, ts in probes if midnight(JOIN_START) <= ts < T_END]
-    rows = [{"row_id": n, "user_id": user, "item_id": maybe(rng, rng.choice(ITEMS + ["i9"]), 0.1),
-             "cat": maybe(rng, rng.choice(CATEGORIES), 0.1), "ts": ts} for n, (user, ts) in enumerate(probes)]
+    rows = [
+        {
+            "row_id": n,
+            "user_id": user,
+            "item_id": maybe(rng, rng.choice(ITEMS + ["i9"]), 0.1),
+            "cat": maybe(rng, rng.choice(CATEGORIES), 0.1),
+            "ts": ts,
+        }
+        for n, (user, ts) in enumerate(probes)
+    ]
     rows += [dict(row) for row in rng.sample(rows, 5)]  # exact duplicates are kept
     return rows
 
@@ -168,12 +206,19 @@ def make_reviews(rng: random.Random) -> dict[str, list[dict[str, Any]]]:
         created = T0 + rng.randrange(18 * DAY_MS) + rng.choice([0, 1])
         if rng.random() < 0.2:
             created = created // HOUR_MS * HOUR_MS
-        state = {"review_id": review_id, "item": maybe(rng, rng.choice(ITEMS), 0.05),
-                 "rating": maybe(rng, round(rng.uniform(1, 5), 1), 0.1), "stars": rng.randint(1, 5), "ts": created}
+        state = {
+            "review_id": review_id,
+            "item": maybe(rng, rng.choice(ITEMS), 0.05),
+            "rating": maybe(rng, round(rng.uniform(1, 5), 1), 0.1),
+            "stars": rng.randint(1, 5),
+            "ts": created,
+        }
         changes.append((created, review_id, state))
         if rng.random() < 0.3:
             edited = created + rng.randrange(1, 3 * DAY_MS)
-            changes.append((edited, review_id, {**state, "rating": round(rng.uniform(1, 5), 1), "ts": edited}))
+            changes.append(
+                (edited, review_id, {**state, "rating": round(rng.uniform(1, 5), 1), "ts": edited})
+            )
         if rng.random() < 0.1:
             changes.append((created + rng.randrange(1, 5 * DAY_MS), review_id, None))
     snapshots = {}
@@ -197,8 +242,14 @@ def make_profiles(rng: random.Random) -> dict[str, list[dict[str, Any]]]:
     for ds in DAYS:
         rows = []
         for user in USERS + [None, "nobody"]:
-            rows.append({"row_id": row_id, "user_id": user, "item_id": maybe(rng, rng.choice(ITEMS), 0.1),
-                         "ts": midnight(ds) + rng.randrange(DAY_MS)})
+            rows.append(
+                {
+                    "row_id": row_id,
+                    "user_id": user,
+                    "item_id": maybe(rng, rng.choice(ITEMS), 0.1),
+                    "ts": midnight(ds) + rng.randrange(DAY_MS),
+                }
+            )
             row_id += 1
         rows.append(dict(rows[0]))  # a duplicate row
         snapshots[ds] = rows
@@ -235,8 +286,13 @@ def make_tables() -> dict[str, dict[str, list[dict[str, Any]]]]:
     }
 
 
-SCHEMAS = {"events.activity": EVENT_SCHEMA, "events.more_activity": EVENT_SCHEMA, "events.left": LEFT_SCHEMA,
-           "items.reviews": REVIEW_SCHEMA, "users.profiles": PROFILE_SCHEMA}
+SCHEMAS = {
+    "events.activity": EVENT_SCHEMA,
+    "events.more_activity": EVENT_SCHEMA,
+    "events.left": LEFT_SCHEMA,
+    "items.reviews": REVIEW_SCHEMA,
+    "users.profiles": PROFILE_SCHEMA,
+}
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +307,13 @@ def event_source(table: str = "events.activity", columns: Sequence[str] = EVENT_
     return EventSource(table=table, query=Query(selects={c: c for c in columns}, time_column="ts"))
 
 
-LEFT = EventSource(table="events.left", query=Query(selects={"row_id": "row_id", "user_id": "user_id",
-                                                             "item_id": "item_id", "cat": "cat"}, time_column="ts"))
+LEFT = EventSource(
+    table="events.left",
+    query=Query(
+        selects={"row_id": "row_id", "user_id": "user_id", "item_id": "item_id", "cat": "cat"},
+        time_column="ts",
+    ),
+)
 
 
 def read_output(project: Any, name: str, start: str, end: str) -> list[dict[str, Any]]:
@@ -273,16 +334,24 @@ def join_context(row: dict[str, Any]) -> str:
     return f"left ts={iso(row['ts'])} ({row['ts']}) ds={row.get('ds')}"
 
 
-def check_group_by_backfill(world: World, project: Any, group_by: GroupBy, start: str, end: str,
-                            oracle: Oracle | None = None) -> None:
+def check_group_by_backfill(
+    world: World, project: Any, group_by: GroupBy, start: str, end: str, oracle: Oracle | None = None
+) -> None:
     got = backfill(project, group_by.name, start, end)
     oracle = oracle or world.oracle()
     expected = [row for ds in ds_range(start, end) for row in oracle.group_by_backfill(group_by, ds)]
     assert_rows_match(expected, got, identity=["ds", *group_by.keys], context=group_by_context(group_by))
 
 
-def check_join_backfill(world: World, project: Any, join: Join, start: str, end: str,
-                        oracle: Oracle | None = None, identity: Sequence[str] = ("ds", "row_id", "ts")) -> None:
+def check_join_backfill(
+    world: World,
+    project: Any,
+    join: Join,
+    start: str,
+    end: str,
+    oracle: Oracle | None = None,
+    identity: Sequence[str] = ("ds", "row_id", "ts"),
+) -> None:
     got = backfill(project, join.name, start, end)
     oracle = oracle or world.oracle()
     expected = oracle.join_backfill(join, start, end)
@@ -305,7 +374,9 @@ class Case:
     def aggregations(self) -> list[Aggregation]:
         aggregations = []
         for column in self.inputs:
-            aggregations.append(Aggregation(column, self.operation, windows=WINDOWS, element_wise=self.element_wise))
+            aggregations.append(
+                Aggregation(column, self.operation, windows=WINDOWS, element_wise=self.element_wise)
+            )
             aggregations.append(Aggregation(column, self.operation, element_wise=self.element_wise))
         if self.element_wise:
             return aggregations
@@ -350,10 +421,18 @@ CASES = [
 @pytest.mark.parametrize("accuracy", [Accuracy.TEMPORAL, Accuracy.SNAPSHOT], ids=lambda a: a.value)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_operation_matches_oracle(world: World, case: Case, accuracy: Accuracy) -> None:
-    group_by = GroupBy(name=f"ops.{case.id}_{accuracy.value}", sources=[event_source()], keys=["user"],
-                       aggregations=case.aggregations(), accuracy=accuracy)
-    join = Join(name=f"train.{case.id}_{accuracy.value}", left=LEFT,
-                right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})])
+    group_by = GroupBy(
+        name=f"ops.{case.id}_{accuracy.value}",
+        sources=[event_source()],
+        keys=["user"],
+        aggregations=case.aggregations(),
+        accuracy=accuracy,
+    )
+    join = Join(
+        name=f"train.{case.id}_{accuracy.value}",
+        left=LEFT,
+        right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})],
+    )
     project = world.project({group_by.name: group_by, join.name: join})
     if accuracy is Accuracy.SNAPSHOT:  # the GroupBy backfill does not depend on accuracy: run it once
         check_group_by_backfill(world, project, group_by, GB_START, GB_END)
@@ -364,19 +443,36 @@ def test_operation_matches_oracle(world: World, case: Case, accuracy: Accuracy) 
 
 
 def activity_group_by(name: str, accuracy: Accuracy, **kwargs: Any) -> GroupBy:
-    aggregations = [Aggregation("i", Operation.COUNT, windows=["30m", "2d"]), Aggregation("x", Operation.SUM),
-                    Aggregation("x", Operation.AVERAGE, windows=["5h", "14d"]), Aggregation("s", Operation.LAST)]
-    return GroupBy(name=name, sources=[event_source()], keys=["user"], aggregations=aggregations, accuracy=accuracy,
-                   **kwargs)
+    aggregations = [
+        Aggregation("i", Operation.COUNT, windows=["30m", "2d"]),
+        Aggregation("x", Operation.SUM),
+        Aggregation("x", Operation.AVERAGE, windows=["5h", "14d"]),
+        Aggregation("s", Operation.LAST),
+    ]
+    return GroupBy(
+        name=name,
+        sources=[event_source()],
+        keys=["user"],
+        aggregations=aggregations,
+        accuracy=accuracy,
+        **kwargs,
+    )
 
 
 def review_group_by(name: str, accuracy: Accuracy) -> GroupBy:
-    source = EntitySource(snapshot_table="items.reviews",
-                          query=Query(selects={"item": "item", "rating": "rating", "stars": "stars"}, time_column="ts"))
-    aggregations = [Aggregation("rating", Operation.AVERAGE, windows=["5h", "2d", "14d"]),
-                    Aggregation("rating", Operation.AVERAGE), Aggregation("rating", Operation.COUNT, windows=["13h"]),
-                    Aggregation("stars", Operation.SUM, windows=["2d"]), Aggregation("rating", Operation.LAST),
-                    Aggregation("stars", Operation.TOP_K(2), windows=["14d"]), Aggregation("rating", Operation.MAX)]
+    source = EntitySource(
+        snapshot_table="items.reviews",
+        query=Query(selects={"item": "item", "rating": "rating", "stars": "stars"}, time_column="ts"),
+    )
+    aggregations = [
+        Aggregation("rating", Operation.AVERAGE, windows=["5h", "2d", "14d"]),
+        Aggregation("rating", Operation.AVERAGE),
+        Aggregation("rating", Operation.COUNT, windows=["13h"]),
+        Aggregation("stars", Operation.SUM, windows=["2d"]),
+        Aggregation("rating", Operation.LAST),
+        Aggregation("stars", Operation.TOP_K(2), windows=["14d"]),
+        Aggregation("rating", Operation.MAX),
+    ]
     return GroupBy(name=name, sources=[source], keys=["item"], aggregations=aggregations, accuracy=accuracy)
 
 
@@ -384,8 +480,11 @@ def review_group_by(name: str, accuracy: Accuracy) -> GroupBy:
 def test_entity_snapshots_and_events_left(world: World, accuracy: Accuracy) -> None:
     """Entity GroupBy backfill, and an events-left Join over it (q = ts or floor(ts, 1d))."""
     reviews = review_group_by(f"items.reviews_{accuracy.value}", accuracy)
-    join = Join(name=f"train.reviews_{accuracy.value}", left=LEFT,
-                right_parts=[JoinPart(reviews, key_mapping={"item_id": "item"})])
+    join = Join(
+        name=f"train.reviews_{accuracy.value}",
+        left=LEFT,
+        right_parts=[JoinPart(reviews, key_mapping={"item_id": "item"})],
+    )
     project = world.project({reviews.name: reviews, join.name: join})
     if accuracy is Accuracy.SNAPSHOT:
         check_group_by_backfill(world, project, reviews, "2026-01-01", LAST_DS)
@@ -394,40 +493,67 @@ def test_entity_snapshots_and_events_left(world: World, accuracy: Accuracy) -> N
 
 def test_entities_left_join(world: World) -> None:
     """Entities on the left: q = ds + 1 day 00:00 for every right part, whatever its accuracy."""
-    left = EntitySource(snapshot_table="users.profiles",
-                        query=Query(selects={"row_id": "row_id", "user_id": "user_id", "item_id": "item_id"}))
+    left = EntitySource(
+        snapshot_table="users.profiles",
+        query=Query(selects={"row_id": "row_id", "user_id": "user_id", "item_id": "item_id"}),
+    )
     temporal = activity_group_by("users.activity_temporal", Accuracy.TEMPORAL)
     reviews = review_group_by("items.reviews_for_profiles", Accuracy.SNAPSHOT)
-    join = Join(name="train.profiles", left=left,
-                right_parts=[JoinPart(temporal, key_mapping={"user_id": "user"}),
-                             JoinPart(reviews, key_mapping={"item_id": "item"}, prefix="fav")])
+    join = Join(
+        name="train.profiles",
+        left=left,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"user_id": "user"}),
+            JoinPart(reviews, key_mapping={"item_id": "item"}, prefix="fav"),
+        ],
+    )
     project = world.project({join.name: join, temporal.name: temporal, reviews.name: reviews})
     check_join_backfill(world, project, join, "2026-01-01", LAST_DS)
 
 
 def test_join_with_two_keys_prefix_and_derivations(world: World) -> None:
-    by_category = GroupBy(name="events.user_category", sources=[event_source()], keys=["user", "cat"],
-                          accuracy=Accuracy.TEMPORAL,
-                          aggregations=[Aggregation("x", Operation.SUM, windows=["13h", "14d"]),
-                                        Aggregation("i", Operation.COUNT)])
+    by_category = GroupBy(
+        name="events.user_category",
+        sources=[event_source()],
+        keys=["user", "cat"],
+        accuracy=Accuracy.TEMPORAL,
+        aggregations=[
+            Aggregation("x", Operation.SUM, windows=["13h", "14d"]),
+            Aggregation("i", Operation.COUNT),
+        ],
+    )
     daily = activity_group_by("events.daily", Accuracy.SNAPSHOT)
-    join = Join(name="train.derived", left=LEFT,
-                right_parts=[JoinPart(by_category, key_mapping={"user_id": "user"}, prefix="uc"),
-                             JoinPart(daily, key_mapping={"user_id": "user"})],
-                derivations=[Derivation("*", "*"),
-                             Derivation("count_twice", "uc_events_user_category_i_count * 2"),
-                             Derivation("sum_or_zero", "COALESCE(events_daily_x_sum, 0.0)")])
+    join = Join(
+        name="train.derived",
+        left=LEFT,
+        right_parts=[
+            JoinPart(by_category, key_mapping={"user_id": "user"}, prefix="uc"),
+            JoinPart(daily, key_mapping={"user_id": "user"}),
+        ],
+        derivations=[
+            Derivation("*", "*"),
+            Derivation("count_twice", "uc_events_user_category_i_count * 2"),
+            Derivation("sum_or_zero", "COALESCE(events_daily_x_sum, 0.0)"),
+        ],
+    )
     derivations = {
-        "count_twice": lambda r: None if r["uc_events_user_category_i_count"] is None
-        else r["uc_events_user_category_i_count"] * 2,
+        "count_twice": lambda r: (
+            None if r["uc_events_user_category_i_count"] is None else r["uc_events_user_category_i_count"] * 2
+        ),
         "sum_or_zero": lambda r: 0.0 if r["events_daily_x_sum"] is None else r["events_daily_x_sum"],
     }
     project = world.project({join.name: join, by_category.name: by_category, daily.name: daily})
     check_join_backfill(world, project, join, JOIN_START, JOIN_END, oracle=world.oracle(derivations))
 
-    only_derived = Join(name="train.only_derived", left=LEFT, right_parts=join.right_parts,
-                        derivations=[d for d in join.derivations if not d.is_star])
-    project = world.project({only_derived.name: only_derived, by_category.name: by_category, daily.name: daily})
+    only_derived = Join(
+        name="train.only_derived",
+        left=LEFT,
+        right_parts=join.right_parts,
+        derivations=[d for d in join.derivations if not d.is_star],
+    )
+    project = world.project(
+        {only_derived.name: only_derived, by_category.name: by_category, daily.name: daily}
+    )
     check_join_backfill(world, project, only_derived, JOIN_START, JOIN_END, oracle=world.oracle(derivations))
 
 
@@ -435,12 +561,25 @@ def test_training_data(world: World) -> None:
     """training_data(join, left frame): same values as a backfill, left columns as given first."""
     temporal = activity_group_by("events.td_temporal", Accuracy.TEMPORAL)
     snapshot = activity_group_by("events.td_snapshot", Accuracy.SNAPSHOT)
-    join = Join(name="train.td", left=LEFT,
-                right_parts=[JoinPart(temporal, key_mapping={"user_id": "user"}, prefix="t"),
-                             JoinPart(snapshot, key_mapping={"user_id": "user"})])
-    left_rows = [{"row_id": r["row_id"], "user_id": r["user_id"], "item_id": r["item_id"], "cat": r["cat"],
-                  "ts": r["ts"]}
-                 for ds in ds_range(JOIN_START, JOIN_END) for r in world.tables["events.left"][ds]]
+    join = Join(
+        name="train.td",
+        left=LEFT,
+        right_parts=[
+            JoinPart(temporal, key_mapping={"user_id": "user"}, prefix="t"),
+            JoinPart(snapshot, key_mapping={"user_id": "user"}),
+        ],
+    )
+    left_rows = [
+        {
+            "row_id": r["row_id"],
+            "user_id": r["user_id"],
+            "item_id": r["item_id"],
+            "cat": r["cat"],
+            "ts": r["ts"],
+        }
+        for ds in ds_range(JOIN_START, JOIN_END)
+        for r in world.tables["events.left"][ds]
+    ]
     project = world.project({join.name: join, temporal.name: temporal, snapshot.name: snapshot})
     table = project.training_data(join.name, pa.Table.from_pylist(left_rows, schema=LEFT_SCHEMA))
     assert table.num_rows == len(left_rows)
@@ -451,10 +590,14 @@ def test_training_data(world: World) -> None:
 
 
 def test_group_by_derivations(world: World) -> None:
-    base = activity_group_by("events.derived_star", Accuracy.SNAPSHOT,
-                             derivations=[Derivation("*", "*"), Derivation("avg_x2", "x_average_5h * 2")])
-    only = activity_group_by("events.derived_only", Accuracy.SNAPSHOT,
-                             derivations=[Derivation("avg_x2", "x_average_5h * 2")])
+    base = activity_group_by(
+        "events.derived_star",
+        Accuracy.SNAPSHOT,
+        derivations=[Derivation("*", "*"), Derivation("avg_x2", "x_average_5h * 2")],
+    )
+    only = activity_group_by(
+        "events.derived_only", Accuracy.SNAPSHOT, derivations=[Derivation("avg_x2", "x_average_5h * 2")]
+    )
     oracle = world.oracle({"avg_x2": lambda r: None if r["x_average_5h"] is None else r["x_average_5h"] * 2})
     project = world.project({base.name: base, only.name: only})
     check_group_by_backfill(world, project, base, GB_START, GB_END, oracle=oracle)
@@ -463,9 +606,15 @@ def test_group_by_derivations(world: World) -> None:
 
 def test_windowed_only_group_by_keys(world: World) -> None:
     """Keys appear in partition D only with an input row in one of the windows (u4 stops early)."""
-    group_by = GroupBy(name="events.windowed_only", sources=[event_source()], keys=["user"],
-                       aggregations=[Aggregation("i", Operation.COUNT, windows=["30m", "13h"]),
-                                     Aggregation("s", Operation.LAST, windows=["7m"])])
+    group_by = GroupBy(
+        name="events.windowed_only",
+        sources=[event_source()],
+        keys=["user"],
+        aggregations=[
+            Aggregation("i", Operation.COUNT, windows=["30m", "13h"]),
+            Aggregation("s", Operation.LAST, windows=["7m"]),
+        ],
+    )
     project = world.project({group_by.name: group_by})
     check_group_by_backfill(world, project, group_by, FIRST_DS, LAST_DS)
 
@@ -475,13 +624,22 @@ def test_two_sources_source_order(world: World) -> None:
     columns = ("user", "s", "i", "x")
     for order in ((0, 1), (1, 0)):
         sources = [event_source(("events.activity", "events.more_activity")[i], columns) for i in order]
-        group_by = GroupBy(name=f"events.two_sources_{order[0]}{order[1]}", sources=sources, keys=["user"],
-                           accuracy=Accuracy.TEMPORAL,
-                           aggregations=[Aggregation("s", op, windows=["30m", "2d"]) for op in
-                                         (Operation.FIRST, Operation.LAST, Operation.FIRST_K(3), Operation.LAST_K(3))]
-                           + [Aggregation("i", Operation.COUNT), Aggregation("x", Operation.SUM, windows=["5h"])])
-        join = Join(name=f"train.two_sources_{order[0]}{order[1]}", left=LEFT,
-                    right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})])
+        group_by = GroupBy(
+            name=f"events.two_sources_{order[0]}{order[1]}",
+            sources=sources,
+            keys=["user"],
+            accuracy=Accuracy.TEMPORAL,
+            aggregations=[
+                Aggregation("s", op, windows=["30m", "2d"])
+                for op in (Operation.FIRST, Operation.LAST, Operation.FIRST_K(3), Operation.LAST_K(3))
+            ]
+            + [Aggregation("i", Operation.COUNT), Aggregation("x", Operation.SUM, windows=["5h"])],
+        )
+        join = Join(
+            name=f"train.two_sources_{order[0]}{order[1]}",
+            left=LEFT,
+            right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})],
+        )
         project = world.project({group_by.name: group_by, join.name: join})
         check_group_by_backfill(world, project, group_by, GB_START, GB_END)
         check_join_backfill(world, project, join, JOIN_START, JOIN_END)
@@ -490,7 +648,9 @@ def test_two_sources_source_order(world: World) -> None:
 def test_output_columns_in_order(world: World) -> None:
     """GroupBy output: keys, features in aggregation order, ds. Join: left columns, then features."""
     group_by = activity_group_by("events.ordered", Accuracy.SNAPSHOT)
-    join = Join(name="train.ordered", left=LEFT, right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})])
+    join = Join(
+        name="train.ordered", left=LEFT, right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})]
+    )
     project = world.project({group_by.name: group_by, join.name: join})
     project.backfill(group_by.name, GB_START, GB_START)
     table = project.warehouse.read_table(project.output_table(group_by.name), GB_START, GB_START)
@@ -500,5 +660,5 @@ def test_output_columns_in_order(world: World) -> None:
     table = project.warehouse.read_table(project.output_table(join.name), JOIN_START, JOIN_START)
     columns = [c for c in table.column_names if c != "ds"]
     features = Oracle.part_columns(join.right_parts[0])
-    assert columns[-len(features):] == features
+    assert columns[-len(features) :] == features
     assert set(columns[: -len(features)]) == {"row_id", "user_id", "item_id", "cat", "ts"}

@@ -40,7 +40,9 @@ Q = midnight("2026-01-10") + 12 * HOUR_MS + 34 * MINUTE_MS + 56_789  # 2026-01-1
 
 def rows(*items: tuple[int, object]) -> list[Row]:
     """Rows (ts, value) of column ``v`` in the given source order."""
-    return [Row(ts, ("2026-01-10", 0, "part-0.parquet", n), {"v": value}) for n, (ts, value) in enumerate(items)]
+    return [
+        Row(ts, ("2026-01-10", 0, "part-0.parquet", n), {"v": value}) for n, (ts, value) in enumerate(items)
+    ]
 
 
 def value(operation: object, *items: tuple[int, object]) -> object:
@@ -99,7 +101,13 @@ def test_small_counts_for_skew_and_kurtosis_are_null() -> None:
 
 
 def test_empty_window_is_null_count_too() -> None:
-    for operation in (Operation.COUNT, Operation.SUM, Operation.LAST, Operation.HISTOGRAM, Operation.TOP_K(2)):
+    for operation in (
+        Operation.COUNT,
+        Operation.SUM,
+        Operation.LAST,
+        Operation.HISTOGRAM,
+        Operation.TOP_K(2),
+    ):
         assert value(operation) is None
         assert value(operation, (1, None)) is None
 
@@ -107,7 +115,13 @@ def test_empty_window_is_null_count_too() -> None:
 def test_nan_and_infinity() -> None:
     nan, inf = math.nan, math.inf
     assert value(Operation.COUNT, (1, 1.0), (2, nan)) == 2
-    for operation in (Operation.SUM, Operation.AVERAGE, Operation.VARIANCE, Operation.SKEW, Operation.KURTOSIS):
+    for operation in (
+        Operation.SUM,
+        Operation.AVERAGE,
+        Operation.VARIANCE,
+        Operation.SKEW,
+        Operation.KURTOSIS,
+    ):
         assert value(operation, (1, 1.0), (2, nan), (3, 2.0), (4, 5.0)) is None
     assert value(Operation.SUM, (1, 1.0), (2, inf)) is None
     assert value(Operation.MAX, (1, 1.0), (2, nan)) is None  # NaN is the largest, and NaN outputs are null
@@ -139,11 +153,18 @@ def test_lists_maps_element_wise_and_buckets() -> None:
     assert value(Operation.LAST, (1, ["a", "b"]), (2, ["c"])) == ["c"]
     assert value(Operation.LAST_K(2), (1, ["a", "b"]), (2, ["c"])) == [["c"], ["a", "b"]]
     assert value(Operation.SUM, (1, {"a": 1, "b": 2}), (2, {"a": 5})) == {"a": 6, "b": 2}
-    summed = aggregate(Aggregation("v", Operation.SUM, element_wise=True), rows((1, [1.0, 2.0]), (2, [3.0, 4.0])))
+    summed = aggregate(
+        Aggregation("v", Operation.SUM, element_wise=True), rows((1, [1.0, 2.0]), (2, [3.0, 4.0]))
+    )
     assert summed == [4.0, 6.0]
-    data = [Row(t, ("d", 0, "f", t), {"v": v, "c": c}) for t, (v, c) in enumerate([(1, "x"), (2, "y"), (3, None),
-                                                                                   (None, "z"), (4, "x")])]
-    assert aggregate_column(Aggregation("v", Operation.SUM, buckets=["c"]), None, "c", data, 100) == {"x": 5, "y": 2}
+    data = [
+        Row(t, ("d", 0, "f", t), {"v": v, "c": c})
+        for t, (v, c) in enumerate([(1, "x"), (2, "y"), (3, None), (None, "z"), (4, "x")])
+    ]
+    assert aggregate_column(Aggregation("v", Operation.SUM, buckets=["c"]), None, "c", data, 100) == {
+        "x": 5,
+        "y": 2,
+    }
 
 
 def test_sketch_markers_tolerances() -> None:
@@ -174,75 +195,131 @@ EVENTS = EventSource(table="ev.clicks", query=Query(selects={"user": "user", "v"
 D1 = midnight("2026-01-01")
 TABLES = {
     "ev.clicks": {
-        "2026-01-01": [{"user": "a", "v": 1, "ts": D1 + 12 * HOUR_MS},
-                       {"user": "b", "v": 5, "ts": D1 + 11 * HOUR_MS}],  # exactly at the 13h tail of q=01-02
+        "2026-01-01": [
+            {"user": "a", "v": 1, "ts": D1 + 12 * HOUR_MS},
+            {"user": "b", "v": 5, "ts": D1 + 11 * HOUR_MS},
+        ],  # exactly at the 13h tail of q=01-02
         "2026-01-02": [{"user": "a", "v": 2, "ts": D1 + DAY_MS + 1 * HOUR_MS}],
         "2026-01-03": [],
     },
     "ev.left": {
-        "2026-01-02": [{"uid": "a", "ts": D1 + DAY_MS + 1 * HOUR_MS},   # the event at exactly q is excluded
-                       {"uid": "a", "ts": D1 + DAY_MS + 2 * HOUR_MS},
-                       {"uid": None, "ts": D1 + DAY_MS + 2 * HOUR_MS},
-                       {"uid": "a", "ts": D1 + DAY_MS + 2 * HOUR_MS}],  # a duplicate
+        "2026-01-02": [
+            {"uid": "a", "ts": D1 + DAY_MS + 1 * HOUR_MS},  # the event at exactly q is excluded
+            {"uid": "a", "ts": D1 + DAY_MS + 2 * HOUR_MS},
+            {"uid": None, "ts": D1 + DAY_MS + 2 * HOUR_MS},
+            {"uid": "a", "ts": D1 + DAY_MS + 2 * HOUR_MS},
+        ],  # a duplicate
     },
 }
 
 
 def test_group_by_backfill_by_hand() -> None:
-    group_by = GroupBy(name="t.clicks", sources=[EVENTS], keys=["user"],
-                       aggregations=[Aggregation("v", Operation.SUM, windows=["13h"]), Aggregation("v", Operation.SUM)])
+    group_by = GroupBy(
+        name="t.clicks",
+        sources=[EVENTS],
+        keys=["user"],
+        aggregations=[Aggregation("v", Operation.SUM, windows=["13h"]), Aggregation("v", Operation.SUM)],
+    )
     oracle = Oracle(TABLES)
     assert oracle.group_by_backfill(group_by, "2026-01-01") == [
         {"user": "a", "v_sum_13h": 1, "v_sum": 1, "ds": "2026-01-01"},
-        {"user": "b", "v_sum_13h": 5, "v_sum": 5, "ds": "2026-01-01"}]
+        {"user": "b", "v_sum_13h": 5, "v_sum": 5, "ds": "2026-01-01"},
+    ]
     # q = 2026-01-03 00:00: 13h window starts 2026-01-02 11:00; only unbounded sums remain
     assert oracle.group_by_backfill(group_by, "2026-01-02") == [
         {"user": "a", "v_sum_13h": None, "v_sum": 3, "ds": "2026-01-02"},
-        {"user": "b", "v_sum_13h": None, "v_sum": 5, "ds": "2026-01-02"}]
-    windowed = GroupBy(name="t.windowed", sources=[EVENTS], keys=["user"],
-                       aggregations=[Aggregation("v", Operation.COUNT, windows=["13h"])])
+        {"user": "b", "v_sum_13h": None, "v_sum": 5, "ds": "2026-01-02"},
+    ]
+    windowed = GroupBy(
+        name="t.windowed",
+        sources=[EVENTS],
+        keys=["user"],
+        aggregations=[Aggregation("v", Operation.COUNT, windows=["13h"])],
+    )
     assert oracle.group_by_backfill(windowed, "2026-01-02") == []
 
 
 def test_join_by_hand() -> None:
-    temporal = GroupBy(name="t.clicks", sources=[EVENTS], keys=["user"], accuracy=Accuracy.TEMPORAL,
-                       aggregations=[Aggregation("v", Operation.SUM)])
-    snapshot = GroupBy(name="t.daily", sources=[EVENTS], keys=["user"], accuracy=Accuracy.SNAPSHOT,
-                       aggregations=[Aggregation("v", Operation.COUNT)])
-    join = Join(name="t.train", left=EventSource(table="ev.left", query=Query(selects={"uid": "uid"})),
-                right_parts=[JoinPart(temporal, key_mapping={"uid": "user"}),
-                             JoinPart(snapshot, key_mapping={"uid": "user"}, prefix="p")],
-                derivations=[Derivation("double", "t_clicks_v_sum * 2")])
-    oracle = Oracle(TABLES, derivations={"double": lambda r: None if r["t_clicks_v_sum"] is None
-                                         else r["t_clicks_v_sum"] * 2})
+    temporal = GroupBy(
+        name="t.clicks",
+        sources=[EVENTS],
+        keys=["user"],
+        accuracy=Accuracy.TEMPORAL,
+        aggregations=[Aggregation("v", Operation.SUM)],
+    )
+    snapshot = GroupBy(
+        name="t.daily",
+        sources=[EVENTS],
+        keys=["user"],
+        accuracy=Accuracy.SNAPSHOT,
+        aggregations=[Aggregation("v", Operation.COUNT)],
+    )
+    join = Join(
+        name="t.train",
+        left=EventSource(table="ev.left", query=Query(selects={"uid": "uid"})),
+        right_parts=[
+            JoinPart(temporal, key_mapping={"uid": "user"}),
+            JoinPart(snapshot, key_mapping={"uid": "user"}, prefix="p"),
+        ],
+        derivations=[Derivation("double", "t_clicks_v_sum * 2")],
+    )
+    oracle = Oracle(
+        TABLES,
+        derivations={"double": lambda r: None if r["t_clicks_v_sum"] is None else r["t_clicks_v_sum"] * 2},
+    )
     t = D1 + DAY_MS
     assert oracle.join_backfill(join, "2026-01-02", "2026-01-02") == [
         {"uid": "a", "ts": t + 1 * HOUR_MS, "ds": "2026-01-02", "double": 2},
         {"uid": "a", "ts": t + 2 * HOUR_MS, "ds": "2026-01-02", "double": 6},
         {"uid": None, "ts": t + 2 * HOUR_MS, "ds": "2026-01-02", "double": None},
-        {"uid": "a", "ts": t + 2 * HOUR_MS, "ds": "2026-01-02", "double": 6}]
-    star = Join(name="t.train2", left=join.left, right_parts=join.right_parts,
-                derivations=[Derivation("*", "*"), Derivation("double", "t_clicks_v_sum * 2")])
+        {"uid": "a", "ts": t + 2 * HOUR_MS, "ds": "2026-01-02", "double": 6},
+    ]
+    star = Join(
+        name="t.train2",
+        left=join.left,
+        right_parts=join.right_parts,
+        derivations=[Derivation("*", "*"), Derivation("double", "t_clicks_v_sum * 2")],
+    )
     first = oracle.join_backfill(star, "2026-01-02", "2026-01-02")[0]
-    assert first == {"uid": "a", "ts": t + 1 * HOUR_MS, "ds": "2026-01-02", "t_clicks_v_sum": 1,
-                     "p_t_daily_v_count": 1, "double": 2}
+    assert first == {
+        "uid": "a",
+        "ts": t + 1 * HOUR_MS,
+        "ds": "2026-01-02",
+        "t_clicks_v_sum": 1,
+        "p_t_daily_v_count": 1,
+        "double": 2,
+    }
 
 
 def test_entity_snapshot_by_hand() -> None:
-    tables = {"it.reviews": {
-        "2026-01-01": [{"item": "i", "r": 4.0, "ts": D1 + 11 * HOUR_MS}],
-        "2026-01-02": [{"item": "i", "r": 4.0, "ts": D1 + 11 * HOUR_MS},
-                       {"item": "i", "r": 2.0, "ts": D1 + DAY_MS + 20 * HOUR_MS}],
-    }}
-    group_by = GroupBy(name="it.stats", keys=["item"],
-                       sources=[EntitySource(snapshot_table="it.reviews",
-                                             query=Query(selects={"item": "item", "r": "r"}))],
-                       aggregations=[Aggregation("r", Operation.AVERAGE), Aggregation("r", Operation.COUNT, windows=["13h"])])
+    tables = {
+        "it.reviews": {
+            "2026-01-01": [{"item": "i", "r": 4.0, "ts": D1 + 11 * HOUR_MS}],
+            "2026-01-02": [
+                {"item": "i", "r": 4.0, "ts": D1 + 11 * HOUR_MS},
+                {"item": "i", "r": 2.0, "ts": D1 + DAY_MS + 20 * HOUR_MS},
+            ],
+        }
+    }
+    group_by = GroupBy(
+        name="it.stats",
+        keys=["item"],
+        sources=[EntitySource(snapshot_table="it.reviews", query=Query(selects={"item": "item", "r": "r"}))],
+        aggregations=[
+            Aggregation("r", Operation.AVERAGE),
+            Aggregation("r", Operation.COUNT, windows=["13h"]),
+        ],
+    )
     oracle = Oracle(tables)
     assert oracle.group_by_backfill(group_by, "2026-01-01") == [
-        {"item": "i", "r_average": 4.0, "r_count_13h": 1, "ds": "2026-01-01"}]
+        {"item": "i", "r_average": 4.0, "r_count_13h": 1, "ds": "2026-01-01"}
+    ]
     # partition 2026-01-02 reads snapshot 2026-01-02 at q = 2026-01-03 00:00: 13h holds only the second row
     assert oracle.group_by_backfill(group_by, "2026-01-02") == [
-        {"item": "i", "r_average": 3.0, "r_count_13h": 1, "ds": "2026-01-02"}]
+        {"item": "i", "r_average": 3.0, "r_count_13h": 1, "ds": "2026-01-02"}
+    ]
     # a TEMPORAL lookup on 2026-01-02 at 06:00 reads snapshot 2026-01-01; its 13h tail starts 01-01 17:00
-    assert oracle.group_by_values(group_by, ("i",), D1 + DAY_MS + 6 * HOUR_MS) == {"r_average": 4.0, "r_count_13h": None}
+    assert oracle.group_by_values(group_by, ("i",), D1 + DAY_MS + 6 * HOUR_MS) == {
+        "r_average": 4.0,
+        "r_count_13h": None,
+    }

@@ -20,12 +20,22 @@ from gnomon.scaffold import create_example_repo
 
 DAY_MS = 86_400_000
 TABLES = {
-    "user_activity.user_views": {"user_id": "string", "item_id": "string", "activity_type": "string",
-                                 "ts": "int64"},
+    "user_activity.user_views": {
+        "user_id": "string",
+        "item_id": "string",
+        "activity_type": "string",
+        "ts": "int64",
+    },
     "user_activity.watches": {"user_id": "string", "item_id": "string", "ts": "int64"},
 }
 SNAPSHOTS, MUTATIONS = "item_info.ratings_snapshots", "item_info.ratings_mutations"
-RATING_COLUMNS = {"rating_id": "int64", "user_id": "string", "item_id": "string", "rating": "int64", "ts": "int64"}
+RATING_COLUMNS = {
+    "rating_id": "int64",
+    "user_id": "string",
+    "item_id": "string",
+    "rating": "int64",
+    "ts": "int64",
+}
 DAYS = [(dt.date(2026, 10, 1) + dt.timedelta(days=i)).isoformat() for i in range(30)]
 
 
@@ -41,8 +51,10 @@ def features(repo: Path) -> Iterator[dict[str, object]]:
     sys.path.insert(0, str(repo))
     importlib.invalidate_caches()
     try:
-        modules: dict[str, object] = {name: importlib.import_module(f"features.{name}")
-                   for name in ("user_activity", "item_ratings", "training")}
+        modules: dict[str, object] = {
+            name: importlib.import_module(f"features.{name}")
+            for name in ("user_activity", "item_ratings", "training")
+        }
         yield modules
     finally:
         sys.path.remove(str(repo))
@@ -59,21 +71,41 @@ def _table(repo: Path, table: str) -> Path:
 
 
 def test_layout(repo: Path) -> None:
-    for file in ("gnomon.yaml", "README.md", "features/__init__.py", "features/user_activity.py",
-                 "features/item_ratings.py", "features/training.py"):
+    for file in (
+        "gnomon.yaml",
+        "README.md",
+        "features/__init__.py",
+        "features/user_activity.py",
+        "features/item_ratings.py",
+        "features/training.py",
+    ):
         assert (repo / file).is_file(), file
     assert (repo / "features/__init__.py").read_text() == ""
     config = (repo / "gnomon.yaml").read_text()
-    for line in ("project: quickstart", "warehouse: ./warehouse", "dialect: duckdb", "offline: {engine: duckdb}",
-                 "online: sqlite:///online.db", "stream: embedded", "# online: redis://", "# stream: kafka://"):
+    for line in (
+        "project: quickstart",
+        "warehouse: ./warehouse",
+        "dialect: duckdb",
+        "offline: {engine: duckdb}",
+        "online: sqlite:///online.db",
+        "stream: embedded",
+        "# online: redis://",
+        "# stream: kafka://",
+    ):
         assert line in config, line
 
 
 def test_config_is_valid_yaml(repo: Path) -> None:
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((repo / "gnomon.yaml").read_text())
-    assert config == {"project": "quickstart", "warehouse": "./warehouse", "dialect": "duckdb",
-                      "offline": {"engine": "duckdb"}, "online": "sqlite:///online.db", "stream": "embedded"}
+    assert config == {
+        "project": "quickstart",
+        "warehouse": "./warehouse",
+        "dialect": "duckdb",
+        "offline": {"engine": "duckdb"},
+        "online": "sqlite:///online.db",
+        "stream": "embedded",
+    }
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -93,7 +125,9 @@ def test_partitions_and_columns(repo: Path, table: str) -> None:
 
 
 def _partition(repo: Path, table: str, day: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = pq.read_table(_table(repo, table) / f"ds={day}" / "part-0.parquet").to_pylist()
+    rows: list[dict[str, Any]] = pq.read_table(
+        _table(repo, table) / f"ds={day}" / "part-0.parquet"
+    ).to_pylist()
     return rows
 
 
@@ -113,10 +147,14 @@ def _replay(state: list[tuple[Any, ...]], mutations: list[dict[str, Any]], befor
 
 def test_entity_partitions_and_columns(repo: Path) -> None:
     """Snapshots: the initial table on the day before the month, then every day; mutations every day."""
-    assert sorted(p.name for p in _table(repo, SNAPSHOTS).iterdir()) == ["ds=2026-09-30"] + [f"ds={d}" for d in DAYS]
+    assert sorted(p.name for p in _table(repo, SNAPSHOTS).iterdir()) == ["ds=2026-09-30"] + [
+        f"ds={d}" for d in DAYS
+    ]
     assert sorted(p.name for p in _table(repo, MUTATIONS).iterdir()) == [f"ds={d}" for d in DAYS]
-    for table, columns in ((SNAPSHOTS, RATING_COLUMNS),
-                           (MUTATIONS, {**RATING_COLUMNS, "mutation_ts": "int64", "is_before": "bool"})):
+    for table, columns in (
+        (SNAPSHOTS, RATING_COLUMNS),
+        (MUTATIONS, {**RATING_COLUMNS, "mutation_ts": "int64", "is_before": "bool"}),
+    ):
         for folder in _table(repo, table).iterdir():
             assert [f.name for f in folder.iterdir()] == ["part-0.parquet"]
             part = pq.read_table(folder / "part-0.parquet")
@@ -159,23 +197,35 @@ def test_sample_data_shape(repo: Path) -> None:
     for m in changes:
         images.setdefault((m["mutation_ts"], m["rating_id"]), []).append(m["is_before"])
     kinds = [tuple(flags) for flags in images.values()]
-    assert kinds.count((False,)) > 1_000 and kinds.count((True, False)) > 100 and 10 < kinds.count((True,)) < 500
+    assert (
+        kinds.count((False,)) > 1_000 and kinds.count((True, False)) > 100 and 10 < kinds.count((True,)) < 500
+    )
     assert set(kinds) == {(False,), (True, False), (True,)}
     readme = (repo / "README.md").read_text()
-    counts = (len(_partition(repo, SNAPSHOTS, "2026-09-30")), len(ratings),
-              kinds.count((False,)), kinds.count((True, False)), kinds.count((True,)))
+    counts = (
+        len(_partition(repo, SNAPSHOTS, "2026-09-30")),
+        len(ratings),
+        kinds.count((False,)),
+        kinds.count((True, False)),
+        kinds.count((True,)),
+    )
     assert f"{counts[0]:,} rows on\n" in readme and f"{counts[1]:,} on 2026-10-30" in readme
     assert "{:,} new ratings, {:,} changed, {:,} deleted".format(*counts[2:]) in readme
     # Bob's rating of i001, which the quickstart changes online, is in every snapshot, unchanged
     for day in ["2026-09-30", *DAYS]:
         bob = [r for r in _partition(repo, SNAPSHOTS, day) if r["user_id"] == "bob"]
-        assert bob == [{"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000}], day
-    assert '"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000' in (
-        repo / "README.md").read_text()
+        assert bob == [
+            {"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000}
+        ], day
+    assert (
+        '"rating_id": 2529, "user_id": "bob", "item_id": "i001", "rating": 2, "ts": 1789948800000'
+        in (repo / "README.md").read_text()
+    )
     bob_watches = watches.filter(pc.equal(watches["user_id"], "bob"))
     assert bob_watches.num_rows >= 10
     assert set(bob_watches["item_id"].to_pylist()) <= set(
-        views.filter(pc.equal(views["user_id"], "bob"))["item_id"].to_pylist())
+        views.filter(pc.equal(views["user_id"], "bob"))["item_id"].to_pylist()
+    )
 
 
 def test_readme_example_holds(repo: Path) -> None:
@@ -189,7 +239,9 @@ def test_readme_example_holds(repo: Path) -> None:
     # the ratings table at q: snapshot 2026-10-03, then the mutations of 2026-10-04 before q
     state = [tuple(r.values()) for r in _partition(repo, SNAPSHOTS, "2026-10-03")]
     assert [sum(1 for r in state if r[2] == item), sum(r[3] for r in state if r[2] == item)] == [127, 294]
-    changes = [m for m in _partition(repo, MUTATIONS, "2026-10-04") if m["item_id"] == item and m["mutation_ts"] < q]
+    changes = [
+        m for m in _partition(repo, MUTATIONS, "2026-10-04") if m["item_id"] == item and m["mutation_ts"] < q
+    ]
     assert [(m["mutation_ts"], m["is_before"], m["rating"]) for m in changes] == [(1791086492090, False, 1)]
     _replay(state, _partition(repo, MUTATIONS, "2026-10-04"), before=q)
     window_start = (q - 90 * DAY_MS) - (q - 90 * DAY_MS) % DAY_MS  # hop(90d) = 1 day
@@ -217,14 +269,20 @@ def test_last_ds_shifts_whole_days(repo: Path, tmp_path: Path) -> None:
     """``--last-ds`` moves the month (and the initial snapshot) by whole days; nothing else changes."""
     shifted = create_example_repo(tmp_path / "shifted", last_ds="2026-11-30")
     shift = 31 * DAY_MS
-    for table, first in ((SNAPSHOTS, "2026-09-30"), (MUTATIONS, "2026-10-01"), ("user_activity.watches", "2026-10-01")):
+    for table, first in (
+        (SNAPSHOTS, "2026-09-30"),
+        (MUTATIONS, "2026-10-01"),
+        ("user_activity.watches", "2026-10-01"),
+    ):
         old_days = sorted(p.name[3:] for p in _table(repo, table).iterdir())
         new_days = sorted(p.name[3:] for p in _table(shifted, table).iterdir())
         assert old_days[0] == first
         assert new_days == [(dt.date.fromisoformat(d) + dt.timedelta(days=31)).isoformat() for d in old_days]
         for old_day, new_day in zip(old_days[:3], new_days[:3], strict=True):
-            moved = [{k: v + shift if k in ("ts", "mutation_ts") else v for k, v in r.items()}
-                     for r in _partition(repo, table, old_day)]
+            moved = [
+                {k: v + shift if k in ("ts", "mutation_ts") else v for k, v in r.items()}
+                for r in _partition(repo, table, old_day)
+            ]
             assert _partition(shifted, table, new_day) == moved
 
 
@@ -241,7 +299,10 @@ def test_definitions_import(features: dict[str, object]) -> None:
     [ratings] = item_ratings.sources
     assert isinstance(ratings, gnomon.EntitySource)
     assert (ratings.snapshot_table, ratings.mutation_table, ratings.mutation_topic) == (
-        SNAPSHOTS, MUTATIONS, "ratings_mutations")
+        SNAPSHOTS,
+        MUTATIONS,
+        "ratings_mutations",
+    )
     assert isinstance(training, gnomon.Join) and training.name == "user_item_training"
     assert [p.group_by for p in training.right_parts] == [user_item_views, item_ratings]
     assert training.left.table == "user_activity.watches"  # type: ignore[union-attr]

@@ -14,12 +14,21 @@ JAN1 = 1767225600000  # 2026-01-01 00:00 UTC
 
 
 def project_with(tmp_path: Path, query: str) -> Project:
-    project = Project(tmp_path, objects={"daily": StagingQuery(name="daily", query=query, start_partition="2026-01-01")})
+    project = Project(
+        tmp_path, objects={"daily": StagingQuery(name="daily", query=query, start_partition="2026-01-01")}
+    )
     for day in range(4):
         ds = f"2026-01-0{day + 1}"
-        project.warehouse.write_partition("act.views", ds, pa.table(
-            {"user_id": ["a", "b", "a"][: day + 1] if day < 3 else ["b"], "ts": [JAN1 + day * DAY + 1] * min(day + 1, 3)
-             if day < 3 else [JAN1 + day * DAY]}))
+        project.warehouse.write_partition(
+            "act.views",
+            ds,
+            pa.table(
+                {
+                    "user_id": ["a", "b", "a"][: day + 1] if day < 3 else ["b"],
+                    "ts": [JAN1 + day * DAY + 1] * min(day + 1, 3) if day < 3 else [JAN1 + day * DAY],
+                }
+            ),
+        )
     return project
 
 

@@ -19,7 +19,10 @@ def test_layout_and_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "ns" / "events" / "ds=2026-01-02" / "part-0.parquet").exists()
     assert warehouse.partitions("ns.events") == ["2026-01-01", "2026-01-02"]
     assert warehouse.read_table("ns.events").to_pylist() == [
-        {"a": 3, "ds": "2026-01-01"}, {"a": 1, "ds": "2026-01-02"}, {"a": 2, "ds": "2026-01-02"}]
+        {"a": 3, "ds": "2026-01-01"},
+        {"a": 1, "ds": "2026-01-02"},
+        {"a": 2, "ds": "2026-01-02"},
+    ]
     assert warehouse.tables() == ["ns.events"]
 
 
@@ -28,7 +31,9 @@ def test_rewriting_a_partition_replaces_it_whole(tmp_path: Path) -> None:
     warehouse.write_partition("ns.t", "2026-01-01", pa.table({"a": [1, 2, 3]}))
     warehouse.write_partition("ns.t", "2026-01-01", pa.table({"a": [9]}))
     assert warehouse.read_table("ns.t").column("a").to_pylist() == [9]
-    assert [p.name for p in (tmp_path / "ns" / "t").iterdir()] == ["ds=2026-01-01"]  # no staging or trash left
+    assert [p.name for p in (tmp_path / "ns" / "t").iterdir()] == [
+        "ds=2026-01-01"
+    ]  # no staging or trash left
 
 
 def test_missing_table_and_partition_errors_name_them(tmp_path: Path) -> None:

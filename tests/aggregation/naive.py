@@ -38,13 +38,15 @@ class Case:
 SPECIAL_FLOATS = [0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1.0, -1.0, 2.5]
 _any_float = st.one_of(st.sampled_from(SPECIAL_FLOATS), st.floats(allow_nan=True, allow_infinity=True))
 # sums of these can never overflow, so exact reference sums exist whatever the order
-_sum_float = st.one_of(st.sampled_from(SPECIAL_FLOATS),
-                       st.floats(min_value=-1e300, max_value=1e300, allow_nan=False),
-                       st.floats(min_value=-1e3, max_value=1e3, allow_nan=False))
+_sum_float = st.one_of(
+    st.sampled_from(SPECIAL_FLOATS),
+    st.floats(min_value=-1e300, max_value=1e300, allow_nan=False),
+    st.floats(min_value=-1e3, max_value=1e3, allow_nan=False),
+)
 # well-conditioned moments: |mean| / spread is bounded, so 1e-9 relative accuracy is achievable
 _moment_float = st.integers(-4000, 4000).map(lambda i: i / 8)
 _int = st.one_of(st.integers(-5, 5), st.integers(-(10**6), 10**6), st.integers(INT64_MIN, INT64_MAX))
-_small_int = st.integers(-10**6, 10**6)
+_small_int = st.integers(-(10**6), 10**6)
 _str = st.one_of(st.sampled_from(["", "a", "b", "ab", "é", "Z"]), st.text(max_size=4))
 
 VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -114,7 +116,8 @@ def rows_strategy(case: Case, max_size: int = 30) -> st.SearchStrategy[list[Row]
     """Rows with few distinct ts (many ties) and unique seqs in source order."""
     values = VALUES[case.values]
     return st.lists(st.tuples(values, st.integers(0, 12)), max_size=max_size).map(
-        lambda pairs: [(value, ts, seq) for seq, (value, ts) in enumerate(pairs)])
+        lambda pairs: [(value, ts, seq) for seq, (value, ts) in enumerate(pairs)]
+    )
 
 
 # -- reference computations --------------------------------------------------------------------------
@@ -153,8 +156,12 @@ def central_moments(values: list[float]) -> tuple[int, Fraction, Fraction, Fract
     exact = [Fraction(v) for v in values]
     n = len(exact)
     mean = sum(exact) / n
-    return n, sum((x - mean) ** 2 for x in exact), sum((x - mean) ** 3 for x in exact), \
-        sum((x - mean) ** 4 for x in exact)
+    return (
+        n,
+        sum((x - mean) ** 2 for x in exact),
+        sum((x - mean) ** 3 for x in exact),
+        sum((x - mean) ** 4 for x in exact),
+    )
 
 
 def expected(case: Case, rows: list[Row]) -> Any:

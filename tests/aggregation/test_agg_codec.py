@@ -29,16 +29,24 @@ def same(a: Any, b: Any) -> bool:
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(), st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1, 2**200, -(2**200)]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([-(2**63), 2**63 - 1, 2**200, -(2**200)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0]),
     st.binary(max_size=6).map(lambda raw: struct.unpack(">d", raw.ljust(8, b"\xff"))[0]),  # NaN payloads
-    st.text(max_size=6), st.binary(max_size=6),
+    st.text(max_size=6),
+    st.binary(max_size=6),
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.lists(inner, max_size=4).map(tuple),
-                            st.dictionaries(st.text(max_size=3), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    ),
     max_leaves=20,
 )
 
@@ -81,17 +89,20 @@ def test_numpy_scalars_encode_as_plain_values() -> None:
     assert decode_value(encode_value([np.int64(5), np.float64(-0.0), np.bool_(True)])) == [5, -0.0, True]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty"),
-    (b"\x02N", "version 2"),
-    (b"\x01", "malformed"),
-    (b"\x01d\x00\x00", "malformed"),
-    (b"\x01s\x05ab", "malformed"),
-    (b"\x01NN", "trailing"),
-    (b"\x01?", "unknown tag"),
-    (b"\x01kz\x00", "unknown sketch kind"),
-    (b"\x01kc\x02\x00\x00", "malformed"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"\x02N", "version 2"),
+        (b"\x01", "malformed"),
+        (b"\x01d\x00\x00", "malformed"),
+        (b"\x01s\x05ab", "malformed"),
+        (b"\x01NN", "trailing"),
+        (b"\x01?", "unknown tag"),
+        (b"\x01kz\x00", "unknown sketch kind"),
+        (b"\x01kc\x02\x00\x00", "malformed"),
+    ],
+)
 def test_malformed_bytes_raise_value_error(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decode_value(data)

@@ -20,9 +20,21 @@ from gnomon.aggregation import (
 from .naive import CASES, VALUES, Case, assert_matches, expected, rows_strategy
 
 PROPERTY = settings(max_examples=30, deadline=None, database=None)
-INNER = [c for c in CASES if c.id in {
-    "count()[str]", "sum()[float]", "variance()[float]", "last_k(k=3)[str]", "histogram()[str]",
-    "approx_unique_count(lg_k=10)[str]", "top_k(k=3)[float]", "first()[list<int>]"}]
+INNER = [
+    c
+    for c in CASES
+    if c.id
+    in {
+        "count()[str]",
+        "sum()[float]",
+        "variance()[float]",
+        "last_k(k=3)[str]",
+        "histogram()[str]",
+        "approx_unique_count(lg_k=10)[str]",
+        "top_k(k=3)[float]",
+        "first()[list<int>]",
+    }
+]
 BUCKETS = st.sampled_from([None, "x", "y", 1, True])
 
 
@@ -35,8 +47,12 @@ def _group(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, int, int]]]
     return groups
 
 
-def _check_keyed(case: Case, got: Any, groups: dict[str, list[tuple[Any, int, int]]],
-                 scale: dict[str, list[tuple[Any, int, int]]] | None = None) -> None:
+def _check_keyed(
+    case: Case,
+    got: Any,
+    groups: dict[str, list[tuple[Any, int, int]]],
+    scale: dict[str, list[tuple[Any, int, int]]] | None = None,
+) -> None:
     """``got`` holds the expected output per group; ``scale``: all rows seen (deleted ones too)."""
     scale = scale or groups
     want = {key: expected(case, rows) for key, rows in groups.items()}
@@ -85,8 +101,9 @@ def test_bucketed(case: Case, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_map_inputs(case: Case, data: st.DataObject) -> None:
     element = st.one_of(st.none(), VALUES[case.values])
-    maps = data.draw(st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), element, max_size=3),
-                              max_size=15))
+    maps = data.draw(
+        st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), element, max_size=3), max_size=15)
+    )
     rows = [(value, i % 5, i) for i, value in enumerate(maps)]
     agg = make_aggregator(case.kind, case.params, f"map<str,{case.input_type}>")
     assert isinstance(agg, MapAggregator)
@@ -110,8 +127,9 @@ def test_element_wise(case: Case, data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(rows)))
     merged = _split_merge(agg, [agg.fold(rows[:cut]), agg.fold(rows[cut:])])
     got = agg.finalize(decode_ir(agg, encode_ir(agg, merged)))
-    columns = [[(values[i], ts, seq) for values, ts, seq in rows if values[i] is not None]
-               for i in range(length)]
+    columns = [
+        [(values[i], ts, seq) for values, ts, seq in rows if values[i] is not None] for i in range(length)
+    ]
     want = [expected(case, column) for column in columns]
     if all(value is None for value in want):
         assert got is None
@@ -142,9 +160,11 @@ def test_bucketed_ignores_null_buckets_and_wraps_map_and_list_containers() -> No
 
 
 def test_non_reversible_containers_refuse_deletes() -> None:
-    for agg in (make_aggregator("max", {}, "int", bucketed=True),
-                make_aggregator("max", {}, "map<str,int>"),
-                make_aggregator("max", {}, "list<int>", element_wise=True)):
+    for agg in (
+        make_aggregator("max", {}, "int", bucketed=True),
+        make_aggregator("max", {}, "map<str,int>"),
+        make_aggregator("max", {}, "list<int>", element_wise=True),
+    ):
         assert not agg.reversible
         with pytest.raises(TypeError, match="not reversible"):
             agg.delete(None, 1, 0, 0)

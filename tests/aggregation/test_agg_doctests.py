@@ -10,8 +10,9 @@ import pytest
 
 import gnomon.aggregation
 
-MODULES = ["gnomon.aggregation"] + [f"gnomon.aggregation.{m.name}"
-                                    for m in pkgutil.iter_modules(gnomon.aggregation.__path__)]
+MODULES = ["gnomon.aggregation"] + [
+    f"gnomon.aggregation.{m.name}" for m in pkgutil.iter_modules(gnomon.aggregation.__path__)
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

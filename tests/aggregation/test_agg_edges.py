@@ -11,8 +11,13 @@ from gnomon.definitions.operations import ALL_KINDS, Operation
 from gnomon.errors import DefinitionError
 
 NAN, INF = float("nan"), float("inf")
-PARAMS = {"first_k": {"k": 2}, "last_k": {"k": 2}, "top_k": {"k": 2}, "bottom_k": {"k": 2},
-          "bounded_unique_count": {"k": 2}}
+PARAMS = {
+    "first_k": {"k": 2},
+    "last_k": {"k": 2},
+    "top_k": {"k": 2},
+    "bottom_k": {"k": 2},
+    "bounded_unique_count": {"k": 2},
+}
 
 
 def run(kind: str, values: list, input_type: str = "float", **params: object) -> object:
@@ -33,12 +38,25 @@ def test_count_is_null_when_everything_was_deleted() -> None:
     assert agg.finalize(agg.delete(agg.prepare(7, 1, 1), 7, 1, 1)) is None
 
 
-@pytest.mark.parametrize("kind, want", [
-    ("count", 3), ("sum", None), ("average", None), ("variance", None), ("skew", None),
-    ("kurtosis", None), ("min", 1.0), ("max", None), ("first", 1.0), ("last", None),
-    ("unique_count", 3), ("approx_unique_count", 3), ("approx_percentile", [1.0]),
-    ("histogram", {"1.0": 1, "2.0": 1, "nan": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, want",
+    [
+        ("count", 3),
+        ("sum", None),
+        ("average", None),
+        ("variance", None),
+        ("skew", None),
+        ("kurtosis", None),
+        ("min", 1.0),
+        ("max", None),
+        ("first", 1.0),
+        ("last", None),
+        ("unique_count", 3),
+        ("approx_unique_count", 3),
+        ("approx_percentile", [1.0]),
+        ("histogram", {"1.0": 1, "2.0": 1, "nan": 1}),
+    ],
+)
 def test_nan_input(kind: str, want: object) -> None:
     assert run(kind, [1.0, 2.0, NAN]) == want
 
@@ -138,8 +156,9 @@ def test_histogram_delete_drops_zero_counts() -> None:
     assert agg.finalize(agg.delete(ir, "b", 1, 2)) is None
 
 
-@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if k not in
-                                  ("count", "sum", "average", "variance", "histogram")])
+@pytest.mark.parametrize(
+    "kind", [k for k in ALL_KINDS if k not in ("count", "sum", "average", "variance", "histogram")]
+)
 def test_non_reversible_delete_raises_type_error(kind: str) -> None:
     agg = make_aggregator(kind, PARAMS.get(kind, {}), "float")
     assert not agg.reversible
@@ -147,15 +166,30 @@ def test_non_reversible_delete_raises_type_error(kind: str) -> None:
         agg.delete(agg.prepare(1.0, 0, 0), 1.0, 0, 0)
 
 
-@pytest.mark.parametrize("kind, input_type, output_type", [
-    ("count", "str", "int64"), ("sum", "int", "int64"), ("sum", "bool", "int64"),
-    ("sum", "float", "float64"), ("average", "int", "float64"), ("variance", "int", "float64"),
-    ("skew", "float", "float64"), ("min", "str", "str"), ("max", "bool", "bool"), ("max", "int", "int64"),
-    ("first", "float", "float64"), ("last_k", "str", "list<str>"), ("top_k", "float", "list<float64>"),
-    ("unique_count", "str", "int64"), ("approx_unique_count", "int", "int64"),
-    ("approx_percentile", "int", "list<float64>"), ("histogram", "int", "map<str,int64>"),
-    ("approx_histogram_k", "str", "map<str,int64>"), ("sum", "map<str,float>", "map<str,float64>"),
-])
+@pytest.mark.parametrize(
+    "kind, input_type, output_type",
+    [
+        ("count", "str", "int64"),
+        ("sum", "int", "int64"),
+        ("sum", "bool", "int64"),
+        ("sum", "float", "float64"),
+        ("average", "int", "float64"),
+        ("variance", "int", "float64"),
+        ("skew", "float", "float64"),
+        ("min", "str", "str"),
+        ("max", "bool", "bool"),
+        ("max", "int", "int64"),
+        ("first", "float", "float64"),
+        ("last_k", "str", "list<str>"),
+        ("top_k", "float", "list<float64>"),
+        ("unique_count", "str", "int64"),
+        ("approx_unique_count", "int", "int64"),
+        ("approx_percentile", "int", "list<float64>"),
+        ("histogram", "int", "map<str,int64>"),
+        ("approx_histogram_k", "str", "map<str,int64>"),
+        ("sum", "map<str,float>", "map<str,float64>"),
+    ],
+)
 def test_output_types(kind: str, input_type: str, output_type: str) -> None:
     assert make_aggregator(kind, PARAMS.get(kind, {}), input_type).output_type == output_type
 
@@ -176,4 +210,7 @@ def test_registry_errors_name_the_problem() -> None:
 def test_operation_specs_are_accepted() -> None:
     agg = make_aggregator(Operation.LAST_K(2), None, "int")
     assert agg.params == {"k": 2}
-    assert make_aggregator(Operation.APPROX_PERCENTILE, None, "float").params == {"percentiles": (0.5,), "k": 128}
+    assert make_aggregator(Operation.APPROX_PERCENTILE, None, "float").params == {
+        "percentiles": (0.5,),
+        "k": 128,
+    }

@@ -141,8 +141,9 @@ def test_delete_undoes_update(case: Case, data: st.DataObject) -> None:
 def test_delta_ir_of_deletes_and_inserts_merges_exactly(case: Case, data: st.DataObject) -> None:
     """A mutation stream applied to an empty tile (deletes first: negative counts), merged later."""
     rows = data.draw(rows_strategy(case))
-    deleted = [rows[i] for i in sorted(data.draw(st.sets(st.integers(0, max(len(rows) - 1, 0)))))
-               if i < len(rows)]
+    deleted = [
+        rows[i] for i in sorted(data.draw(st.sets(st.integers(0, max(len(rows) - 1, 0))))) if i < len(rows)
+    ]
     inserted = [(value, ts, seq + 1000) for value, ts, seq in data.draw(rows_strategy(case, max_size=6))]
     agg = aggregator(case)
     delta = None

@@ -19,7 +19,7 @@ def _merge_split(agg, rows, rng):  # type: ignore[no-untyped-def]
     rng.shuffle(parts)  # CPC merges are unions: any order
     while len(parts) > 1:
         i = rng.randrange(len(parts) - 1)
-        parts[i: i + 2] = [agg.merge(parts[i], parts[i + 1])]
+        parts[i : i + 2] = [agg.merge(parts[i], parts[i + 1])]
     return parts[0]
 
 

@@ -9,19 +9,30 @@ from hypothesis import strategies as st
 from gnomon.aggregation import TileSet, make_aggregator, tile_start, window_split
 from gnomon.definitions.windows import HOUR_MS, MINUTE_MS, hop_millis, window_start
 
-AGGREGATIONS = [("count", {}, "int"), ("sum", {}, "float"), ("last_k", {"k": 3}, "int"),
-                ("approx_unique_count", {}, "int"), ("histogram", {}, "int")]
+AGGREGATIONS = [
+    ("count", {}, "int"),
+    ("sum", {}, "float"),
+    ("last_k", {"k": 3}, "int"),
+    ("approx_unique_count", {}, "int"),
+    ("histogram", {}, "int"),
+]
 WINDOWS = [MINUTE_MS, 5 * MINUTE_MS, 59 * MINUTE_MS, HOUR_MS, 90 * MINUTE_MS, 13 * HOUR_MS, None]
 events_strategy = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 15 * HOUR_MS)), max_size=40).map(
-    lambda pairs: [(value, ts, seq) for seq, (value, ts) in enumerate(pairs)])
+    lambda pairs: [(value, ts, seq) for seq, (value, ts) in enumerate(pairs)]
+)
 
 
 @pytest.mark.parametrize("kind, params, input_type", AGGREGATIONS, ids=lambda x: str(x))
 @settings(max_examples=40, deadline=None, database=None)
-@given(events=events_strategy, window=st.sampled_from(WINDOWS), finer=st.booleans(),
-       q=st.integers(0, 16 * HOUR_MS))
-def test_value_at_equals_brute_force(kind: str, params: dict, input_type: str, events: list,
-                                     window: int | None, finer: bool, q: int) -> None:
+@given(
+    events=events_strategy,
+    window=st.sampled_from(WINDOWS),
+    finer=st.booleans(),
+    q=st.integers(0, 16 * HOUR_MS),
+)
+def test_value_at_equals_brute_force(
+    kind: str, params: dict, input_type: str, events: list, window: int | None, finer: bool, q: int
+) -> None:
     agg = make_aggregator(kind, params, input_type)
     hop = MINUTE_MS if finer or window is None else hop_millis(window)
     tiles = TileSet(agg, hop)
@@ -32,8 +43,9 @@ def test_value_at_equals_brute_force(kind: str, params: dict, input_type: str, e
     want = agg.finalize(agg.fold(row for row in events if (start is None or start <= row[1]) and row[1] < q))
     assert agg.finalize(tiles.value_at(q, window, head=events)) == want
     assert agg.finalize(tiles.value_at(q, window, head=events)) == want  # the tiles were not mutated
-    assert {s: agg.finalize(ir) for s, ir in tiles.tiles.items()} == \
-        {s: agg.finalize(ir) for s, ir in stored.items()}
+    assert {s: agg.finalize(ir) for s, ir in tiles.tiles.items()} == {
+        s: agg.finalize(ir) for s, ir in stored.items()
+    }
 
 
 def test_tile_start_and_window_split() -> None:

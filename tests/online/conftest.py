@@ -60,8 +60,10 @@ def kafka_url() -> Iterator[str]:
     """``kafka://…`` of the cluster named by ``GNOMON_TEST_KAFKA`` (skips when it is not set)."""
     target = os.environ.get(KAFKA_ENV, "").strip()
     if not target:
-        pytest.skip(f"set {KAFKA_ENV}=host:port (or {KAFKA_ENV}=mock for librdkafka's mock cluster) "
-                    "to run the Kafka tests")
+        pytest.skip(
+            f"set {KAFKA_ENV}=host:port (or {KAFKA_ENV}=mock for librdkafka's mock cluster) "
+            "to run the Kafka tests"
+        )
     confluent_kafka = pytest.importorskip("confluent_kafka")
     if target != "mock":
         yield f"kafka://{target}"
@@ -71,8 +73,9 @@ def kafka_url() -> Iterator[str]:
     logger = logging.getLogger("gnomon.tests.kafka-mock")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    holder: Any = confluent_kafka.Producer({"bootstrap.servers": "unused", "test.mock.num.brokers": 1,
-                                            "logger": logger})
+    holder: Any = confluent_kafka.Producer(
+        {"bootstrap.servers": "unused", "test.mock.num.brokers": 1, "logger": logger}
+    )
     deadline = time.monotonic() + 10
     while handler.address is None and time.monotonic() < deadline:
         holder.poll(0.1)

@@ -42,7 +42,7 @@ TOPIC = "events"
 USERS = ["u1", "u2", "u3", "u4"]
 ITEMS = list("abcde")
 
-FEATURES_PY = '''
+FEATURES_PY = """
 from gnomon import (Accuracy, Aggregation, Derivation, EventSource, GroupBy, Join, JoinPart, Operation,
                     Query)
 
@@ -85,10 +85,17 @@ user_item = Join(
                  Derivation("avg_price_1d", "feat_user_stats_price_sum_1d / feat_user_stats_price_count_1d")],
     online=True,
 )
-'''
+"""
 
-SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.float64()),
-                    ("qty", pa.int64()), ("ts", pa.int64())])
+SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("price", pa.float64()),
+        ("qty", pa.int64()),
+        ("ts", pa.int64()),
+    ]
+)
 
 
 def ds_of(ts: int) -> str:
@@ -103,9 +110,15 @@ def make_events(count: int, seed: int = 7, start: int = START, end: int = END) -
         ts = rng.randrange(start, end)
         if index % 13 == 0:
             ts -= ts % HOUR  # on an hour: tails land on hop boundaries
-        events.append({"user_id": rng.choice(USERS), "item_id": rng.choice(ITEMS),
-                       "price": None if index % 19 == 0 else round(rng.uniform(1, 100), 2),
-                       "qty": rng.randrange(0, 6), "ts": ts})
+        events.append(
+            {
+                "user_id": rng.choice(USERS),
+                "item_id": rng.choice(ITEMS),
+                "price": None if index % 19 == 0 else round(rng.uniform(1, 100), 2),
+                "qty": rng.randrange(0, 6),
+                "ts": ts,
+            }
+        )
     events.sort(key=lambda e: e["ts"])
     return events
 
@@ -115,9 +128,14 @@ def write_config(repo: Path, online: str = "sqlite:///online.db", horizon: str |
     (repo / "gnomon.yaml").write_text(f"project: test\nonline: {online_setting}\nstream: embedded\n")
 
 
-def build_repo(repo: Path, events: Sequence[dict[str, Any]], online: str = "sqlite:///online.db",
-               horizon: str | None = None, features_py: str = FEATURES_PY,
-               days: Iterable[str] | None = None) -> Project:
+def build_repo(
+    repo: Path,
+    events: Sequence[dict[str, Any]],
+    online: str = "sqlite:///online.db",
+    horizon: str | None = None,
+    features_py: str = FEATURES_PY,
+    days: Iterable[str] | None = None,
+) -> Project:
     """Write gnomon.yaml, features/defs.py and the warehouse partitions of ``events``."""
     repo.mkdir(parents=True, exist_ok=True)
     write_config(repo, online, horizon)
@@ -129,7 +147,9 @@ def build_repo(repo: Path, events: Sequence[dict[str, Any]], online: str = "sqli
     return project
 
 
-def write_warehouse(project: Project, events: Sequence[dict[str, Any]], days: Iterable[str] | None = None) -> None:
+def write_warehouse(
+    project: Project, events: Sequence[dict[str, Any]], days: Iterable[str] | None = None
+) -> None:
     """(Re)write one partition per day of ``events`` (every day in ``days`` gets one, empty or not)."""
     by_day: dict[str, list[dict[str, Any]]] = {}
     for event in events:
@@ -147,14 +167,15 @@ def publish(project: Project, events: Sequence[Any], batch: int = 100, topic: st
     try:
         payloads = [e if isinstance(e, bytes) else json.dumps(e).encode() for e in events]
         for start in range(0, len(payloads), batch):
-            ids += broker.publish(topic, payloads[start:start + batch])
+            ids += broker.publish(topic, payloads[start : start + batch])
     finally:
         broker.close()
     return ids
 
 
-def offline_rows(project: Project, keys: Sequence[dict[str, Any]], queries: Sequence[int],
-                 join: str = JOIN) -> list[dict[str, Any]]:
+def offline_rows(
+    project: Project, keys: Sequence[dict[str, Any]], queries: Sequence[int], join: str = JOIN
+) -> list[dict[str, Any]]:
     """``Project.training_data`` for every (key, q): one row each, keys varying fastest."""
     left = pa.Table.from_pylist([{**key, "ts": q} for q in queries for key in keys])
     return project.training_data(join, left).to_pylist()  # type: ignore[no-any-return]
@@ -190,8 +211,9 @@ def mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[tuple[str,
     return out
 
 
-def assert_online_equals_offline(project: Project, keys: Sequence[dict[str, Any]], queries: Sequence[int],
-                                 join: str = JOIN) -> None:
+def assert_online_equals_offline(
+    project: Project, keys: Sequence[dict[str, Any]], queries: Sequence[int], join: str = JOIN
+) -> None:
     """In-process fetcher at each q == training data at q, for every key."""
     expected = offline_rows(project, keys, queries, join)
     store = project.store()
@@ -232,8 +254,9 @@ def gnomon_command(*args: str) -> list[str]:
 
 
 def run_gnomon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(gnomon_command(*args), env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        gnomon_command(*args), env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:

@@ -27,8 +27,11 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
     if request.param == "embedded":
         opened = EmbeddedBroker(tmp_path / "stream.db")
     elif request.param == "redis":
-        opened = RedisStreamsBroker(request.getfixturevalue("redis_url"), namespace=f"test-{uuid.uuid4().hex}",
-                                    claim_idle_ms=CLAIM_IDLE_MS)
+        opened = RedisStreamsBroker(
+            request.getfixturevalue("redis_url"),
+            namespace=f"test-{uuid.uuid4().hex}",
+            claim_idle_ms=CLAIM_IDLE_MS,
+        )
     else:
         opened = KafkaBroker(request.getfixturevalue("kafka_url"))
     yield opened
@@ -72,12 +75,15 @@ def payloads(records: Sequence[Record]) -> list[bytes]:
 def last_of_each_partition(records: Sequence[Record]) -> list[Record]:
     last: dict[str, Record] = {}
     for record in records:
-        if record.partition not in last or offset_order(record.offset) > offset_order(last[record.partition].offset):
+        if record.partition not in last or offset_order(record.offset) > offset_order(
+            last[record.partition].offset
+        ):
             last[record.partition] = record
     return list(last.values())
 
 
 # -- every broker -------------------------------------------------------------------------------------
+
 
 def test_publish_then_consume(broker: Broker, topic: str, group: str) -> None:
     sent = [f"event {n}".encode() for n in range(7)] + [b"", b"\x00\xff binary"]
@@ -93,8 +99,10 @@ def test_publish_then_consume(broker: Broker, topic: str, group: str) -> None:
     for partition in {record.partition for record in records}:  # offsets grow within a partition
         offsets = [offset_order(r.offset) for r in records if r.partition == partition]
         assert offsets == sorted(offsets)
-    assert all(before_ms - 5_000 <= record.published_at_ms <= time.time_ns() // 1_000_000 + 5_000
-               for record in records)
+    assert all(
+        before_ms - 5_000 <= record.published_at_ms <= time.time_ns() // 1_000_000 + 5_000
+        for record in records
+    )
     consumer.close()
 
 
@@ -172,10 +180,12 @@ def test_end_offsets(broker: Broker, topic: str) -> None:
 
 # -- embedded -----------------------------------------------------------------------------------------
 
+
 def test_embedded_offsets_are_decimal_ints_from_zero(tmp_path: Path, topic: str) -> None:
     broker = EmbeddedBroker(tmp_path / "stream.db")
     assert broker.publish(topic, [b"x"] * 8) + broker.publish(topic, [b"y"] * 4) == [
-        f"0:{n}" for n in range(12)]
+        f"0:{n}" for n in range(12)
+    ]
     records = broker.consumer(topic, "g").poll()
     assert [record.offset for record in records] == [str(n) for n in range(12)]
     assert broker.end_offsets(topic) == {"0": "11"}
@@ -233,7 +243,8 @@ def test_embedded_two_writer_processes_lose_nothing(tmp_path: Path) -> None:
     assert [writer.exitcode for writer in writers] == [0, 0]
     assert [record.offset for record in records] == [str(n) for n in range(2 * APPENDS * BATCH)]
     assert sorted(record.payload for record in records) == sorted(
-        f"{w}/{b}/{n}".encode() for w in range(2) for b in range(APPENDS) for n in range(BATCH))
+        f"{w}/{b}/{n}".encode() for w in range(2) for b in range(APPENDS) for n in range(BATCH)
+    )
     for writer_id in range(2):  # each writer's batches stay whole and in order
         mine = [r.payload for r in records if r.payload.startswith(f"{writer_id}/".encode())]
         assert mine == [f"{writer_id}/{b}/{n}".encode() for b in range(APPENDS) for n in range(BATCH)]
@@ -242,6 +253,7 @@ def test_embedded_two_writer_processes_lose_nothing(tmp_path: Path) -> None:
 
 
 # -- Redis Streams ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def redis_broker(redis_url: str) -> Iterator[RedisStreamsBroker]:
@@ -266,7 +278,8 @@ def test_redis_redelivers_records_of_a_crashed_consumer(redis_broker: RedisStrea
 
 
 def test_redis_restart_under_the_same_name_gets_its_pending_records(
-        redis_broker: RedisStreamsBroker, topic: str) -> None:
+    redis_broker: RedisStreamsBroker, topic: str
+) -> None:
     redis_broker.publish(topic, [b"a", b"b"])
     assert payloads(redis_broker.consumer(topic, "g", name="worker-1").poll()) == [b"a", b"b"]  # then dies
     redis_broker.publish(topic, [b"c"])
@@ -276,7 +289,8 @@ def test_redis_restart_under_the_same_name_gets_its_pending_records(
 
 
 def test_redis_consumer_does_not_take_back_its_own_records_in_flight(
-        redis_broker: RedisStreamsBroker, topic: str) -> None:
+    redis_broker: RedisStreamsBroker, topic: str
+) -> None:
     redis_broker.publish(topic, [b"a", b"b"])
     consumer = redis_broker.consumer(topic, "g")
     assert len(consumer.poll()) == 2
@@ -294,11 +308,15 @@ def test_redis_offsets_are_stream_ids(redis_broker: RedisStreamsBroker, topic: s
 
 
 def test_redis_close_leaves_the_group_when_nothing_is_pending(
-        redis_broker: RedisStreamsBroker, redis_url: str, topic: str) -> None:
+    redis_broker: RedisStreamsBroker, redis_url: str, topic: str
+) -> None:
     import redis
 
     redis_broker.publish(topic, [b"x"])
-    done, busy = redis_broker.consumer(topic, "g", name="done"), redis_broker.consumer(topic, "g", name="busy")
+    done, busy = (
+        redis_broker.consumer(topic, "g", name="done"),
+        redis_broker.consumer(topic, "g", name="busy"),
+    )
     done.commit(done.poll())
     redis_broker.publish(topic, [b"y"])
     assert len(busy.poll()) == 1
@@ -311,6 +329,7 @@ def test_redis_close_leaves_the_group_when_nothing_is_pending(
 
 
 # -- URLs and extras ----------------------------------------------------------------------------------
+
 
 def test_open_broker_resolves_embedded_paths(tmp_path: Path) -> None:
     default = open_broker("embedded", tmp_path)
@@ -345,12 +364,16 @@ def test_kafka_url_needs_hosts() -> None:
         kafka_config("kafka://")
 
 
-@pytest.mark.parametrize(("module", "url", "extra"), [
-    ("redis", "redis://localhost:6379/0", "redis"),
-    ("confluent_kafka", "kafka://localhost:9092", "kafka"),
-])
-def test_missing_client_package_says_which_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                module: str, url: str, extra: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "url", "extra"),
+    [
+        ("redis", "redis://localhost:6379/0", "redis"),
+        ("confluent_kafka", "kafka://localhost:9092", "kafka"),
+    ],
+)
+def test_missing_client_package_says_which_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module: str, url: str, extra: str
+) -> None:
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtraError, match=rf"pip install 'gnomon\[{extra}\]'"):
         open_broker(url, tmp_path)

@@ -18,8 +18,14 @@ NEW = {"user": "u1", "balance": 9}
 
 
 def debezium(op: str, before: Any = None, after: Any = None, ts_ms: Any = TS, **extra: Any) -> dict[str, Any]:
-    return {"before": before, "after": after, "op": op, "ts_ms": ts_ms,
-            "source": {"connector": "postgresql", "ts_ms": TS - 50, "table": "accounts"}, **extra}
+    return {
+        "before": before,
+        "after": after,
+        "op": op,
+        "ts_ms": ts_ms,
+        "source": {"connector": "postgresql", "ts_ms": TS - 50, "table": "accounts"},
+        **extra,
+    }
 
 
 def wrapped(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +52,7 @@ IMAGES = {"c": (None, NEW), "r": (None, NEW), "u": (OLD, NEW), "d": (OLD, None)}
 
 
 # --- Debezium ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["unwrapped", "wrapped"])
 @pytest.mark.parametrize("op", ["c", "r", "u", "d"])
@@ -85,12 +92,14 @@ def test_debezium_create_ignores_a_present_before_of_null() -> None:
 
 
 def test_debezium_custom_columns() -> None:
-    rows = mutation_rows(wrapped(debezium("u", OLD, NEW)), mutation_time_column="changed_at",
-                         reversal_column="reverted")
+    rows = mutation_rows(
+        wrapped(debezium("u", OLD, NEW)), mutation_time_column="changed_at", reversal_column="reverted"
+    )
     assert rows == [{**OLD, "changed_at": TS, "reverted": True}, {**NEW, "changed_at": TS, "reverted": False}]
 
 
 # --- the row format ---------------------------------------------------------------------------------------
+
 
 def test_row_format() -> None:
     event = {**NEW, "mutation_ts": TS, "is_before": False}
@@ -121,6 +130,7 @@ def test_row_format_wins_over_debezium_looking_columns() -> None:
 
 # --- rejections -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("event", [None, [], "x", 3, 2.5, True])
 def test_non_objects(event: object) -> None:
     message = reason(event)
@@ -148,13 +158,15 @@ def test_row_missing_one_column() -> None:
     assert "Debezium" in message
     message = reason({"user": "u1", "mutation_ts": TS})
     assert message.startswith("missing reversal flag:") and "'is_before'" in message and "Debezium" in message
-    message = reason({"user": "u1", "changed_at": TS}, mutation_time_column="changed_at",
-                     reversal_column="rev")
+    message = reason(
+        {"user": "u1", "changed_at": TS}, mutation_time_column="changed_at", reversal_column="rev"
+    )
     assert message.startswith("missing reversal flag:") and "'rev'" in message
 
 
-@pytest.mark.parametrize("event", [{}, {"user": "u1"}, {"schema": {}, "payload": {"user": "u1"}},
-                                   {"payload": "x"}])
+@pytest.mark.parametrize(
+    "event", [{}, {"user": "u1"}, {"schema": {}, "payload": {"user": "u1"}}, {"payload": "x"}]
+)
 def test_neither_format(event: dict[str, Any]) -> None:
     message = reason(event)
     assert message.startswith("unknown mutation format:")
@@ -233,8 +245,9 @@ def test_debezium_rows_with_reserved_columns(field: str, column: str) -> None:
     message = reason(debezium("u", images["before"], images["after"]))
     assert message.startswith("reserved column:") and f"'{column}'" in message and f"'{field}'" in message
     # with other mutation column names, the same column is an ordinary one
-    rows = mutation_rows(debezium("u", images["before"], images["after"]), mutation_time_column="mt",
-                         reversal_column="rev")
+    rows = mutation_rows(
+        debezium("u", images["before"], images["after"]), mutation_time_column="mt", reversal_column="rev"
+    )
     assert rows[0 if field == "before" else 1][column] == 1
 
 
@@ -258,22 +271,45 @@ def test_long_values_are_shortened_in_the_reason() -> None:
 
 # --- property: any JSON-like value is either rows or a MutationFormatError ---------------------------------
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
-json_keys = st.one_of(st.sampled_from(["op", "before", "after", "ts_ms", "payload", "schema", "mutation_ts",
-                                       "is_before", "source", "user"]), st.text(max_size=6))
-json_values = st.recursive(json_scalars, lambda children: st.one_of(
-    st.lists(children, max_size=4), st.dictionaries(json_keys, children, max_size=5)), max_leaves=20)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+json_keys = st.one_of(
+    st.sampled_from(
+        ["op", "before", "after", "ts_ms", "payload", "schema", "mutation_ts", "is_before", "source", "user"]
+    ),
+    st.text(max_size=6),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(json_keys, children, max_size=5)
+    ),
+    max_leaves=20,
+)
 
 
 def valid_events() -> st.SearchStrategy[dict[str, Any]]:
-    row = st.dictionaries(st.sampled_from(["user", "balance", "op", "before", "mutation_ts", "is_before"]),
-                          json_scalars, max_size=4)
+    row = st.dictionaries(
+        st.sampled_from(["user", "balance", "op", "before", "mutation_ts", "is_before"]),
+        json_scalars,
+        max_size=4,
+    )
     times = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**40).map(float))
     as_rows = st.builds(lambda r, t, b: {**r, "mutation_ts": t, "is_before": b}, row, times, st.booleans())
     plain_row = st.dictionaries(st.sampled_from(["user", "balance", "name"]), json_scalars, max_size=3)
-    envelopes = st.builds(debezium, st.sampled_from(["c", "r", "u", "u", "d", "d", "c", "t", "m"]),
-                          st.one_of(plain_row, st.none()), st.one_of(plain_row, st.none()), times)
+    envelopes = st.builds(
+        debezium,
+        st.sampled_from(["c", "r", "u", "u", "d", "d", "c", "t", "m"]),
+        st.one_of(plain_row, st.none()),
+        st.one_of(plain_row, st.none()),
+        times,
+    )
     return st.one_of(as_rows, envelopes, envelopes.map(wrapped))
 
 
@@ -331,8 +367,11 @@ def test_valid_events_with_a_row_op_give_rows(event: dict[str, Any]) -> None:
         kind = str(error).split(":")[0]
         op = envelope.get("op")
         assert op in ("t", "m", "u", "d", "c", "r")
-        expected = {"unsupported Debezium op"} if op in ("t", "m") else {"missing before image",
-                                                                         "bad Debezium event"}
+        expected = (
+            {"unsupported Debezium op"}
+            if op in ("t", "m")
+            else {"missing before image", "bad Debezium event"}
+        )
         assert kind in expected
     else:
         check_rows(rows)

@@ -27,31 +27,74 @@ PROBES = pa.schema([("item_id", pa.string()), ("ts", pa.int64())])
 
 
 def definitions() -> dict[str, Any]:
-    purchases = EventSource(table="shop.purchases", topic="purchases",
-                            query=Query(selects={"user": "user_id", "amount": "amount"}))
-    spend = GroupBy(name="ch.spend", sources=[purchases], keys=["user"], online=True,
-                    aggregations=[Aggregation("amount", Operation.SUM, windows=["1d"]),
-                                  Aggregation("amount", Operation.COUNT, windows=["5h"])])
-    views = EventSource(table="shop.views", topic="views", query=Query(selects={"user": "user_id", "item": "item_id"}))
+    purchases = EventSource(
+        table="shop.purchases",
+        topic="purchases",
+        query=Query(selects={"user": "user_id", "amount": "amount"}),
+    )
+    spend = GroupBy(
+        name="ch.spend",
+        sources=[purchases],
+        keys=["user"],
+        online=True,
+        aggregations=[
+            Aggregation("amount", Operation.SUM, windows=["1d"]),
+            Aggregation("amount", Operation.COUNT, windows=["5h"]),
+        ],
+    )
+    views = EventSource(
+        table="shop.views", topic="views", query=Query(selects={"user": "user_id", "item": "item_id"})
+    )
     parent = Join(name="ch.parent", left=views, right_parts=[JoinPart(spend)], online=True)
     interest = GroupBy(
-        name="ch.interest", keys=["item"], online=True,
-        sources=[JoinSource(parent, Query(selects={"item": "item", "spend": "ch_spend_amount_sum_1d",
-                                                   "recent": "ch_spend_amount_count_5h"}))],
-        aggregations=[Aggregation("spend", Operation.AVERAGE, windows=["2d"]),
-                      Aggregation("spend", Operation.MAX, windows=["5h"]),
-                      Aggregation("recent", Operation.SUM),
-                      Aggregation("spend", Operation.COUNT)])
-    probe = Join(name="ch.probe", left=EventSource(table="shop.probes", query=Query(selects={"item": "item_id"})),
-                 right_parts=[JoinPart(interest)], online=True)
+        name="ch.interest",
+        keys=["item"],
+        online=True,
+        sources=[
+            JoinSource(
+                parent,
+                Query(
+                    selects={
+                        "item": "item",
+                        "spend": "ch_spend_amount_sum_1d",
+                        "recent": "ch_spend_amount_count_5h",
+                    }
+                ),
+            )
+        ],
+        aggregations=[
+            Aggregation("spend", Operation.AVERAGE, windows=["2d"]),
+            Aggregation("spend", Operation.MAX, windows=["5h"]),
+            Aggregation("recent", Operation.SUM),
+            Aggregation("spend", Operation.COUNT),
+        ],
+    )
+    probe = Join(
+        name="ch.probe",
+        left=EventSource(table="shop.probes", query=Query(selects={"item": "item_id"})),
+        right_parts=[JoinPart(interest)],
+        online=True,
+    )
     return {"ch.spend": spend, "ch.parent": parent, "ch.interest": interest, "ch.probe": probe}
 
 
 def events(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    purchases = [{"user_id": rng.choice(USERS), "amount": round(rng.uniform(1, 50), 2),
-                  "ts": START + rng.randrange(DAYS * DAY)} for _ in range(300)]
-    views = [{"user_id": rng.choice([*USERS, None]), "item_id": rng.choice(ITEMS),
-              "ts": START + rng.randrange(DAYS * DAY)} for _ in range(300)]
+    purchases = [
+        {
+            "user_id": rng.choice(USERS),
+            "amount": round(rng.uniform(1, 50), 2),
+            "ts": START + rng.randrange(DAYS * DAY),
+        }
+        for _ in range(300)
+    ]
+    views = [
+        {
+            "user_id": rng.choice([*USERS, None]),
+            "item_id": rng.choice(ITEMS),
+            "ts": START + rng.randrange(DAYS * DAY),
+        }
+        for _ in range(300)
+    ]
     views += [{"user_id": p["user_id"], "item_id": "a", "ts": p["ts"]} for p in purchases[:20]]  # ts ties
     return purchases, views
 
@@ -59,8 +102,9 @@ def events(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any
 def write(project: Project, table: str, rows: list[dict[str, Any]], schema: pa.Schema, days: range) -> None:
     for day in days:
         ds = f"2026-01-{day + 1:02d}"
-        chosen = sorted((r for r in rows if START + day * DAY <= r["ts"] < START + (day + 1) * DAY),
-                        key=lambda r: r["ts"])
+        chosen = sorted(
+            (r for r in rows if START + day * DAY <= r["ts"] < START + (day + 1) * DAY), key=lambda r: r["ts"]
+        )
         project.warehouse.write_partition(table, ds, pa.Table.from_pylist(chosen, schema=schema))
 
 
@@ -85,10 +129,14 @@ def test_chained_group_by_online_equals_offline(tmp_path: Path, store_url: str) 
     assert project.warehouse.partitions("features.ch_parent")[-1] == UPLOAD_DS
 
     broker = project.broker()
-    broker.publish("purchases", [json.dumps(p).encode() for p in sorted(purchases, key=lambda p: p["ts"])
-                                 if p["ts"] >= BATCH_END])
-    broker.publish("views", [json.dumps(v).encode() for v in sorted(views, key=lambda v: v["ts"])
-                             if v["ts"] >= BATCH_END])
+    broker.publish(
+        "purchases",
+        [json.dumps(p).encode() for p in sorted(purchases, key=lambda p: p["ts"]) if p["ts"] >= BATCH_END],
+    )
+    broker.publish(
+        "views",
+        [json.dumps(v).encode() for v in sorted(views, key=lambda v: v["ts"]) if v["ts"] >= BATCH_END],
+    )
     broker.close()
     project.stream("ch.spend", until_caught_up=True)  # the parent's state first, then the enrichment
     stats = project.stream("ch.interest", until_caught_up=True)["ch.interest"]
@@ -99,8 +147,12 @@ def test_chained_group_by_online_equals_offline(tmp_path: Path, store_url: str) 
     views_known = [v for v in views if v["ts"] < BATCH_END or v["user_id"] is not None]
     write(project, "shop.purchases", purchases, PURCHASES, range(DAYS))
     write(project, "shop.views", views_known, VIEWS, range(DAYS))
-    queries = [BATCH_END, BATCH_END + 1, *sorted(rng.randrange(BATCH_END, START + DAYS * DAY) for _ in range(30)),
-               *[v["ts"] for v in views if v["ts"] >= BATCH_END][:10:2]]
+    queries = [
+        BATCH_END,
+        BATCH_END + 1,
+        *sorted(rng.randrange(BATCH_END, START + DAYS * DAY) for _ in range(30)),
+        *[v["ts"] for v in views if v["ts"] >= BATCH_END][:10:2],
+    ]
     left = pa.Table.from_pylist([{"item": item, "ts": q} for q in queries for item in ITEMS])
     offline = project.training_data("ch.probe", left).to_pylist()
     fetcher = project.fetcher()
@@ -112,8 +164,14 @@ def test_chained_group_by_online_equals_offline(tmp_path: Path, store_url: str) 
             if column in ("item", "ts"):
                 continue
             got = result.features[column]
-            if not (expected == got or (isinstance(expected, float) and isinstance(got, float)
-                                        and abs(expected - got) <= 1e-9 * max(1.0, abs(expected)))):
+            if not (
+                expected == got
+                or (
+                    isinstance(expected, float)
+                    and isinstance(got, float)
+                    and abs(expected - got) <= 1e-9 * max(1.0, abs(expected))
+                )
+            ):
                 mismatches.append((row["item"], row["ts"], column, expected, got))
     fetcher.store.close()
     assert not mismatches, mismatches[:10]

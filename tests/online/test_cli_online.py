@@ -42,8 +42,16 @@ def cli(*args: str, input: str | None = None) -> Result:
 
 
 def cli_events(user: str, count: int, first_ts: int) -> list[dict[str, Any]]:
-    return [{"user_id": user, "item_id": "zz", "price": float(10 * (i + 1)), "qty": i, "ts": first_ts + i * 60_000}
-            for i in range(count)]
+    return [
+        {
+            "user_id": user,
+            "item_id": "zz",
+            "price": float(10 * (i + 1)),
+            "qty": i,
+            "ts": first_ts + i * 60_000,
+        }
+        for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -69,7 +77,9 @@ def test_upload_push_stream_fetch(repo: Path, tmp_path: Path) -> None:
     array_file = tmp_path / "events.json"
     array_file.write_text(json.dumps(cli_events("cli_a", 3, BATCH_END + HOUR), indent=2))
     lines_file = tmp_path / "events.jsonl"
-    lines_file.write_text("\n".join(json.dumps(e) for e in cli_events("cli_l", 4, BATCH_END + 2 * HOUR)) + "\n\n")
+    lines_file.write_text(
+        "\n".join(json.dumps(e) for e in cli_events("cli_l", 4, BATCH_END + 2 * HOUR)) + "\n\n"
+    )
     for file, count in ((array_file, 3), (lines_file, 4)):
         pushed = cli("push", TOPIC, str(file), "--repo", str(repo))
         assert pushed.exit_code == 0, (pushed.output, pushed.exception)
@@ -96,28 +106,43 @@ def test_upload_push_stream_fetch(repo: Path, tmp_path: Path) -> None:
         assert json.loads(json.dumps(client.fetch_join(JOIN, keys, at=Q))) == results
 
     # a GroupBy by name, one key object, and stdin for push
-    [one] = results_of(cli("fetch", GROUP_BY, "--keys", '{"user": "cli_l"}', "--at", str(Q), "--repo", str(repo)))
+    [one] = results_of(
+        cli("fetch", GROUP_BY, "--keys", '{"user": "cli_l"}', "--at", str(Q), "--repo", str(repo))
+    )
     assert one["status"] == "Success" and one["features"]["qty_count"] == 4
-    synced = cli("push", TOPIC, "-", "--sync", "--repo", str(repo),
-                 input=json.dumps(cli_events("cli_s", 2, BATCH_END + HOUR)))
+    synced = cli(
+        "push",
+        TOPIC,
+        "-",
+        "--sync",
+        "--repo",
+        str(repo),
+        input=json.dumps(cli_events("cli_s", 2, BATCH_END + HOUR)),
+    )
     assert synced.exit_code == 0, synced.output
     assert "servable now" in synced.output
-    [fresh] = results_of(cli("fetch", GROUP_BY, "--keys", '[{"user": "cli_s"}]', "--at", str(Q), "--repo", str(repo)))
+    [fresh] = results_of(
+        cli("fetch", GROUP_BY, "--keys", '[{"user": "cli_s"}]', "--at", str(Q), "--repo", str(repo))
+    )
     assert fresh["features"]["qty_count"] == 2
 
 
 def test_fetch_before_upload_is_a_non_success_result(repo: Path) -> None:
-    [result] = results_of(cli("fetch", JOIN, "--keys", '{"user": "u1", "item": "a"}', "--at", str(Q),
-                              "--repo", str(repo)))
+    [result] = results_of(
+        cli("fetch", JOIN, "--keys", '{"user": "u1", "item": "a"}', "--at", str(Q), "--repo", str(repo))
+    )
     assert result["status"] != "Success" and "upload" in result["error"]
 
 
-@pytest.mark.parametrize("args", [
-    ("upload", "feat.user_itme", "--ds", UPLOAD_DS),
-    ("stream", "feat.user_stat", "--until-caught-up"),
-    ("fetch", "feat.user_itme", "--keys", '{"user": "u1"}'),
-    ("backfill", "feat.user_itme", "--start-ds", UPLOAD_DS, "--end-ds", UPLOAD_DS),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("upload", "feat.user_itme", "--ds", UPLOAD_DS),
+        ("stream", "feat.user_stat", "--until-caught-up"),
+        ("fetch", "feat.user_itme", "--keys", '{"user": "u1"}'),
+        ("backfill", "feat.user_itme", "--start-ds", UPLOAD_DS, "--end-ds", UPLOAD_DS),
+    ],
+)
 def test_unknown_name_exits_1_with_did_you_mean(repo: Path, args: tuple[str, ...]) -> None:
     result = cli(*args, "--repo", str(repo))
     assert result.exit_code == 1, (result.output, result.exception)
@@ -149,7 +174,9 @@ def test_fetch_with_keys_that_are_not_objects_is_a_usage_error(repo: Path, keys:
 
 
 def test_bad_at_and_bad_push_file_are_usage_errors(repo: Path, tmp_path: Path) -> None:
-    result = cli("fetch", JOIN, "--keys", '{"user": "u1", "item": "a"}', "--at", "yesterday", "--repo", str(repo))
+    result = cli(
+        "fetch", JOIN, "--keys", '{"user": "u1", "item": "a"}', "--at", "yesterday", "--repo", str(repo)
+    )
     assert result.exit_code == 2 and "--at" in result.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"user_id": "u1", "ts": 1}\n{not json\n')
@@ -162,8 +189,13 @@ def test_bad_at_and_bad_push_file_are_usage_errors(repo: Path, tmp_path: Path) -
 def test_serve_and_fetch_over_url(repo: Path) -> None:
     assert cli("upload", JOIN, "--ds", UPLOAD_DS, "--repo", str(repo)).exit_code == 0
     port = free_port()
-    server = subprocess.Popen(gnomon_command("serve", "--port", str(port), "--repo", str(repo)),
-                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        gnomon_command("serve", "--port", str(port), "--repo", str(repo)),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -218,7 +250,14 @@ def test_stream_metrics_port_in_use(repo: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = cli("stream", GROUP_BY, "--until-caught-up", "--metrics-port", str(taken.getsockname()[1]),
-                     "--repo", str(repo))
+        result = cli(
+            "stream",
+            GROUP_BY,
+            "--until-caught-up",
+            "--metrics-port",
+            str(taken.getsockname()[1]),
+            "--repo",
+            str(repo),
+        )
     assert result.exit_code == 2
     assert "--metrics-port" in result.output and "pick a free port" in result.output

@@ -46,8 +46,12 @@ from .helpers import (
     running_server,
 )
 
-KEYS = [{"user": "u1", "item": "a"}, {"user": "u3", "item": "c"}, {"user": "nobody", "item": "zz"},
-        {"user": "u2", "item": "e"}]
+KEYS = [
+    {"user": "u1", "item": "a"},
+    {"user": "u3", "item": "c"},
+    {"user": "nobody", "item": "zz"},
+    {"user": "u2", "item": "e"},
+]
 QUERIES = [BATCH_END, BATCH_END + 1, BATCH_END + 5 * HOUR + 17 * 60_000, BATCH_END + DAY + 1234, END - 1]
 
 
@@ -97,7 +101,11 @@ def test_fetch_join_equals_in_process_and_offline(served: Served) -> None:
                 assert "error" not in result
                 assert result == in_process[index]
                 expected = feature_columns(offline[query_index * len(KEYS) + index])
-                assert not mismatches(expected, result["features"]), (key, q, mismatches(expected, result["features"]))
+                assert not mismatches(expected, result["features"]), (
+                    key,
+                    q,
+                    mismatches(expected, result["features"]),
+                )
     # a key with data has non-null values; a key without data has every feature null
     some = post_keys(served, "join", JOIN, KEYS, at=END - 1).json()["results"]
     assert some[0]["features"]["feat_user_stats_qty_count"] > 0
@@ -119,7 +127,9 @@ def test_fetch_group_by_equals_in_process_and_offline(served: Served) -> None:
             for index, result in enumerate(results):
                 assert result["status"] == "Success", result
                 row = offline[query_index * len(keys) + index]
-                expected = {c[len(prefix):]: v for c, v in feature_columns(row).items() if c.startswith(prefix)}
+                expected = {
+                    c[len(prefix) :]: v for c, v in feature_columns(row).items() if c.startswith(prefix)
+                }
                 assert not mismatches(expected, result["features"]), (keys[index], q)
 
 
@@ -165,30 +175,54 @@ def test_concurrent_clients_agree(served: Served) -> None:
 # ------------------------------------------------------------------ bad requests
 
 
-@pytest.mark.parametrize(("path", "body", "params", "status", "needles"), [
-    (f"/v1/features/join/{JOIN}", b"{not json", {}, 400, ["body"]),
-    (f"/v1/features/join/{JOIN}", b"", {}, 400, ["body"]),
-    (f"/v1/features/join/{JOIN}", b'{"user": "u1", "item": "a"}', {}, 400, ["body", "array"]),
-    (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}, 5]', {}, 400, ["body[1]"]),
-    (f"/v1/features/join/{JOIN}", b'[["u1", "a"]]', {}, 400, ["body[0]"]),
-    (f"/v1/features/join/{JOIN}", b'[{"item": "a"}]', {}, 400, ["body[0].user"]),
-    (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}, {"user": "u2"}]', {}, 400, ["body[1].item"]),
-    (f"/v1/features/groupby/{GROUP_BY}", b'[{"usr": "u1"}]', {}, 400, ["body[0].user"]),
-    (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}]', {"at": "yesterday"}, 400, ["at"]),
-    (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}]', {"at": "1.5"}, 400, ["at"]),
-    (f"/v1/features/groupby/{GROUP_BY}", b'[{"user": "u1"}]', {"at": ""}, 400, ["at"]),
-    ("/v1/features/join/feat.user_itme", b'[{"user": "u1"}]', {}, 404, ["did you mean", "'feat.user_item'"]),
-    ("/v1/features/groupby/feat.user_stat", b'[{"user": "u1"}]', {}, 404, ["did you mean", "'feat.user_stats'"]),
-    ("/v1/features/groupby/feat.user_item", b'[{"user": "u1"}]', {}, 404, ["GroupBy"]),
-    ("/v1/events/evnets", b'[{"user_id": "u1", "ts": 1}]', {}, 404, ["did you mean", "'events'"]),
-    ("/v1/events/no_such_topic", b'[{"user_id": "u1", "ts": 1}]', {}, 404, ["no_such_topic"]),
-    (f"/v1/events/{TOPIC}", b'{"user_id": "u1", "ts": 1}', {}, 400, ["body", "array"]),
-    (f"/v1/events/{TOPIC}", b"[1, 2]", {}, 400, ["body[0]"]),
-    (f"/v1/events/{TOPIC}", b"nope", {"sync": "true"}, 400, ["body"]),
-])
-def test_bad_requests(served: Served, path: str, body: bytes, params: dict[str, str], status: int,
-                      needles: list[str]) -> None:
-    response = served.http.post(path, content=body, params=params, headers={"Content-Type": "application/json"})
+@pytest.mark.parametrize(
+    ("path", "body", "params", "status", "needles"),
+    [
+        (f"/v1/features/join/{JOIN}", b"{not json", {}, 400, ["body"]),
+        (f"/v1/features/join/{JOIN}", b"", {}, 400, ["body"]),
+        (f"/v1/features/join/{JOIN}", b'{"user": "u1", "item": "a"}', {}, 400, ["body", "array"]),
+        (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}, 5]', {}, 400, ["body[1]"]),
+        (f"/v1/features/join/{JOIN}", b'[["u1", "a"]]', {}, 400, ["body[0]"]),
+        (f"/v1/features/join/{JOIN}", b'[{"item": "a"}]', {}, 400, ["body[0].user"]),
+        (
+            f"/v1/features/join/{JOIN}",
+            b'[{"user": "u1", "item": "a"}, {"user": "u2"}]',
+            {},
+            400,
+            ["body[1].item"],
+        ),
+        (f"/v1/features/groupby/{GROUP_BY}", b'[{"usr": "u1"}]', {}, 400, ["body[0].user"]),
+        (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}]', {"at": "yesterday"}, 400, ["at"]),
+        (f"/v1/features/join/{JOIN}", b'[{"user": "u1", "item": "a"}]', {"at": "1.5"}, 400, ["at"]),
+        (f"/v1/features/groupby/{GROUP_BY}", b'[{"user": "u1"}]', {"at": ""}, 400, ["at"]),
+        (
+            "/v1/features/join/feat.user_itme",
+            b'[{"user": "u1"}]',
+            {},
+            404,
+            ["did you mean", "'feat.user_item'"],
+        ),
+        (
+            "/v1/features/groupby/feat.user_stat",
+            b'[{"user": "u1"}]',
+            {},
+            404,
+            ["did you mean", "'feat.user_stats'"],
+        ),
+        ("/v1/features/groupby/feat.user_item", b'[{"user": "u1"}]', {}, 404, ["GroupBy"]),
+        ("/v1/events/evnets", b'[{"user_id": "u1", "ts": 1}]', {}, 404, ["did you mean", "'events'"]),
+        ("/v1/events/no_such_topic", b'[{"user_id": "u1", "ts": 1}]', {}, 404, ["no_such_topic"]),
+        (f"/v1/events/{TOPIC}", b'{"user_id": "u1", "ts": 1}', {}, 400, ["body", "array"]),
+        (f"/v1/events/{TOPIC}", b"[1, 2]", {}, 400, ["body[0]"]),
+        (f"/v1/events/{TOPIC}", b"nope", {"sync": "true"}, 400, ["body"]),
+    ],
+)
+def test_bad_requests(
+    served: Served, path: str, body: bytes, params: dict[str, str], status: int, needles: list[str]
+) -> None:
+    response = served.http.post(
+        path, content=body, params=params, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     for needle in needles:
@@ -199,11 +233,14 @@ def test_an_oversized_fetch_body_is_refused(served: Served) -> None:
     from gnomon.serving.app import MAX_FETCH_BODY
 
     body = b"[" + b",".join([b'{"user": "u1", "item": "a"}'] * (MAX_FETCH_BODY // 25)) + b"]"
-    response = served.http.post(f"/v1/features/join/{JOIN}", content=body,
-                                headers={"Content-Type": "application/json"})
+    response = served.http.post(
+        f"/v1/features/join/{JOIN}", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert "fetch fewer keys" in response.json()["error"]
-    assert post_keys(served, "join", JOIN, [{"user": "u1", "item": "a"}]).status_code == 200  # the server goes on
+    assert (
+        post_keys(served, "join", JOIN, [{"user": "u1", "item": "a"}]).status_code == 200
+    )  # the server goes on
 
 
 def test_http_client_raises_on_4xx(served: Served) -> None:
@@ -219,12 +256,16 @@ def test_http_client_raises_on_4xx(served: Served) -> None:
 def test_bad_events_do_not_poison_the_topic(served: Served) -> None:
     """A POST of events with missing/garbled fields is accepted (dead-lettered by the worker), and the
     server keeps answering."""
-    bad = [{"user_id": None, "item_id": "zz", "price": 1.0, "qty": 1, "ts": BATCH_END + 10},
-           {"user_id": "ghost", "item_id": "zz", "price": 1.0, "qty": 1}]
+    bad = [
+        {"user_id": None, "item_id": "zz", "price": 1.0, "qty": 1, "ts": BATCH_END + 10},
+        {"user_id": "ghost", "item_id": "zz", "price": 1.0, "qty": 1},
+    ]
     response = served.http.post(f"/v1/events/{TOPIC}", json=bad, params={"sync": "true"})
     assert response.status_code < 500, response.text
     assert served.http.get("/health").status_code == 200
-    [result] = post_keys(served, "groupby", GROUP_BY, [{"user": "ghost"}], at=BATCH_END + HOUR).json()["results"]
+    [result] = post_keys(served, "groupby", GROUP_BY, [{"user": "ghost"}], at=BATCH_END + HOUR).json()[
+        "results"
+    ]
     assert result["status"] == "Success" and result["features"]["qty_count"] is None
 
 
@@ -232,8 +273,10 @@ def test_bad_events_do_not_poison_the_topic(served: Served) -> None:
 
 
 def fresh_events(user: str, count: int, first_ts: int) -> list[dict[str, Any]]:
-    return [{"user_id": user, "item_id": "zz", "price": float(i + 1), "qty": 2, "ts": first_ts + i * 1000}
-            for i in range(count)]
+    return [
+        {"user_id": user, "item_id": "zz", "price": float(i + 1), "qty": 2, "ts": first_ts + i * 1000}
+        for i in range(count)
+    ]
 
 
 def test_sync_push_is_read_after_write_and_measured(served: Served) -> None:
@@ -269,8 +312,10 @@ def test_sync_push_is_read_after_write_and_measured(served: Served) -> None:
     assert "gnomon_request_seconds_bucket" in text
     assert 'route="/v1/features/groupby"' in text
     freshness = [line for line in text.splitlines() if line.startswith("gnomon_event_to_servable_seconds")]
-    assert any(line.startswith("gnomon_event_to_servable_seconds_bucket") and 'topic="events"' in line
-               for line in freshness), text
+    assert any(
+        line.startswith("gnomon_event_to_servable_seconds_bucket") and 'topic="events"' in line
+        for line in freshness
+    ), text
     count = next(line for line in freshness if line.startswith("gnomon_event_to_servable_seconds_count"))
     assert float(count.rsplit(" ", 1)[1]) >= 2
 
@@ -310,15 +355,20 @@ def test_openapi_lists_the_routes(served: Served) -> None:
     response = served.http.get("/openapi.json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    for path, method in [("/v1/features/join/{name}", "post"), ("/v1/features/groupby/{name}", "post"),
-                         ("/v1/events/{topic}", "post"), ("/health", "get"), ("/metrics", "get")]:
+    for path, method in [
+        ("/v1/features/join/{name}", "post"),
+        ("/v1/features/groupby/{name}", "post"),
+        ("/v1/events/{topic}", "post"),
+        ("/health", "get"),
+        ("/metrics", "get"),
+    ]:
         assert method in paths.get(path, {}), (path, sorted(paths))
     assert served.http.get("/docs").status_code == 200
 
 
 # ------------------------------------------------------------------ Feast's Chronon online store
 
-FEAST_FEATURES_PY = '''
+FEAST_FEATURES_PY = """
 from gnomon import Aggregation, EventSource, GroupBy, Join, JoinPart, Operation, Query
 
 source = EventSource(table="act.events", topic="events",
@@ -329,7 +379,7 @@ user_totals = GroupBy(name="gf.user_totals", sources=[source], keys=["user"], on
 user_vector = Join(name="gf.user_vector",
                    left=EventSource(table="act.events", query=Query(selects={"user": "user_id"})),
                    right_parts=[JoinPart(user_totals)], online=True)
-'''
+"""
 
 
 # Feast runs in its own interpreter (scripts/test.sh makes .venv-feast), so its pins never meet ours.
@@ -387,8 +437,10 @@ def test_feast_chronon_online_store_reads_from_the_server(tmp_path: Path) -> Non
     with unbounded features over events that all precede the batch end, "now" gives fixed values."""
     python = _feast_python()
     if python is None:
-        pytest.skip("Feast is not installed: set GNOMON_FEAST_PYTHON to a Python with feast>=0.67 "
-                    "(scripts/test.sh makes .venv-feast)")
+        pytest.skip(
+            "Feast is not installed: set GNOMON_FEAST_PYTHON to a Python with feast>=0.67 "
+            "(scripts/test.sh makes .venv-feast)"
+        )
     now = int(time.time() * 1000)
     today = now - now % DAY
     days = [ds_of(today - d * DAY) for d in (3, 2, 1)]
@@ -401,21 +453,37 @@ def test_feast_chronon_online_store_reads_from_the_server(tmp_path: Path) -> Non
     feast_repo.mkdir()
     users = ["u1", "u2", "nobody", "u4"]
     with running_server(create_app(repo)) as url:
-        arguments = {"url": url, "feast_repo": str(feast_repo), "users": users,
-                     "events": str(repo / "warehouse" / "act" / "events")}
-        feast = subprocess.run([python, "-c", FEAST_CLIENT, json.dumps(arguments)], capture_output=True, text=True,
-                               timeout=300)
+        arguments = {
+            "url": url,
+            "feast_repo": str(feast_repo),
+            "users": users,
+            "events": str(repo / "warehouse" / "act" / "events"),
+        }
+        feast = subprocess.run(
+            [python, "-c", FEAST_CLIENT, json.dumps(arguments)], capture_output=True, text=True, timeout=300
+        )
         assert feast.returncode == 0, feast.stderr[-3000:]
         got = json.loads(feast.stdout.strip().splitlines()[-1])
-        direct = httpx.post(f"{url}/v1/features/join/gf.user_vector", json=[{"user": u} for u in users]).json()
+        direct = httpx.post(
+            f"{url}/v1/features/join/gf.user_vector", json=[{"user": u} for u in users]
+        ).json()
 
     offline = offline_rows(project, [{"user": u} for u in users], [now], join="gf.user_vector")
     assert got["user"] == users
     for index, row in enumerate(offline):
         assert direct["results"][index]["status"] == "Success"
-        for column in ("gf_user_totals_price_count", "gf_user_totals_price_sum", "gf_user_totals_item_last",
-                       "gf_user_totals_qty_max"):
-            assert close(row[column], got[column][index]), (users[index], column, row[column], got[column][index])
+        for column in (
+            "gf_user_totals_price_count",
+            "gf_user_totals_price_sum",
+            "gf_user_totals_item_last",
+            "gf_user_totals_qty_max",
+        ):
+            assert close(row[column], got[column][index]), (
+                users[index],
+                column,
+                row[column],
+                got[column][index],
+            )
             assert close(row[column], direct["results"][index]["features"][column])
     assert got["gf_user_totals_price_count"][0] > 0
     assert got["gf_user_totals_price_count"][2] is None

@@ -59,9 +59,16 @@ def make_events(rng: random.Random, count: int) -> list[dict[str, Any]]:
         ts = START + rng.randrange(0, DAYS * DAY)
         if index % 17 == 0:  # exactly on an hour, so tails land on hop boundaries
             ts -= ts % 3_600_000
-        events.append({"user_id": rng.choice(["u1", "u2", "u3", "u4"]), "item_id": rng.choice("abcdefg"),
-                       "price": None if index % 23 == 0 else round(rng.uniform(-5, 50), 3),
-                       "qty": rng.randrange(0, 5), "color": rng.choice(["red", "blue", None]), "ts": ts})
+        events.append(
+            {
+                "user_id": rng.choice(["u1", "u2", "u3", "u4"]),
+                "item_id": rng.choice("abcdefg"),
+                "price": None if index % 23 == 0 else round(rng.uniform(-5, 50), 3),
+                "qty": rng.randrange(0, 5),
+                "color": rng.choice(["red", "blue", None]),
+                "ts": ts,
+            }
+        )
     return events
 
 
@@ -70,8 +77,16 @@ def write_warehouse(project: Project, events: list[dict[str, Any]]) -> None:
     for event in events:
         ds = f"2026-01-{(event['ts'] - START) // DAY + 1:02d}"
         by_day.setdefault(ds, []).append(event)
-    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("price", pa.float64()),
-                        ("qty", pa.int64()), ("color", pa.string()), ("ts", pa.int64())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("price", pa.float64()),
+            ("qty", pa.int64()),
+            ("color", pa.string()),
+            ("ts", pa.int64()),
+        ]
+    )
     for day in range(DAYS):
         ds = f"2026-01-{day + 1:02d}"
         rows = sorted(by_day.get(ds, []), key=lambda e: e["ts"])
@@ -79,18 +94,42 @@ def write_warehouse(project: Project, events: list[dict[str, Any]]) -> None:
 
 
 def definitions() -> dict[str, Any]:
-    source = EventSource(table="act.events", topic="events",
-                         query=Query(selects={"user": "user_id", "item": "item_id", "price": "price", "qty": "qty",
-                                              "color": "color"}, time_column="ts"))
-    temporal = GroupBy(name="par.temporal", sources=[source], keys=["user"], aggregations=OPERATIONS,
-                       accuracy=Accuracy.TEMPORAL, online=True,
-                       derivations=[Derivation("*", "*"), Derivation("qty_per_view", "qty_sum_5h / price_count_5h")])
-    snapshot = GroupBy(name="par.snapshot", sources=[source], keys=["item"], online=True,
-                       aggregations=[Aggregation("price", Operation.AVERAGE, windows=["2d"]),
-                                     Aggregation("qty", Operation.COUNT)], accuracy=Accuracy.SNAPSHOT)
+    source = EventSource(
+        table="act.events",
+        topic="events",
+        query=Query(
+            selects={"user": "user_id", "item": "item_id", "price": "price", "qty": "qty", "color": "color"},
+            time_column="ts",
+        ),
+    )
+    temporal = GroupBy(
+        name="par.temporal",
+        sources=[source],
+        keys=["user"],
+        aggregations=OPERATIONS,
+        accuracy=Accuracy.TEMPORAL,
+        online=True,
+        derivations=[Derivation("*", "*"), Derivation("qty_per_view", "qty_sum_5h / price_count_5h")],
+    )
+    snapshot = GroupBy(
+        name="par.snapshot",
+        sources=[source],
+        keys=["item"],
+        online=True,
+        aggregations=[
+            Aggregation("price", Operation.AVERAGE, windows=["2d"]),
+            Aggregation("qty", Operation.COUNT),
+        ],
+        accuracy=Accuracy.SNAPSHOT,
+    )
     left = EventSource(table="act.events", query=Query(selects={"user": "user_id", "item": "item_id"}))
-    join = Join(name="par.join", left=left, right_parts=[JoinPart(temporal), JoinPart(snapshot, prefix="s")],
-                derivations=[Derivation("*", "*"), Derivation("ratio", "par_temporal_price_sum_1d / 2")], online=True)
+    join = Join(
+        name="par.join",
+        left=left,
+        right_parts=[JoinPart(temporal), JoinPart(snapshot, prefix="s")],
+        derivations=[Derivation("*", "*"), Derivation("ratio", "par_temporal_price_sum_1d / 2")],
+        online=True,
+    )
     return {temporal.name: temporal, snapshot.name: snapshot, join.name: join}
 
 
@@ -104,8 +143,9 @@ def close(expected: Any, got: Any) -> bool:
     return bool(expected == got)
 
 
-def within_rank_error(values: list[float], fractions: list[float], got: list[float] | None,
-                      epsilon: float = 0.03) -> bool:
+def within_rank_error(
+    values: list[float], fractions: list[float], got: list[float] | None, epsilon: float = 0.03
+) -> bool:
     """KLL (k=128) is exact up to 128 inputs and randomised past that: accept a value whose rank lies
     within epsilon of the asked fraction (the sketch's documented rank error is ~1.7% at 99%)."""
     if not values:
@@ -145,10 +185,15 @@ def test_online_equals_offline(tmp_path: Path, store_url: str) -> None:
     write_warehouse(project, on_time)
     project.compile(write=False)
     project.upload("par.join", UPLOAD_DS)
-    queries = [BATCH_END, BATCH_END + 1, *sorted(rng.randrange(BATCH_END, START + DAYS * DAY) for _ in range(40)),
-               *[e["ts"] for e in events if e["ts"] >= BATCH_END][:10]]
-    left = pa.Table.from_pylist([{"user": u, "item": i, "ts": q} for q in queries for u in ("u1", "u3", "nobody")
-                                 for i in ("a", "c")])
+    queries = [
+        BATCH_END,
+        BATCH_END + 1,
+        *sorted(rng.randrange(BATCH_END, START + DAYS * DAY) for _ in range(40)),
+        *[e["ts"] for e in events if e["ts"] >= BATCH_END][:10],
+    ]
+    left = pa.Table.from_pylist(
+        [{"user": u, "item": i, "ts": q} for q in queries for u in ("u1", "u3", "nobody") for i in ("a", "c")]
+    )
     # SNAPSHOT parts have no stream: they hold the upload's values, late events or not
     snapshot_offline = project.training_data("par.join", left).to_pylist()
     write_warehouse(project, events)  # the late events land in the warehouse later
@@ -157,7 +202,7 @@ def test_online_equals_offline(tmp_path: Path, store_url: str) -> None:
     broker = project.broker()
     payloads = [__import__("json").dumps(e).encode() for e in streamed]
     for start in range(0, len(payloads), 100):
-        broker.publish("events", payloads[start:start + 100])
+        broker.publish("events", payloads[start : start + 100])
     stats = project.stream("par.temporal", until_caught_up=True)
     assert stats["par.temporal"].rows == len(streamed)
     # a replay (another consumer group re-reading the whole topic) applies the same event ids again
@@ -173,8 +218,9 @@ def test_online_equals_offline(tmp_path: Path, store_url: str) -> None:
             # the SNAPSHOT part's value is the next midnight's, which its upload does not hold: an explicit
             # status for the Join, never the previous day's value; the TEMPORAL part still answers alone
             assert result.status == "StaleUpload", result
-            [result] = fetcher.fetch_group_by("par.temporal", [{"user": row["user"], "item": row["item"]}],
-                                              at=row["ts"])
+            [result] = fetcher.fetch_group_by(
+                "par.temporal", [{"user": row["user"], "item": row["item"]}], at=row["ts"]
+            )
             result.features = {"par_temporal_" + k: v for k, v in result.features.items()}
         assert result.status == "Success", result.error
         for column, expected in row.items():
@@ -186,8 +232,13 @@ def test_online_equals_offline(tmp_path: Path, store_url: str) -> None:
                 expected = snapshot_row[column]
             got = result.features.get(column)
             if column.endswith("approx_percentile_14d"):
-                window = [e["price"] for e in events if e["user_id"] == row["user"] and e["price"] is not None
-                          and window_start(row["ts"], 14 * DAY) <= e["ts"] < row["ts"]]
+                window = [
+                    e["price"]
+                    for e in events
+                    if e["user_id"] == row["user"]
+                    and e["price"] is not None
+                    and window_start(row["ts"], 14 * DAY) <= e["ts"] < row["ts"]
+                ]
                 if not within_rank_error(window, [0.5, 0.9], got):
                     mismatches.append((row["user"], row["ts"], column, expected, got))
                 continue

@@ -12,9 +12,13 @@ from gnomon.online.records import BatchState, encode_batch_state
 feature = st.one_of(
     st.just(([], [])),
     st.just(([None], [b"collapsed"])),
-    st.lists(st.integers(-(2**40), 2**40), unique=True, max_size=12).map(sorted).flatmap(
-        lambda starts: st.tuples(st.just(starts), st.lists(st.binary(max_size=20), min_size=len(starts),
-                                                           max_size=len(starts)))),
+    st.lists(st.integers(-(2**40), 2**40), unique=True, max_size=12)
+    .map(sorted)
+    .flatmap(
+        lambda starts: st.tuples(
+            st.just(starts), st.lists(st.binary(max_size=20), min_size=len(starts), max_size=len(starts))
+        )
+    ),
 )
 
 

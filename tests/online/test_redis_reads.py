@@ -64,7 +64,9 @@ def test_async_reads_pipeline_concurrent_requests(client_and_reads: tuple[Any, F
 
     async def one(index: int) -> None:
         await asyncio.sleep(random.random() / 1000)
-        replies = await async_reads.execute([(b"GET", f"k{index}"), (b"MGET", f"k{(index + 1) % 50}", b"none")])
+        replies = await async_reads.execute(
+            [(b"GET", f"k{index}"), (b"MGET", f"k{(index + 1) % 50}", b"none")]
+        )
         assert replies == [f"v{index}".encode(), [f"v{(index + 1) % 50}".encode(), None]]
 
     async def main() -> None:

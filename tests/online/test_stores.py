@@ -36,6 +36,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStor
 
 # -- values -------------------------------------------------------------------------------------------
 
+
 def test_empty_requests_are_no_ops(store: OnlineStore) -> None:
     store.put([])
     store.delete([])
@@ -90,6 +91,7 @@ def test_any_bytes_round_trip(store: OnlineStore, items: dict[bytes, bytes]) -> 
 
 # -- rows and offsets ---------------------------------------------------------------------------------
 
+
 def test_rows_and_values_of_one_key_are_independent(store: OnlineStore) -> None:
     store.put([(b"k", b"value")])
     store.add_rows([(b"k", b"e1", b"row")])
@@ -111,7 +113,8 @@ def test_get_rows_of_many_keys(store: OnlineStore) -> None:
     store.add_rows([(key, str(n).encode(), key + bytes([n])) for key in keys[::3] for n in range(3)])
     rows = store.get_rows(keys)
     assert [sorted(found) for found in rows] == [
-        sorted(key + bytes([n]) for n in range(3)) if i % 3 == 0 else [] for i, key in enumerate(keys)]
+        sorted(key + bytes([n]) for n in range(3)) if i % 3 == 0 else [] for i, key in enumerate(keys)
+    ]
 
 
 def test_offsets_are_recorded_with_rows(store: OnlineStore) -> None:
@@ -133,8 +136,7 @@ def test_offsets_need_a_consumer(store: OnlineStore) -> None:
 def test_failed_add_rows_writes_neither_rows_nor_offsets(store: OnlineStore) -> None:
     store.add_rows([(b"k", b"e0", b"kept")], consumer="worker", offsets={"0": "0"})
     with pytest.raises((TypeError, sqlite3.Error)):  # an unstorable key, after a good row
-        store.add_rows([(b"k", b"e1", b"r"), (object(), b"e2", b"r")],
-                       consumer="worker", offsets={"0": "2"})
+        store.add_rows([(b"k", b"e1", b"r"), (object(), b"e2", b"r")], consumer="worker", offsets={"0": "2"})
     assert store.get_rows([b"k"]) == [[b"kept"]]
     assert store.offsets("worker") == {"0": "0"}
 
@@ -146,8 +148,9 @@ def test_threads_share_a_store(store: OnlineStore) -> None:
         try:
             for batch in range(20):
                 key = f"t{thread}".encode()
-                store.add_rows([(key, f"{batch}".encode(), b"r")], consumer=f"c{thread}",
-                               offsets={"0": str(batch)})
+                store.add_rows(
+                    [(key, f"{batch}".encode(), b"r")], consumer=f"c{thread}", offsets={"0": str(batch)}
+                )
                 store.put([(key, str(batch).encode())])
                 assert store.get([key]) == [str(batch).encode()]
         except BaseException as error:  # reported by the main thread
@@ -173,7 +176,9 @@ def _write_rows(target: str | SQLiteStore, writer: int, start: multiprocessing.s
     store = SQLiteStore(target) if isinstance(target, str) else target
     start.wait()
     for batch in range(WRITES):
-        rows = [(f"k{n % 7}".encode(), f"{writer}:{batch}:{n}".encode(), b"row") for n in range(ROWS_PER_WRITE)]
+        rows = [
+            (f"k{n % 7}".encode(), f"{writer}:{batch}:{n}".encode(), b"row") for n in range(ROWS_PER_WRITE)
+        ]
         rows.append((b"shared", f"{batch}".encode(), b"same id from both writers"))
         store.add_rows(rows, consumer=f"writer{writer}", offsets={"0": str(batch)})
         store.get([b"k0", b"k1"])
@@ -217,6 +222,7 @@ def test_sqlite_store_opened_before_a_fork_still_works(tmp_path: Path) -> None:
 
 
 # -- URLs and extras ----------------------------------------------------------------------------------
+
 
 def test_open_store_resolves_sqlite_paths(tmp_path: Path) -> None:
     relative = open_store("sqlite:///data/online.db", tmp_path)
