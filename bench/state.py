@@ -4,8 +4,9 @@ upload (which prunes what it covers). Prints figures; asserts nothing.
 
     python bench/state.py [--store sqlite|redis] [--events 10,1000,100000] [--rate 2000]
 
-Issue 8's target: a key with 100,000 streamed events fetches within 2x of a key with 10. The rows
-of a key are not yet folded into hop tiles between uploads, so this prints how far that is.
+Issue 8's target: a key with 100,000 streamed events fetches within 2x of a key with 10: the worker
+folds a key's rows into hop tiles every 256 rows (`online: {fold_every: 256}`), so a fetch reads the
+tiles of its windows and a bounded head of rows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import pyarrow as pa  # noqa: E402
 
 from gnomon import Project  # noqa: E402
 from gnomon.online.features import stream_id  # noqa: E402
-from gnomon.online.records import rows_key  # noqa: E402
+from gnomon.online.fold import fold_key, marks_key  # noqa: E402
+from gnomon.online.records import entity_key, rows_key  # noqa: E402
 
 DAY = 86_400_000
 START = 1_767_225_600_000  # 2026-01-01
@@ -50,7 +52,10 @@ def make_repo(root: Path, store: str) -> Project:
     (root / "features").mkdir(parents=True)
     (root / "features" / "__init__.py").write_text("")
     (root / "features" / "defs.py").write_text(FEATURES)
-    (root / "gnomon.yaml").write_text(f"online: {{url: '{store}', horizon: 40d}}\nstream: embedded\n")
+    # fold_delay 0: the bench's events are months old, so every tile has closed and folds at once
+    (root / "gnomon.yaml").write_text(
+        f"online: {{url: '{store}', horizon: 40d, fold_every: 256, fold_delay: 0}}\nstream: embedded\n"
+    )
     return Project(root)
 
 
@@ -122,7 +127,8 @@ def fetch_cost(store: str, counts: list[int]) -> None:
 
 
 def bytes_per_key(store: str, rate: int, days: int) -> int:
-    """Stream ``rate`` events a day for one key for ``days`` days with a daily upload; bytes held."""
+    """Stream ``rate`` events a day for one key for ``days`` days with a daily upload; bytes held
+    (its streamed rows, its fold record of tiles and its fold marks)."""
     with tempfile.TemporaryDirectory() as folder:
         project = make_repo(Path(folder), store)
         write_day(project, 0, day_events(0, ["hot"], rate))
@@ -135,12 +141,15 @@ def bytes_per_key(store: str, rate: int, days: int) -> int:
             if day < days:
                 project.upload("bench.stats", ds(day))
         store_ = project.store()
-        prefix = rows_key(stream_id(project.plan.group_bys["bench.stats"]), b"")
+        group_by = project.plan.group_bys["bench.stats"]
+        sid = stream_id(group_by)
         held = sum(
             len(key) + len(event_id) + len(blob)
-            for key, rows in store_.scan_rows(prefix)
+            for key, rows in store_.scan_rows(rows_key(sid, b""))
             for event_id, blob in rows
         )
+        key = entity_key(["hot"])
+        held += sum(len(v or b"") for v in store_.get([fold_key(sid, key), marks_key(sid, key)]))
         store_.close()
         return held
 

@@ -61,6 +61,52 @@ _SIZE_UNITS = {
 }
 
 
+def _load_online(online_raw: Any, path: Path) -> tuple[str, int, int, int]:
+    """``online:``: a store URL, or ``{url, horizon, fold_every, fold_delay}``."""
+    horizon_ms = 2 * 86_400_000
+    fold_every, fold_delay_ms = 256, 300_000
+    if isinstance(online_raw, dict):
+        unknown = set(online_raw) - {"url", "horizon", "fold_every", "fold_delay"}
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown online setting(s) {sorted(unknown)}; use url, horizon, fold_every, fold_delay"
+            )
+        fold_every = online_raw.get("fold_every", fold_every)
+        if not isinstance(fold_every, int) or isinstance(fold_every, bool) or fold_every < 0:
+            raise ConfigError(
+                f"{path}: online.fold_every must be a count of rows (0: never fold), got {fold_every!r}"
+            )
+        if "fold_delay" in online_raw:
+            fold_delay_ms = _duration_ms(online_raw["fold_delay"], "online.fold_delay", path)
+        if "horizon" in online_raw:
+            from gnomon.definitions.windows import Window
+            from gnomon.errors import DefinitionError
+
+            try:
+                horizon_ms = Window.parse(str(online_raw["horizon"])).millis
+            except DefinitionError:
+                raise ConfigError(
+                    f"{path}: online.horizon must look like 2d, 36h or 90m, got {online_raw['horizon']!r}"
+                ) from None
+        online_raw = online_raw.get("url", "sqlite:///online.db")
+    return str(online_raw), horizon_ms, fold_every, fold_delay_ms
+
+
+def _duration_ms(value: Any, setting: str, path: Path) -> int:
+    """``0``, a number of seconds, or a window string (``90m``, ``1h``) as milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return int(value * 1000)
+    from gnomon.definitions.windows import Window
+    from gnomon.errors import DefinitionError
+
+    try:
+        return Window.parse(str(value)).millis
+    except DefinitionError:
+        raise ConfigError(
+            f"{path}: {setting} must be seconds or look like 90m or 1h, got {value!r}"
+        ) from None
+
+
 def _size(value: Any, setting: str, path: Path) -> int:
     """Bytes from an integer or a string like ``8MiB``, ``512KB``."""
     import re
@@ -152,6 +198,8 @@ class Config:
     offline: OfflineConfig = OfflineConfig()
     online: str = "sqlite:///online.db"
     online_horizon_ms: int = 2 * 86_400_000  # how long after its batch end an upload may be served
+    online_fold_every: int = 256  # a worker folds a key's streamed rows into tiles once it wrote this many
+    online_fold_delay_ms: int = 300_000  # rows published less than this long ago are never folded
     stream: str = "embedded"
     serving: ServingConfig = ServingConfig()
 
@@ -197,31 +245,19 @@ class Config:
         if offline.shards < 1:
             raise ConfigError(f"{path}: offline.shards must be at least 1, got {offline.shards}")
         warehouse = Path(raw.get("warehouse", "./warehouse"))
-        online_raw = raw.get("online", "sqlite:///online.db")
-        horizon_ms = 2 * 86_400_000
-        if isinstance(online_raw, dict):
-            unknown = set(online_raw) - {"url", "horizon"}
-            if unknown:
-                raise ConfigError(f"{path}: unknown online setting(s) {sorted(unknown)}; use url and horizon")
-            if "horizon" in online_raw:
-                from gnomon.definitions.windows import Window
-                from gnomon.errors import DefinitionError
-
-                try:
-                    horizon_ms = Window.parse(str(online_raw["horizon"])).millis
-                except DefinitionError:
-                    raise ConfigError(
-                        f"{path}: online.horizon must look like 2d, 36h or 90m, got {online_raw['horizon']!r}"
-                    ) from None
-            online_raw = online_raw.get("url", "sqlite:///online.db")
+        online_url, horizon_ms, fold_every, fold_delay_ms = _load_online(
+            raw.get("online", "sqlite:///online.db"), path
+        )
         return cls(
             root=root,
             project=str(raw.get("project", root.name)),
             warehouse=warehouse if warehouse.is_absolute() else (root / warehouse).resolve(),
             dialect=dialect,
             offline=offline,
-            online=str(online_raw),
+            online=online_url,
             online_horizon_ms=horizon_ms,
+            online_fold_every=fold_every,
+            online_fold_delay_ms=fold_delay_ms,
             stream=str(raw.get("stream", "embedded")),
             serving=_load_serving(raw.get("serving"), root, path),
         )

@@ -425,6 +425,8 @@ class Project:
                     broker,
                     topic=topic,
                     schema=self.source_schema(group_by, topic),
+                    fold_every=self.config.online_fold_every,
+                    fold_delay_ms=self.config.online_fold_delay_ms,
                     plan=self.plan,
                     left_schema=self._left_schema(group_by, topic),
                     **worker_options,

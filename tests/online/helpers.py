@@ -288,3 +288,15 @@ def running_server(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def own_redis_db(request: Any, db: int) -> str:
+    """The URL of Redis database ``db`` of the session's server, emptied: a test file's own database,
+    so that state it leaves (fold marks, rows) never meets another file's repos of the same names."""
+    import redis
+
+    url = f"{request.getfixturevalue('redis_url').rsplit('/', 1)[0]}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url

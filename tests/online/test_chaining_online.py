@@ -13,6 +13,8 @@ import pytest
 
 from gnomon import Aggregation, EventSource, GroupBy, Join, JoinPart, JoinSource, Operation, Project, Query
 
+from .helpers import own_redis_db
+
 DAY = 86_400_000
 HOUR = 3_600_000
 START = 1_767_225_600_000  # 2026-01-01
@@ -112,7 +114,7 @@ def write(project: Project, table: str, rows: list[dict[str, Any]], schema: pa.S
 def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return "sqlite:///online.db"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
+    return own_redis_db(request, 14)
 
 
 def test_chained_group_by_online_equals_offline(tmp_path: Path, store_url: str) -> None:

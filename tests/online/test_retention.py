@@ -20,6 +20,7 @@ from .helpers import (
     UPLOAD_DS,
     build_repo,
     make_events,
+    own_redis_db,
     publish,
     write_warehouse,
 )
@@ -29,7 +30,7 @@ from .helpers import (
 def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return "sqlite:///online.db"
-    return request.getfixturevalue("redis_url")  # type: ignore[no-any-return]
+    return own_redis_db(request, 13)
 
 
 def stored_rows(project: object) -> int:

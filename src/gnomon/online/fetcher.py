@@ -31,6 +31,7 @@ from gnomon.online.features import (
     row_columns,
     stream_id,
 )
+from gnomon.online.fold import FoldState, can_fold, fold_key
 from gnomon.online.records import (
     BatchState,
     StreamRow,
@@ -101,6 +102,9 @@ class _GroupByState:
     several_sources: bool = False
     stored: list[int] = field(default_factory=list)  # per feature, its position in the batch records
     rows_prefix: bytes = b""
+    folds: bool = False  # whether its stream rows may be folded into tiles (`gnomon.online.fold`)
+    fold_prefix: bytes = b""
+    feature_ids: list[str] = field(default_factory=list)
 
 
 class Fetcher:
@@ -230,6 +234,9 @@ class Fetcher:
             SOURCE_COLUMN in row_columns(group_by),
             stored,
             rows_key(stream_id(group_by), b""),
+            can_fold(group_by) and meta.accuracy == "temporal",
+            fold_key(stream_id(group_by), b""),
+            group_by.feature_ids(),
         )
         self._states[group_by.name] = state
         return state
@@ -295,6 +302,8 @@ class Fetcher:
             key = entity_key([request[k] for k in group_by.keys])
             pending.wanted.append(index)
             pending.value_keys.append(batch_key(group_by.name, meta.batch_end, key))
+            if state.folds:
+                pending.value_keys.append(state.fold_prefix + key)
             if temporal:
                 pending.row_keys.append(state.rows_prefix + key)
         return pending
@@ -307,11 +316,15 @@ class Fetcher:
         if state is None or not pending.wanted:
             return results  # type: ignore[return-value]
         temporal = state.meta.accuracy == "temporal"
+        per_key = 2 if state.folds else 1
         for position, index in enumerate(pending.wanted):
             request = pending.requests[index]
             try:
                 if temporal:
-                    raw = self._temporal_values(state, values[position], rows[position], pending.q)
+                    folded = values[position * per_key + 1] if state.folds else None
+                    raw = self._temporal_values(
+                        state, values[position * per_key], rows[position], pending.q, folded
+                    )
                 else:
                     raw = self._snapshot_values(group_by, values[position])
                 if state.deriver is not None:
@@ -319,6 +332,8 @@ class Fetcher:
                 results[index] = FetchResult(
                     SUCCESS, request, {pending.prefix + k: v for k, v in raw.items()}
                 )
+            except FetchError as error:  # the store cannot answer this key exactly: say why
+                results[index] = FetchResult(error.status, request, error=str(error))
             except Exception as error:  # noqa: BLE001 — one bad key must not fail the others
                 results[index] = FetchResult("Error", request, error=f"{type(error).__name__}: {error}")
         return results  # type: ignore[return-value]
@@ -367,12 +382,28 @@ class Fetcher:
         return out
 
     def _temporal_values(
-        self, state: _GroupByState, raw: bytes | None, row_blobs: list[bytes], q: int
+        self,
+        state: _GroupByState,
+        raw: bytes | None,
+        row_blobs: list[bytes],
+        q: int,
+        folded: bytes | None = None,
     ) -> dict[str, Any]:
         if keeps_rows(state.plan):
             return self._row_values(state, raw, row_blobs, q)
         meta = state.meta
         batch = BatchState(raw) if raw is not None else None
+        tiles: dict[tuple[str, int], tuple[bytes, int, int]] = {}
+        if folded is not None:
+            tiles = FoldState.decode(folded).counted_tiles(meta.batch_end)
+            inside = [start for (_, start), (_, first, last) in tiles.items() if first < q <= last]
+            if inside:
+                raise FetchError(
+                    "FoldedPast",
+                    f"GroupBy {state.plan.name!r}: q={q} falls inside the tile starting at {inside[0]} that its "
+                    "streamed rows were folded into, so the events before q in it cannot be told apart; ask at a "
+                    "time outside it (a tile boundary, or now)",
+                )
         rows = [StreamRow.decode(blob) for blob in row_blobs]
         rows = [r for r in rows if r.ts < q and (r.ts >= meta.batch_end or r.arrived_at > meta.uploaded_at)]
         if state.several_sources:  # a ts tie between sources goes in source order, then arrival (as offline)
@@ -389,6 +420,12 @@ class Fetcher:
                 blob = batch.suffix(state.stored[index], start)
                 if blob is not None:
                     ir = decode_ir(feature.aggregator, blob)
+            if tiles:
+                fid = state.feature_ids[index]
+                for tile_start in sorted(s for f, s in tiles if f == fid):
+                    blob, _, last = tiles[fid, tile_start]
+                    if (start is None or tile_start >= start) and last < q:
+                        ir = feature.aggregator.merge(ir, decode_ir(feature.aggregator, blob))
             for row in rows:
                 if start is None or row.ts >= start:
                     ir = feature.accumulate(ir, row.values, row.ts, row.seq)

@@ -6,6 +6,9 @@
   with a slightly stale ``meta`` still reads a complete, consistent batch.
 - ``rows|<stream id>|<entity key>``: the key's streamed rows, a set keyed by event id (the stream id,
   `gnomon.online.features.stream_id`, names the GroupBy and the definition the rows were written by).
+- ``fold|<stream id>|<entity key>`` and ``foldwm|<stream id>|<entity key>``: the key's rows folded
+  into hop tiles, and the marks a store write checks to refuse replays of them (`gnomon.online.fold`).
+- ``pending|<group_by>``: while an upload runs, the time it started.
 
 Entity keys are the JSON of the key values in GroupBy key order, so ``"42"`` and ``42`` differ, as
 they do offline.

@@ -31,6 +31,7 @@ from gnomon.online.features import (
     row_columns,
     stream_id,
 )
+from gnomon.online.fold import pending_key
 from gnomon.online.records import (
     RECORD_VERSION,
     StreamRow,
@@ -52,6 +53,8 @@ def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store:
     """Write the state as of ``ds + 1 day`` for every key; returns the number of keys written."""
     batch_end = ds_to_ms(ds) + DAY_MS
     uploaded_at = int(time.time() * 1000)
+    # while the upload runs, stream rows published after it started are not folded (`gnomon.online.fold`)
+    store.put([(pending_key(group_by.name), str(uploaded_at).encode())])
     if group_by.accuracy == "snapshot":
         written, types = _upload_snapshot(engine, group_by, ds, batch_end, store)
     elif keeps_rows(group_by):
@@ -76,6 +79,7 @@ def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store:
             )
         ]
     )
+    store.delete([pending_key(group_by.name)])
     if group_by.accuracy == "temporal":
         time.sleep(_META_GRACE_S)  # fetchers still holding the previous meta may read these rows
         prune_stream_rows(group_by, store, batch_end, uploaded_at)

@@ -31,6 +31,7 @@ from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
 from gnomon.online.features import SOURCE_COLUMN, row_columns, stream_id
+from gnomon.online.fold import Folder, can_fold
 from gnomon.online.records import (
     dead_letter_key,
     encode_stream_rows,
@@ -585,6 +586,8 @@ class StreamWorker:
         topic: str | None = None,
         plan: Plan | None = None,
         left_schema: pa.Schema | None = None,
+        fold_every: int = 0,
+        fold_delay_ms: int = 300_000,
     ) -> None:
         self.applier = RecordApplier(group_by, store, clock, schema, topic, plan, left_schema)
         self.metrics = metrics
@@ -594,6 +597,12 @@ class StreamWorker:
         self.broker = broker
         self.group = group or consumer_group(group_by, self.topic)
         self.consumer: Consumer = broker.consumer(self.topic, self.group, name)
+        # a key's rows are folded into hop tiles every ``fold_every`` rows (0: never; `gnomon.online.fold`)
+        self.folder = (
+            Folder(group_by, store, stream_id(group_by), fold_every, fold_delay_ms, clock)
+            if fold_every > 0 and can_fold(group_by)
+            else None
+        )
 
     @property
     def stats(self) -> WorkerStats:
@@ -650,6 +659,9 @@ class StreamWorker:
 
     def _write_and_commit(self, batch: PreparedBatch, records: Sequence[Record]) -> None:
         self.applier.write(batch)
+        if self.folder is not None:
+            prefix = self.folder.rows_prefix
+            self.folder.wrote([key for key, _, _ in batch.items if key.startswith(prefix)])
         if self.metrics is not None:
             name, now_ms = self.group_by.name, self.applier.clock() * 1000
             self.metrics.freshness.observe_many(name, [(now_ms - r.published_at_ms) / 1000 for r in records])

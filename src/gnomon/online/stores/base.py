@@ -65,6 +65,26 @@ class OnlineStore(ABC):
         """Every row set whose key starts with ``prefix``: (key, [(event id, row), ...])."""
 
     @abstractmethod
+    def get_rows_with_ids(self, keys: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        """Every (event id, row) each key holds, in key order."""
+
+    @abstractmethod
+    def apply_fold(
+        self,
+        row_key: bytes,
+        fold_key: bytes,
+        expected: bytes | None,
+        fold: bytes,
+        marks_key: bytes,
+        marks: bytes,
+        delete: Sequence[bytes],
+    ) -> bool:
+        """Atomically, unless the value ``fold_key`` is no longer ``expected`` (then False): write the
+        fold record and its marks and delete these event ids of ``row_key`` (`gnomon.online.fold`).
+        ``add_rows`` refuses a row of ``rows|<stream>|<key>`` that the marks under
+        ``foldwm|<stream>|<key>`` say was folded."""
+
+    @abstractmethod
     def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         """Remove these (key, event id) rows (a missing one is ignored)."""
 

@@ -54,16 +54,14 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 # One script adds a micro-batch's rows and advances the consumer's offsets, atomically (a script
 # runs to completion with nothing interleaved). ARGV[1]: the rows-key prefix; ARGV[2]: the rows as
 # one MessagePack array of [key, event id, row] (one argument rather than 3 per row keeps the request
-# cheap to build); ARGV[3..]: partition, offset pairs. HSETNX: a replayed event id changes nothing.
+# cheap to build); ARGV[3]: the value-key prefix; ARGV[4..]: partition, offset pairs. HSETNX: a
+# replayed event id changes nothing; a row the key's fold marks refuse (`gnomon.online.fold`: an
+# offset up to its partition's watermark and a ts before folded_until) is a replay of a folded event.
 # Offsets only move forward (a worker finishing an older batch after another worker of its group
 # went further must not move them back). Offsets are "123" or "1700000000000-3": compare numerically.
 _ADD_ROWS = """
-local prefix = ARGV[1]
+local prefix, values = ARGV[1], ARGV[3]
 local rows = cmsgpack.unpack(ARGV[2])
-for i = 1, #rows do
-  local row = rows[i]
-  redis.call('HSETNX', prefix .. row[1], row[2], row[3])
-end
 local function parts(s) local t = {} for p in string.gmatch(s, "%d+") do t[#t + 1] = tonumber(p) end return t end
 local function greater(a, b)
   local x, y = parts(a), parts(b)
@@ -73,11 +71,50 @@ local function greater(a, b)
   end
   return false
 end
-for i = 3, #ARGV, 2 do
+local marks = {}
+local added = 0
+for i = 1, #rows do
+  local row = rows[i]
+  local key = row[1]
+  local m = marks[key]
+  if m == nil then
+    m = false
+    if string.sub(key, 1, 5) == 'rows|' then
+      local raw = redis.call('GET', values .. 'foldwm' .. string.sub(key, 5))
+      if raw then m = cmsgpack.unpack(raw) end
+    end
+    marks[key] = m
+  end
+  local keep = true
+  if m then
+    local ts = cmsgpack.unpack(string.sub(row[3], 2))[1]
+    if ts < m[1] then
+      local cut = string.find(row[2], ":[^:]*$")
+      local watermark = m[2][string.sub(row[2], 1, cut - 1)]
+      if watermark and not greater(string.sub(row[2], cut + 1), watermark) then keep = false end
+    end
+  end
+  if keep then added = added + redis.call('HSETNX', prefix .. key, row[2], row[3]) end
+end
+for i = 4, #ARGV, 2 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])
   if (not current) or greater(ARGV[i + 1], current) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-return #rows
+return added
+"""
+# A fold replaces a key's fold record and marks and deletes the rows it folded, atomically, unless
+# another folder changed the fold record since it was read (compare and set; "" = there was none).
+# KEYS: fold record, fold marks, rows hash; ARGV[1]: the fold record read; ARGV[2], ARGV[3]: the new
+# record and marks; ARGV[4..]: the event ids to delete.
+_APPLY_FOLD = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+for i = 4, #ARGV, 4000 do
+  redis.call('HDEL', KEYS[3], unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+end
+return 1
 """
 ROWS_PER_SCRIPT = 5_000  # larger batches are split into several calls inside one MULTI/EXEC
 
@@ -92,6 +129,7 @@ class RedisStore(OnlineStore):
         self._rows_prefix = f"{namespace}:r:".encode()
         self._client = connect(url)
         self._add_rows = self._client.register_script(_ADD_ROWS)
+        self._apply_fold = self._client.register_script(_APPLY_FOLD)
         self._reads = fast_reads(self._client)  # the fetch's one round trip, when plain TCP + hiredis
         self._async_reads = AsyncReads(self._reads) if self._reads is not None else None
 
@@ -183,14 +221,16 @@ class RedisStore(OnlineStore):
         ] or [[]]
         blobs = [msgpack.packb(chunk, use_bin_type=False) for chunk in chunks]  # Redis Lua reads no bin type
         if len(blobs) == 1:
-            self._add_rows(keys=[offsets_key], args=[self._rows_prefix, blobs[0], *arguments])
+            self._add_rows(
+                keys=[offsets_key], args=[self._rows_prefix, blobs[0], self._value_prefix, *arguments]
+            )
             return
         with self._client.pipeline(transaction=True) as pipe:  # all chunks or none
             for position, blob in enumerate(blobs):
                 last = position == len(blobs) - 1
                 self._add_rows(
                     keys=[offsets_key],
-                    args=[self._rows_prefix, blob, *(arguments if last else [])],
+                    args=[self._rows_prefix, blob, self._value_prefix, *(arguments if last else [])],
                     client=pipe,
                 )
             pipe.execute()
@@ -213,6 +253,27 @@ class RedisStore(OnlineStore):
                     pipe.hgetall(key)
                 for key, rows in zip(chunk, pipe.execute(), strict=True):
                     yield key[len(self._rows_prefix) :], list(rows.items())
+
+    def get_rows_with_ids(self, keys: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        if not keys:
+            return []
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(self._rows_prefix + key)
+            return [list(rows.items()) for rows in pipe.execute()]
+
+    def apply_fold(
+        self,
+        row_key: bytes,
+        fold_key: bytes,
+        expected: bytes | None,
+        fold: bytes,
+        marks_key: bytes,
+        marks: bytes,
+        delete: Sequence[bytes],
+    ) -> bool:
+        keys = [self._value_prefix + fold_key, self._value_prefix + marks_key, self._rows_prefix + row_key]
+        return bool(self._apply_fold(keys=keys, args=[expected or b"", fold, marks, *delete]))
 
     def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         if not rows:

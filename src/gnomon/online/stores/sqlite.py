@@ -179,6 +179,29 @@ def write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connec
         raise
 
 
+def _unfolded(
+    connection: sqlite3.Connection, rows: Sequence[tuple[bytes, bytes, bytes]]
+) -> Sequence[tuple[bytes, bytes, bytes]]:
+    """The rows that a key's fold marks do not refuse (`gnomon.online.fold`): replays of folded
+    events are left out."""
+    keys = sorted({key for key, _, _ in rows if isinstance(key, bytes) and key.startswith(b"rows|")})
+    marks: dict[bytes, bytes] = {}
+    for chunk in _chunks([b"foldwm" + key[4:] for key in keys]):
+        marks.update(
+            connection.execute(f"SELECT key, value FROM kv WHERE key IN ({_in_list(len(chunk))})", chunk)
+        )
+    if not marks:
+        return rows
+    from gnomon.online.fold import refused
+    from gnomon.online.records import StreamRow
+
+    return [
+        (key, event_id, row)
+        for key, event_id, row in rows
+        if not refused(marks.get(b"foldwm" + key[4:]), event_id, StreamRow.decode(row).ts)
+    ]
+
+
 @cache
 def _in_list(count: int) -> str:
     return ",".join("?" * count)
@@ -260,7 +283,7 @@ class SQLiteStore(OnlineStore):
         if not rows and not offsets:
             return
         with write_transaction(self._connections.get()) as connection:
-            connection.executemany(_ADD_ROW, rows)
+            connection.executemany(_ADD_ROW, _unfolded(connection, rows))
             if offsets:
                 # offsets only move forward: a worker finishing an older batch after another worker
                 # of its group went further must not move them back
@@ -298,6 +321,36 @@ class SQLiteStore(OnlineStore):
             found.append((event_id, row))
         if current is not None:
             yield current, found
+
+    def get_rows_with_ids(self, keys: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        connection = self._connections.get()
+        found: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for chunk in _chunks(keys):
+            sql = f"SELECT key, event_id, row FROM rows WHERE key IN ({_in_list(len(chunk))})"
+            for key, event_id, row in connection.execute(sql, chunk):
+                found.setdefault(key, []).append((event_id, row))
+        return [found.get(key, []) for key in keys]
+
+    def apply_fold(
+        self,
+        row_key: bytes,
+        fold_key: bytes,
+        expected: bytes | None,
+        fold: bytes,
+        marks_key: bytes,
+        marks: bytes,
+        delete: Sequence[bytes],
+    ) -> bool:
+        with write_transaction(self._connections.get()) as connection:
+            current = connection.execute(_GET_ONE, (fold_key,)).fetchone()
+            if (current[0] if current else None) != expected:
+                return False
+            connection.executemany(_PUT, [(fold_key, fold), (marks_key, marks)])
+            connection.executemany(
+                "DELETE FROM rows WHERE key = ? AND event_id = ?",
+                [(row_key, event_id) for event_id in delete],
+            )
+        return True
 
     def delete_rows(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         if not rows:
