@@ -19,6 +19,7 @@ RANKS = {
     "errors": 0,
     "extras": 0,
     "offsets": 0,
+    "jsonio": 0,
     "metrics": 0,
     "testing": 0,
     "definitions": 1,

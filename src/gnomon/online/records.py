@@ -40,8 +40,10 @@ def entity_key(values: Sequence[Any]) -> bytes:
     what orjson rejects, such as integers beyond 64 bits)."""
     try:
         return orjson.dumps(values if type(values) is list else list(values))
-    except TypeError:
-        return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # integers beyond 64 bits, lone surrogates (kept, as the key JSON's code points)
+        return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        )
 
 
 def meta_key(group_by: str) -> bytes:

@@ -21,14 +21,12 @@ never blocks on the network.
 
 # no `from __future__ import annotations`: FastAPI must see the real Request class in handler signatures
 import gc
-import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
+from gnomon import jsonio
 from gnomon.config import ServingLimits
 from gnomon.errors import MissingExtraError, UnknownObjectError
 from gnomon.metrics import Metrics
@@ -41,6 +39,35 @@ _KEYS_BODY = {
             "example": [{"user": "bob", "item": "i42"}],
         }
     },
+}
+_ERROR = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    "400": {
+        "description": "A bad request: the error names the field (`body[i].field`, `at`)",
+        "content": _ERROR,
+    },
+    "404": {
+        "description": "No such Join, GroupBy or topic (the error names it, with close names)",
+        "content": _ERROR,
+    },
+    "413": {
+        "description": "Over a limit (`serving.limits.*`): the error names it and the fix",
+        "content": _ERROR,
+    },
+}
+_AT = {
+    "name": "at",
+    "in": "query",
+    "required": False,
+    "description": "The time to fetch values as of, epoch milliseconds (default: now)",
+    "schema": {"type": "integer"},
+}
+_SYNC = {
+    "name": "sync",
+    "in": "query",
+    "required": False,
+    "description": "true: answer once the events are servable (applied to the online store)",
+    "schema": {"type": "boolean"},
 }
 _EVENTS_BODY = {
     "required": True,
@@ -67,10 +94,7 @@ class BadRequest(Exception):
 
 
 def _json_bytes(body: Any) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except TypeError:  # e.g. an integer beyond 64 bits
-        return json.dumps(body, separators=(",", ":")).encode()
+    return jsonio.dumps(body)
 
 
 _WHAT = {  # what a body holds: its plural (the limit's name), who is limited, the fix
@@ -85,14 +109,11 @@ _DEFAULT_LIMITS = ServingLimits()
 def _parse_array(body: bytes, what: str, limits: ServingLimits = _DEFAULT_LIMITS) -> list[dict[str, Any]]:
     """A JSON array of objects within the limits on count (keys or events) and nesting depth."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            data = json.loads(body)  # what orjson rejects and the standard library reads (NaN, huge ints)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise BadRequest(f"body: not valid JSON ({error})") from None
-        except RecursionError:  # nested beyond what either parser reads: far beyond any depth limit
-            raise _too_deep("body", limits.depth) from None
+        data = jsonio.loads(body)  # exact integers; NaN read as the standard library does
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(f"body: not valid JSON ({error})") from None
+    except RecursionError:  # nested beyond what either parser reads: far beyond any depth limit
+        raise _too_deep("body", limits.depth) from None
     if not isinstance(data, list):
         raise BadRequest(f"body: expected a JSON array of {what} objects, got {type(data).__name__}")
     plural, verb, fix = _WHAT[what]
@@ -314,7 +335,8 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
 
     @app.post(
         "/v1/features/join/{name}",
-        openapi_extra={"requestBody": _KEYS_BODY},
+        openapi_extra={"requestBody": _KEYS_BODY, "parameters": [_AT]},
+        responses=_ERRORS,
         summary="Fetch a Join's feature vectors for a list of keys",
     )
     async def fetch_join(name: str, request: Request) -> Response:
@@ -322,7 +344,8 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
 
     @app.post(
         "/v1/features/groupby/{name}",
-        openapi_extra={"requestBody": _KEYS_BODY},
+        openapi_extra={"requestBody": _KEYS_BODY, "parameters": [_AT]},
+        responses=_ERRORS,
         summary="Fetch one GroupBy's values for a list of keys",
     )
     async def fetch_group_by(name: str, request: Request) -> Response:
@@ -332,7 +355,8 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
 
     @app.post(
         "/v1/events/{topic}",
-        openapi_extra={"requestBody": _EVENTS_BODY},
+        openapi_extra={"requestBody": _EVENTS_BODY, "parameters": [_SYNC]},
+        responses=_ERRORS,
         summary="Ingest events into a topic (sync=true: return once servable)",
     )
     async def ingest(topic: str, request: Request) -> Response:
@@ -353,6 +377,20 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
             response = Response(error.payload(), status_code=error.status, media_type="application/json")
         metrics.latency.observe("/v1/events", time.perf_counter() - started)
         return response
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        """Every error answer is ``{"error": ...}``; a path that is no route names the routes."""
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = (
+                f"no route {request.method} {request.url.path}: the routes are POST /v1/features/join/NAME, "
+                "POST /v1/features/groupby/NAME, POST /v1/events/TOPIC, GET /health and GET /metrics "
+                "(a name is one path segment)"
+            )
+        return dumps({"error": message}, error.status_code)
 
     @app.get("/health", summary="Liveness and what is served")
     async def health() -> JSONResponse:

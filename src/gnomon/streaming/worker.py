@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from gnomon import jsonio
 from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
@@ -175,12 +176,7 @@ class QueryEvaluator:
         if self.schema is None:
             return self._with_origins(pa.Table.from_pylist(events), origins, len(events), suffixes)
         arrays = [
-            pa.array(
-                _as_decimals([event.get(f.name) for event in events])
-                if pa.types.is_decimal(f.type)
-                else [event.get(f.name) for event in events],
-                type=f.type,
-            )
+            pa.array(_typed([event.get(f.name) for event in events], f.type), type=f.type)
             for f in self.schema
         ]
         return self._with_origins(
@@ -274,6 +270,18 @@ class QueryEvaluator:
         columns = self.evaluate_columns(events)
         names = list(columns)
         return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def _typed(values: list[Any], type_: pa.DataType) -> list[Any]:
+    """Values ready for `pa.array` of ``type_``: decimals from numbers and numeric strings; for an
+    integer or time column, a number with a fraction is refused (Arrow would truncate it)."""
+    if pa.types.is_decimal(type_):
+        return _as_decimals(values)
+    if pa.types.is_integer(type_) or pa.types.is_timestamp(type_) or pa.types.is_date(type_):
+        for value in values:
+            if type(value) is float and not value.is_integer():
+                raise ValueError(f"{value!r} is not a whole number, for a column of type {type_}")
+    return values
 
 
 def _as_decimals(values: list[Any]) -> list[Any]:
@@ -433,16 +441,12 @@ class RecordApplier:
         origins: list[Record] = []
         suffixes: list[str] = []
         dead = list(enrichment_dead)
-        loads = orjson.loads
         for record in records:
             try:
-                event = loads(record.payload)
-            except orjson.JSONDecodeError:
-                try:
-                    event = json.loads(record.payload)
-                except (ValueError, UnicodeDecodeError) as error:
-                    dead.append((record, f"not valid JSON: {error}"))
-                    continue
+                event = jsonio.loads(record.payload)  # exact integers (orjson reads huge ones as floats)
+            except (ValueError, UnicodeDecodeError, RecursionError) as error:
+                dead.append((record, f"not valid JSON: {type(error).__name__}: {str(error)[:200]}"))
+                continue
             if type(event) is not dict:
                 dead.append((record, f"an event must be a JSON object, got {type(event).__name__}"))
                 continue
@@ -462,6 +466,8 @@ class RecordApplier:
             origins.append(record)
             suffixes.append("")
         rows, evaluation_dead = self._evaluate(events, origins, suffixes)
+        if self.evaluator.mutations and evaluation_dead:
+            rows, evaluation_dead = _whole_records(rows, origins, evaluation_dead)
         dead.extend(evaluation_dead)
         return self._prepared(
             consumed, origins, rows, dead, len(events) - len(evaluation_dead), consumer_group, arrived_at
@@ -713,6 +719,20 @@ def streamed_topics(group_by: GroupByPlan) -> dict[str, SourcePlan]:
         if topic is not None:
             topics.setdefault(topic, source)
     return topics
+
+
+def _whole_records(
+    rows: dict[str, list[Any]], origins: Sequence[Record], dead: list[tuple[Record, str]]
+) -> tuple[dict[str, list[Any]], list[tuple[Record, str]]]:
+    """A record that became several mutation rows (a Debezium update: the old row out, the new one
+    in) is applied whole or not at all: when one of its rows is a dead letter, so is the record,
+    once, and none of its rows is stored."""
+    refused = {record.event_id for record, _ in dead}
+    keep = [p for p, index in enumerate(rows.get("__index", [])) if origins[index].event_id not in refused]
+    once: dict[str, tuple[Record, str]] = {}
+    for record, reason in dead:
+        once.setdefault(record.event_id, (record, reason))
+    return {name: [values[p] for p in keep] for name, values in rows.items()}, list(once.values())
 
 
 def _why(evaluator: QueryEvaluator, event: dict[str, Any]) -> str:
