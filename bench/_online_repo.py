@@ -427,3 +427,173 @@ def top_profile(profile: Any, limit: int = 25, sort: str = "tottime") -> str:
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
     return "\n".join(lines[start:])
+
+
+# ================================================================== the entity case (bench/stream.py)
+# An EntitySource with a mutation topic: an item's ratings, changed in place (inserts, updates,
+# deletes) and published as mutation rows or Debezium change events.
+
+ENTITY_TOPIC = "ratings_mutations"
+ENTITY_GROUP_BY = "bench.entity_item_ratings"
+ENTITY_SNAPSHOTS = "bench.ratings_snapshots"
+ENTITY_MUTATIONS = "bench.ratings_mutations"
+ENTITY_RATINGS_PER_ITEM = 5
+
+ENTITY_FEATURES_PY = '''
+from gnomon import Accuracy, Aggregation, EntitySource, GroupBy, Operation, Query
+
+ratings = EntitySource(
+    snapshot_table="bench.ratings_snapshots",
+    mutation_table="bench.ratings_mutations",
+    mutation_topic="ratings_mutations",
+    query=Query(selects={"item": "item_id", "user": "user_id", "rating": "rating"}, time_column="ts"),
+)
+entity_item_ratings = GroupBy(
+    name="bench.entity_item_ratings",
+    sources=[ratings],
+    keys=["item"],
+    aggregations=[
+        Aggregation("rating", Operation.AVERAGE, windows=["90d"]),
+        Aggregation("rating", Operation.SUM, windows=["30d"]),
+        Aggregation("rating", Operation.COUNT, windows=["30d"]),
+        Aggregation("rating", Operation.MAX, windows=["90d"]),
+        Aggregation("rating", Operation.LAST, windows=["90d"]),
+    ],
+    accuracy=Accuracy.TEMPORAL,
+    online=True,
+)
+'''
+
+
+def ensure_entity_warehouse(items: int, seed: int, last_ds: str) -> tuple[Path, dict[str, Any]]:
+    """``bench/.data/online_entity_v…/warehouse``: snapshot ``last_ds`` of the ratings table (``items``
+    items x `ENTITY_RATINGS_PER_ITEM` ratings, ``ts`` over the 60 days before) and its mutation
+    partition ``last_ds`` (a few rows, so that the mutation table and its column types exist)."""
+    root = DATA_DIR / f"online_entity_v{DATA_VERSION}_i{items}_s{seed}_{last_ds}"
+    marker = root / "generated.json"
+    if marker.exists():
+        return root / "warehouse", json.loads(marker.read_text())
+    if root.exists():
+        shutil.rmtree(root)
+    for stale in DATA_DIR.glob(f"online_entity_v{DATA_VERSION}_i{items}_s{seed}_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    import numpy as np
+    import pyarrow as pa
+
+    from gnomon.offline.warehouse import Warehouse
+
+    rng = np.random.default_rng(seed)
+    n = items * ENTITY_RATINGS_PER_ITEM
+    end_ms = ms_of(last_ds) + DAY_MS
+    item = np.repeat(np.arange(items), ENTITY_RATINGS_PER_ITEM)
+    snapshot = pa.table({
+        "rating_id": pa.array(np.arange(n, dtype=np.int64)),
+        "item_id": pa.array([item_id(i) for i in item.tolist()], pa.string()),
+        "user_id": pa.array([user_id(u) for u in rng.integers(0, 100 * items, size=n).tolist()], pa.string()),
+        "rating": pa.array(rng.integers(1, 6, size=n).astype(np.float64)),
+        "ts": pa.array(end_ms - 1 - rng.integers(0, 60 * DAY_MS, size=n, dtype=np.int64)),
+    })
+    store = Warehouse(root / "warehouse")
+    store.write_partition(ENTITY_SNAPSHOTS, last_ds, snapshot)
+    changed = snapshot.slice(0, 4)  # two rows of the day before's snapshot updated (the old images)
+    mutation_ts = pa.array([end_ms - DAY_MS + 3_600_000 * (i + 1) for i in range(2) for _ in range(2)], pa.int64())
+    mutations = changed.append_column("mutation_ts", mutation_ts).append_column(
+        "is_before", pa.array([True, False, True, False]))
+    store.write_partition(ENTITY_MUTATIONS, last_ds, mutations)
+    info = {"items": items, "snapshot_rows": n, "seed": seed, "last_ds": last_ds}
+    marker.write_text(json.dumps(info, indent=1))
+    return root / "warehouse", info
+
+
+def make_entity_repo(path: Path, warehouse: Path, online: str, stream: str = "embedded",
+                     horizon: str = "3d") -> Path:
+    """`make_repo` with the entity GroupBy (`ENTITY_FEATURES_PY`) in place of the event ones."""
+    make_repo(path, warehouse, online, stream, horizon)
+    (path / "features" / "defs.py").write_text(textwrap.dedent(ENTITY_FEATURES_PY))
+    return path
+
+
+def entity_mutations(count: int, items: int, start_ms: int, end_ms: int, seed: int) -> list[tuple[Any, ...]]:
+    """About ``count`` mutation rows as a list of changes ``(op, mutation_ts, before, after)`` (rows are
+    tuples ``(rating_id, item_id, user_id, rating, ts)``; before/after None where absent), in time
+    order: a third of the changes insert a rating, a third update (a new rating; ``ts`` = the
+    mutation time) and a third delete one inserted earlier in the stream (updates and deletes touch
+    distinct rows, so every before image is the row as it is)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    changes = max(3, round(count / (4 / 3)))  # an update is 2 rows: 4 rows per 3 changes
+    times = np.sort(rng.integers(start_ms, max(start_ms + 1, end_ms), size=changes, dtype=np.int64)).tolist()
+    kinds = rng.integers(0, 3, size=changes).tolist()  # 0 insert, 1 update, 2 delete
+    item_p = _zipf(items, ITEM_ZIPF, rng)
+    new_items = rng.choice(items, size=changes, p=item_p).tolist()
+    users = rng.integers(0, 100 * items, size=changes).tolist()
+    ratings = rng.integers(1, 6, size=changes).tolist()
+    picks = rng.random(changes).tolist()
+    alive: list[tuple[Any, ...]] = []  # inserted rows not yet updated or deleted
+    out: list[tuple[Any, ...]] = []
+    next_id = 10**9
+    for index, t in enumerate(times):
+        kind = kinds[index] if alive else 0
+        if kind == 0:
+            row = (next_id, item_id(new_items[index]), user_id(users[index]), float(ratings[index]), t)
+            next_id += 1
+            alive.append(row)
+            out.append(("c", t, None, row))
+            continue
+        position = int(picks[index] * len(alive))
+        old = alive[position]
+        alive[position] = alive[-1]
+        alive.pop()
+        if kind == 1:
+            new = (old[0], old[1], old[2], float(ratings[index]), t)
+            alive.append(new)
+            out.append(("u", t, old, new))
+        else:
+            out.append(("d", t, old, None))
+    return out
+
+
+_ROW_FIELDS = ("rating_id", "item_id", "user_id", "rating", "ts")
+
+
+def rating_row_json(row: tuple[Any, ...]) -> str:
+    return (f'"rating_id":{row[0]},"item_id":"{row[1]}","user_id":"{row[2]}","rating":{row[3]!r},'
+            f'"ts":{row[4]}')
+
+
+def mutation_row_payloads(changes: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The changes in the mutation table's row format: one JSON object per row (an update is the
+    before row, then the after row, at the same mutation time)."""
+    out = []
+    for _, t, before, after in changes:
+        if before is not None:
+            out.append(f'{{{rating_row_json(before)},"mutation_ts":{t},"is_before":true}}'.encode())
+        if after is not None:
+            out.append(f'{{{rating_row_json(after)},"mutation_ts":{t},"is_before":false}}'.encode())
+    return out
+
+
+def debezium_payloads(changes: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The changes as Debezium change events (no Kafka Connect ``schema``/``payload`` wrapper), with
+    a ``source`` block like the Postgres connector's."""
+    out = []
+    for lsn, (op, t, before, after) in enumerate(changes):
+        b = "null" if before is None else f"{{{rating_row_json(before)}}}"
+        a = "null" if after is None else f"{{{rating_row_json(after)}}}"
+        out.append((f'{{"before":{b},"after":{a},"source":{{"version":"2.5.0.Final","connector":"postgresql",'
+                    f'"name":"shop","ts_ms":{t},"db":"shop","schema":"public","table":"ratings","lsn":{lsn}}},'
+                    f'"op":"{op}","ts_ms":{t}}}').encode())
+    return out
+
+
+def mutation_row_count(changes: Sequence[tuple[Any, ...]]) -> int:
+    return sum((before is not None) + (after is not None) for _, _, before, after in changes)
+
+
+def publish_all_to(broker: Any, topic: str, payloads: Sequence[bytes], chunk: int = 1000) -> float:
+    """`publish_all` to another topic; returns the seconds it took."""
+    started = time.perf_counter()
+    for start in range(0, len(payloads), chunk):
+        broker.publish(topic, payloads[start:start + chunk])
+    return time.perf_counter() - started

@@ -6,9 +6,9 @@ uvicorn on a loopback port. Whatever is sent: never a 5xx; every answer is stric
 ``{"error": ...}`` naming the field (``body``, ``body[i]``, ``body[i].<key field>``, ``at``) or the
 unknown name (404); a 200 has one result per key in order, and equals the in-process fetcher.
 
-The schema documents each request body as "a JSON array of objects" only: the key fields a name
-needs, the names themselves and the ``at``/``sync`` query parameters are not in it, so Schemathesis
-alone reaches the 404 and 400 paths and empty arrays. Its runs are therefore repeated with the path
+The schema documents each request body as "a JSON array of objects" (with ``at`` / ``sync`` and the
+error answers): the key fields a name needs and the names themselves are not in it, so Schemathesis
+alone mostly reaches the 404 and 400 paths and empty arrays. Its runs are therefore repeated with the path
 parameter pinned to each known name, and the explicit Hypothesis tests below send key objects with
 the right fields (values of every JSON type, nesting, huge numbers, NaN, unicode), ``at`` and
 ``sync=true``.
