@@ -30,6 +30,24 @@ class _Group(click.Group):
         except GnomonError as error:
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(1)
+        except Exception as error:
+            if not _client_error(error):
+                raise
+            click.secho(
+                f"error: the online store or the stream broker did not answer ({type(error).__name__}: {error}); "
+                "check that it runs and that gnomon.yaml names it (online:, stream:)",
+                fg="red",
+                err=True,
+            )
+            sys.exit(1)
+
+
+def _client_error(error: BaseException) -> bool:
+    """A connection failure of a store's or a broker's client (Redis, Kafka, the OS)."""
+    module = type(error).__module__
+    return isinstance(error, ConnectionError | TimeoutError) or module.startswith(
+        ("redis", "confluent_kafka")
+    )
 
 
 @click.group(cls=_Group)

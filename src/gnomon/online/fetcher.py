@@ -154,8 +154,12 @@ class Fetcher:
         if group_by is None:
             raise UnknownObjectError("GroupBy", name, self.plan.group_bys)
         q = _now_ms() if at is None else int(at)
-        pending = self._prepare(group_by, [dict(k) for k in keys], q, prefix="")
-        values, rows = yield pending.value_keys, pending.row_keys
+        requests = [dict(k) for k in keys]
+        pending = self._prepare(group_by, requests, q, prefix="")
+        try:
+            values, rows = yield pending.value_keys, pending.row_keys
+        except StoreUnavailable as error:
+            return [FetchResult(error.status, r, error=str(error)) for r in requests]
         return self._complete(pending, values, rows)
 
     def _join_steps(self, name: str, keys: Sequence[Mapping[str, Any]], at: int | None) -> _Steps:
@@ -173,10 +177,13 @@ class Fetcher:
             ]
             pendings.append(self._prepare(group_by, mapped, q, part.column_prefix))
         # one store round trip for every part of the Join
-        values, rows = yield (
-            [k for p in pendings for k in p.value_keys],
-            [k for p in pendings for k in p.row_keys],
-        )
+        try:
+            values, rows = yield (
+                [k for p in pendings for k in p.value_keys],
+                [k for p in pendings for k in p.row_keys],
+            )
+        except StoreUnavailable as error:
+            return [FetchResult(error.status, r, error=str(error)) for r in requests]
         value_at = row_at = 0
         for pending in pendings:
             part_values = values[value_at : value_at + len(pending.value_keys)]
@@ -250,6 +257,10 @@ class Fetcher:
             state = pending.state = self._state(group_by)
         except FetchError as error:
             pending.results = [FetchResult(error.status, r, error=str(error)) for r in requests]
+            return pending
+        except Exception as error:  # noqa: BLE001 — the store's client failed: the store is unavailable
+            unavailable = StoreUnavailable(error)
+            pending.results = [FetchResult(unavailable.status, r, error=str(unavailable)) for r in requests]
             return pending
         meta = state.meta
         failure = None
@@ -541,10 +552,25 @@ _Reads = tuple[list[bytes], list[bytes]]
 _Steps = Generator[_Reads, tuple[list[bytes | None], list[list[bytes]]], list[FetchResult]]
 
 
+class StoreUnavailable(FetchError):
+    """The store's client failed (a connection refused or lost, a timeout): every key of the fetch
+    answers ``StoreUnavailable``, never a value read from part of the store."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            "StoreUnavailable", f"the online store did not answer: {type(cause).__name__}: {cause}"[:500]
+        )
+
+
 def _run(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
     try:
         value_keys, row_keys = next(steps)
-        steps.send(store.get_with_rows(value_keys, row_keys))
+        try:
+            read = store.get_with_rows(value_keys, row_keys)
+        except Exception as error:  # noqa: BLE001 — whatever the client raised: the store is unavailable
+            steps.throw(StoreUnavailable(error))
+        else:
+            steps.send(read)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     raise RuntimeError("a fetch reads the store once")
@@ -553,7 +579,12 @@ def _run(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
 async def _run_async(steps: _Steps, store: OnlineStore) -> list[FetchResult]:
     try:
         value_keys, row_keys = next(steps)
-        steps.send(await store.get_with_rows_async(value_keys, row_keys))
+        try:
+            read = await store.get_with_rows_async(value_keys, row_keys)
+        except Exception as error:  # noqa: BLE001 — whatever the client raised: the store is unavailable
+            steps.throw(StoreUnavailable(error))
+        else:
+            steps.send(read)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     raise RuntimeError("a fetch reads the store once")

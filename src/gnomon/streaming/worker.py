@@ -653,9 +653,12 @@ class StreamWorker:
                     if target is not None and (
                         _caught_up(seen, target, {})
                         or (not records and _caught_up(seen, target, self.store.offsets(self.group)))
-                    ):
-                        break  # other members of the group may have consumed the rest: their
-                        # committed offsets count once polls run dry
+                    ):  # other members of the group may have consumed the rest: their committed
+                        # offsets count once polls run dry
+                        if write is not None:
+                            write.result()
+                        if not self.consumer.pending():
+                            break  # nothing delivered and left uncommitted (e.g. by a killed worker)
             finally:
                 if write is not None:
                     write.result()
@@ -682,7 +685,12 @@ class StreamWorker:
         self.consumer.commit(records)
 
     def close(self) -> None:
-        self.consumer.close()
+        """Close the consumer; a broker that is gone by then (the reason the worker stops, often)
+        must not hide why it stopped."""
+        try:
+            self.consumer.close()
+        except Exception as error:  # noqa: BLE001
+            log.warning("closing the consumer of %s failed: %s", self.topic, error)
 
 
 _EVALUATORS: dict[tuple[str, int, int, str | None], QueryEvaluator] = {}

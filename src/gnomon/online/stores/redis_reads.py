@@ -72,8 +72,11 @@ class FastReads:
         packed = self.pack(commands)
         try:
             return self._round_trip(self._connection(), packed, len(commands))
+        except TimeoutError:
+            self._drop()  # a Redis that does not answer: once is the most a fetch waits
+            raise
         except (OSError, ReadConnectionError):
-            self._drop()
+            self._drop()  # a dropped connection: once more, on a new one
             return self._round_trip(self._connection(), packed, len(commands))
 
     def close(self) -> None:
@@ -139,6 +142,8 @@ class AsyncReads:
         packed = self.reads.pack(commands)
         try:
             return await self._request(packed, len(commands))
+        except TimeoutError:
+            raise  # a Redis that does not answer: once is the most a fetch waits
         except (OSError, ReadConnectionError):
             return await self._request(packed, len(commands))  # once more, on a new connection
 

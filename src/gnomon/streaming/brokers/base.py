@@ -36,6 +36,11 @@ class Consumer(ABC):
     def commit(self, records: Sequence[Record]) -> None:
         """Tell the broker these records are processed (so the group does not deliver them again)."""
 
+    def pending(self) -> int:
+        """How many records the group's members were given and did not commit (a broker that gives
+        an uncommitted record to the next consumer at once has none to report)."""
+        return 0
+
     def close(self) -> None:
         """Leave the group and release connections."""
 

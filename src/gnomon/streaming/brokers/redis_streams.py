@@ -134,6 +134,9 @@ class RedisStreamsConsumer(Consumer):
             self._client.xack(self._key, self.group, *ids)
             self._in_flight.difference_update(ids)
 
+    def pending(self) -> int:
+        return int(self._client.xpending(self._key, self.group)["pending"])
+
     def close(self) -> None:
         summary = self._client.xpending_range(
             self._key, self.group, min="-", max="+", count=1, consumername=self.name
