@@ -391,9 +391,12 @@ def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: i
     project.upload(group_by, bench.upload_day())
     run = uuid.uuid4().hex[:6]
     ready, stop = root / f"ready-{run}", root / f"stop-{run}"
+    # the worker's own deadline is a safety net only (the stop file ends it): it must outlast the wait
+    # for a quiet machine (`bench.wait_for_quiet`: a running bench/offline.py, then up to SETTLE_S)
+    max_worker_s = seconds + 120 + bench.SETTLE_S + (1200 if bench.WAIT_FOR_OFFLINE else 0)
     worker = subprocess.Popen([sys.executable, __file__, "--child", "worker", "--repo", str(repo), "--group",
                                f"bench-fresh-{run}", "--ready", str(ready), "--stop", str(stop),
-                               "--max-seconds", str(seconds + 120), "--group-by", group_by],
+                               "--max-seconds", str(max_worker_s), "--group-by", group_by],
                               env=bench.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -94,8 +94,10 @@ class Project:
     ) -> list[str]:
         """Compute partitions [start_ds, end_ds] of a GroupBy, Join or StagingQuery's output table.
 
-        Only missing partitions are computed unless ``force``. Partitions are committed together
-        at the end: a failure leaves the output table as it was. Returns the partitions written.
+        Only missing partitions are computed unless ``force``. Every partition is computed into a
+        staging folder first, and the partitions are renamed into place one by one at the end: a
+        failure (even a SIGKILL) leaves each partition whole or absent, and a rerun computes the
+        missing ones. Returns the partitions written.
 
         Chaining: when the GroupBy (or a GroupBy of the Join) reads a ``JoinSource``, the parent Join's
         missing output partitions that it reads are backfilled first (recursively, each parent
