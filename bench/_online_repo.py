@@ -53,7 +53,7 @@ ITEM_GROUP_BY = "bench.item_stats"
 JOIN = "bench.user_item"
 DERIVED_JOIN = "bench.user_item_derived"
 
-FEATURES_PY = '''
+FEATURES_PY = """
 from gnomon import (Accuracy, Aggregation, Derivation, EventSource, GroupBy, Join, JoinPart, Operation,
                     Query)
 
@@ -104,10 +104,11 @@ user_item_derived = Join(
                  Derivation("price_per_rating", "bench_user_stats_price_sum_1d / bench_item_stats_rating_average_90d")],
     online=True,
 )
-'''
+"""
 
 
 # ================================================================== time, dates
+
 
 def ds_of(ms: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=ms // DAY_MS)).isoformat()
@@ -127,6 +128,7 @@ def batch_end_of(ds: str) -> int:
 
 
 # ================================================================== the environment
+
 
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
@@ -149,7 +151,10 @@ def _process_table() -> dict[int, tuple[int, int]]:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]))
+        table[int(entry)] = (
+            int(fields[1]),
+            int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]),
+        )
     return table
 
 
@@ -201,8 +206,9 @@ def fmt_other(usage: tuple[float, list[str]]) -> str:
     return f"other processes used {used:.2f} cores meanwhile" + (f" ({'; '.join(busy)})" if busy else "")
 
 
-def _other_usage(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
-                 interval: float) -> tuple[float, list[str]]:
+def _other_usage(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], interval: float
+) -> tuple[float, list[str]]:
     mine = {os.getpid()}
     changed = True
     while changed:
@@ -244,16 +250,23 @@ def wait_for_quiet(label: str, poll_s: float = 20.0, limit_s: float = 1200.0) ->
     started = time.monotonic()
     warned = False
     while WAIT_FOR_OFFLINE:
-        found = subprocess.run(["pgrep", "-f", "bench/offline.py"], capture_output=True, text=True).stdout.split()
+        found = subprocess.run(
+            ["pgrep", "-f", "bench/offline.py"], capture_output=True, text=True
+        ).stdout.split()
         found = [pid for pid in found if int(pid) != os.getpid()]
         if not found:
             break
         if time.monotonic() - started > limit_s:
-            print(f"  !! bench/offline.py still running after {limit_s:.0f} s (pids {found}); measuring anyway",
-                  flush=True)
+            print(
+                f"  !! bench/offline.py still running after {limit_s:.0f} s (pids {found}); measuring anyway",
+                flush=True,
+            )
             break
         if not warned:
-            print(f"  waiting for bench/offline.py (pids {' '.join(found)}) to finish before {label} ...", flush=True)
+            print(
+                f"  waiting for bench/offline.py (pids {' '.join(found)}) to finish before {label} ...",
+                flush=True,
+            )
             warned = True
         time.sleep(poll_s)
     if warned:
@@ -280,15 +293,24 @@ def summary_ms(values_ns: Sequence[int]) -> dict[str, float]:
     def rank(p: float) -> float:
         return float(array[min(n - 1, max(0, int(np.ceil(p * n)) - 1))])
 
-    return {"n": n, "p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "p99.9": rank(0.999),
-            "max": float(array[-1]), "mean": float(array.mean())}
+    return {
+        "n": n,
+        "p50": rank(0.50),
+        "p90": rank(0.90),
+        "p99": rank(0.99),
+        "p99.9": rank(0.999),
+        "max": float(array[-1]),
+        "mean": float(array.mean()),
+    }
 
 
 def fmt_summary(s: dict[str, float], unit: str = "ms") -> str:
     if not s.get("n"):
         return "no samples"
-    return (f"p50 {s['p50']:.3f} · p90 {s['p90']:.3f} · p99 {s['p99']:.3f} · p99.9 {s['p99.9']:.3f} · "
-            f"max {s['max']:.3f} · mean {s['mean']:.3f} {unit} (n={s['n']})")
+    return (
+        f"p50 {s['p50']:.3f} · p90 {s['p90']:.3f} · p99 {s['p99']:.3f} · p99.9 {s['p99.9']:.3f} · "
+        f"max {s['max']:.3f} · mean {s['mean']:.3f} {unit} (n={s['n']})"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -303,6 +325,7 @@ def child_env() -> dict[str, str]:
 
 
 # ================================================================== the warehouse
+
 
 def user_id(index: int) -> str:
     return f"u{index:07d}"
@@ -320,7 +343,9 @@ def _zipf(n: int, exponent: float, rng: Any) -> Any:
     return weights / weights.sum()
 
 
-def ensure_warehouse(keys: int, seed: int, last_ds: str, events_per_key: int = EVENTS_PER_KEY) -> tuple[Path, dict[str, Any]]:
+def ensure_warehouse(
+    keys: int, seed: int, last_ds: str, events_per_key: int = EVENTS_PER_KEY
+) -> tuple[Path, dict[str, Any]]:
     """``bench/.data/online_v…/warehouse`` with ``keys`` users and items and ``keys * events_per_key``
     events over the ``HISTORY_DAYS`` days ending ``last_ds``; generated once, then cached."""
     root = DATA_DIR / f"online_v{DATA_VERSION}_k{keys}_e{events_per_key}_s{seed}_{last_ds}"
@@ -362,24 +387,46 @@ def _generate(warehouse: Path, keys: int, seed: int, last_ds: str, events_per_ke
     bounds = np.searchsorted(day, np.arange(first_day, first_day + HISTORY_DAYS + 1))
     for index in range(HISTORY_DAYS):
         lo, hi = int(bounds[index]), int(bounds[index + 1])
-        table = pa.table({"user_id": user_ids.take(pa.array(users[lo:hi])),
-                          "item_id": item_ids.take(pa.array(items[lo:hi])),
-                          "price": pa.array(price[lo:hi]), "rating": pa.array(rating[lo:hi]),
-                          "ts": pa.array(ts[lo:hi])})
+        table = pa.table(
+            {
+                "user_id": user_ids.take(pa.array(users[lo:hi])),
+                "item_id": item_ids.take(pa.array(items[lo:hi])),
+                "price": pa.array(price[lo:hi]),
+                "rating": pa.array(rating[lo:hi]),
+                "ts": pa.array(ts[lo:hi]),
+            }
+        )
         store.write_partition("bench.events", ds_of((first_day + index) * DAY_MS), table)
-    return {"keys": keys, "events": int(n), "seed": seed, "first_ds": ds_of(first_ms), "last_ds": last_ds,
-            "distinct_users": int(len(np.unique(users))), "distinct_items": int(len(np.unique(items)))}
+    return {
+        "keys": keys,
+        "events": int(n),
+        "seed": seed,
+        "first_ds": ds_of(first_ms),
+        "last_ds": last_ds,
+        "distinct_users": int(len(np.unique(users))),
+        "distinct_items": int(len(np.unique(items))),
+    }
 
 
-def make_repo(path: Path, warehouse: Path, online: str, stream: str = "embedded", horizon: str = "3d") -> Path:
+def make_repo(
+    path: Path, warehouse: Path, online: str, stream: str = "embedded", horizon: str = "3d"
+) -> Path:
     """A feature repo folder (gnomon.yaml + features/defs.py) over ``warehouse``, with a fresh online
     store and stream log when they are SQLite files in the folder."""
     path.mkdir(parents=True, exist_ok=True)
-    for stale in ("online.db", "online.db-wal", "online.db-shm", "stream.db", "stream.db-wal", "stream.db-shm"):
+    for stale in (
+        "online.db",
+        "online.db-wal",
+        "online.db-shm",
+        "stream.db",
+        "stream.db-wal",
+        "stream.db-shm",
+    ):
         (path / stale).unlink(missing_ok=True)
     (path / "gnomon.yaml").write_text(
         f"project: gnomon_bench\nwarehouse: {warehouse}\n"
-        f"online: {{url: '{online}', horizon: {horizon}}}\nstream: '{stream}'\n")
+        f"online: {{url: '{online}', horizon: {horizon}}}\nstream: '{stream}'\n"
+    )
     (path / "features").mkdir(exist_ok=True)
     (path / "features" / "__init__.py").write_text("")
     (path / "features" / "defs.py").write_text(textwrap.dedent(FEATURES_PY))
@@ -389,8 +436,10 @@ def make_repo(path: Path, warehouse: Path, online: str, stream: str = "embedded"
 
 # ================================================================== streamed events
 
-def stream_payloads(count: int, keys: int, start_ms: int, end_ms: int, seed: int,
-                    sort: bool = True) -> list[bytes]:
+
+def stream_payloads(
+    count: int, keys: int, start_ms: int, end_ms: int, seed: int, sort: bool = True
+) -> list[bytes]:
     """``count`` JSON events over ``keys`` users and items with ``ts`` in ``[start_ms, end_ms)``."""
     import numpy as np
 
@@ -402,16 +451,19 @@ def stream_payloads(count: int, keys: int, start_ms: int, end_ms: int, seed: int
         ts.sort()
     price = np.round(np.exp(rng.normal(3.0, 0.8, size=count)), 2)
     rating = rng.integers(1, 6, size=count)
-    return [(f'{{"user_id":"u{u:07d}","item_id":"i{i:07d}","price":{p!r},"rating":{r},"ts":{t}}}').encode()
-            for u, i, p, r, t in zip(users.tolist(), items.tolist(), price.tolist(), rating.tolist(), ts.tolist(),
-                                     strict=True)]
+    return [
+        (f'{{"user_id":"u{u:07d}","item_id":"i{i:07d}","price":{p!r},"rating":{r},"ts":{t}}}').encode()
+        for u, i, p, r, t in zip(
+            users.tolist(), items.tolist(), price.tolist(), rating.tolist(), ts.tolist(), strict=True
+        )
+    ]
 
 
 def publish_all(broker: Any, payloads: Sequence[bytes], chunk: int = 1000) -> float:
     """Publish in chunks; returns the seconds it took."""
     started = time.perf_counter()
     for start in range(0, len(payloads), chunk):
-        broker.publish(TOPIC, payloads[start:start + chunk])
+        broker.publish(TOPIC, payloads[start : start + chunk])
     return time.perf_counter() - started
 
 
@@ -439,7 +491,7 @@ ENTITY_SNAPSHOTS = "bench.ratings_snapshots"
 ENTITY_MUTATIONS = "bench.ratings_mutations"
 ENTITY_RATINGS_PER_ITEM = 5
 
-ENTITY_FEATURES_PY = '''
+ENTITY_FEATURES_PY = """
 from gnomon import Accuracy, Aggregation, EntitySource, GroupBy, Operation, Query
 
 ratings = EntitySource(
@@ -462,7 +514,7 @@ entity_item_ratings = GroupBy(
     accuracy=Accuracy.TEMPORAL,
     online=True,
 )
-'''
+"""
 
 
 def ensure_entity_warehouse(items: int, seed: int, last_ds: str) -> tuple[Path, dict[str, Any]]:
@@ -486,27 +538,35 @@ def ensure_entity_warehouse(items: int, seed: int, last_ds: str) -> tuple[Path, 
     n = items * ENTITY_RATINGS_PER_ITEM
     end_ms = ms_of(last_ds) + DAY_MS
     item = np.repeat(np.arange(items), ENTITY_RATINGS_PER_ITEM)
-    snapshot = pa.table({
-        "rating_id": pa.array(np.arange(n, dtype=np.int64)),
-        "item_id": pa.array([item_id(i) for i in item.tolist()], pa.string()),
-        "user_id": pa.array([user_id(u) for u in rng.integers(0, 100 * items, size=n).tolist()], pa.string()),
-        "rating": pa.array(rng.integers(1, 6, size=n).astype(np.float64)),
-        "ts": pa.array(end_ms - 1 - rng.integers(0, 60 * DAY_MS, size=n, dtype=np.int64)),
-    })
+    snapshot = pa.table(
+        {
+            "rating_id": pa.array(np.arange(n, dtype=np.int64)),
+            "item_id": pa.array([item_id(i) for i in item.tolist()], pa.string()),
+            "user_id": pa.array(
+                [user_id(u) for u in rng.integers(0, 100 * items, size=n).tolist()], pa.string()
+            ),
+            "rating": pa.array(rng.integers(1, 6, size=n).astype(np.float64)),
+            "ts": pa.array(end_ms - 1 - rng.integers(0, 60 * DAY_MS, size=n, dtype=np.int64)),
+        }
+    )
     store = Warehouse(root / "warehouse")
     store.write_partition(ENTITY_SNAPSHOTS, last_ds, snapshot)
     changed = snapshot.slice(0, 4)  # two rows of the day before's snapshot updated (the old images)
-    mutation_ts = pa.array([end_ms - DAY_MS + 3_600_000 * (i + 1) for i in range(2) for _ in range(2)], pa.int64())
+    mutation_ts = pa.array(
+        [end_ms - DAY_MS + 3_600_000 * (i + 1) for i in range(2) for _ in range(2)], pa.int64()
+    )
     mutations = changed.append_column("mutation_ts", mutation_ts).append_column(
-        "is_before", pa.array([True, False, True, False]))
+        "is_before", pa.array([True, False, True, False])
+    )
     store.write_partition(ENTITY_MUTATIONS, last_ds, mutations)
     info = {"items": items, "snapshot_rows": n, "seed": seed, "last_ds": last_ds}
     marker.write_text(json.dumps(info, indent=1))
     return root / "warehouse", info
 
 
-def make_entity_repo(path: Path, warehouse: Path, online: str, stream: str = "embedded",
-                     horizon: str = "3d") -> Path:
+def make_entity_repo(
+    path: Path, warehouse: Path, online: str, stream: str = "embedded", horizon: str = "3d"
+) -> Path:
     """`make_repo` with the entity GroupBy (`ENTITY_FEATURES_PY`) in place of the event ones."""
     make_repo(path, warehouse, online, stream, horizon)
     (path / "features" / "defs.py").write_text(textwrap.dedent(ENTITY_FEATURES_PY))
@@ -558,8 +618,7 @@ _ROW_FIELDS = ("rating_id", "item_id", "user_id", "rating", "ts")
 
 
 def rating_row_json(row: tuple[Any, ...]) -> str:
-    return (f'"rating_id":{row[0]},"item_id":"{row[1]}","user_id":"{row[2]}","rating":{row[3]!r},'
-            f'"ts":{row[4]}')
+    return f'"rating_id":{row[0]},"item_id":"{row[1]}","user_id":"{row[2]}","rating":{row[3]!r},"ts":{row[4]}'
 
 
 def mutation_row_payloads(changes: Sequence[tuple[Any, ...]]) -> list[bytes]:
@@ -581,9 +640,13 @@ def debezium_payloads(changes: Sequence[tuple[Any, ...]]) -> list[bytes]:
     for lsn, (op, t, before, after) in enumerate(changes):
         b = "null" if before is None else f"{{{rating_row_json(before)}}}"
         a = "null" if after is None else f"{{{rating_row_json(after)}}}"
-        out.append((f'{{"before":{b},"after":{a},"source":{{"version":"2.5.0.Final","connector":"postgresql",'
-                    f'"name":"shop","ts_ms":{t},"db":"shop","schema":"public","table":"ratings","lsn":{lsn}}},'
-                    f'"op":"{op}","ts_ms":{t}}}').encode())
+        out.append(
+            (
+                f'{{"before":{b},"after":{a},"source":{{"version":"2.5.0.Final","connector":"postgresql",'
+                f'"name":"shop","ts_ms":{t},"db":"shop","schema":"public","table":"ratings","lsn":{lsn}}},'
+                f'"op":"{op}","ts_ms":{t}}}'
+            ).encode()
+        )
     return out
 
 
@@ -595,5 +658,5 @@ def publish_all_to(broker: Any, topic: str, payloads: Sequence[bytes], chunk: in
     """`publish_all` to another topic; returns the seconds it took."""
     started = time.perf_counter()
     for start in range(0, len(payloads), chunk):
-        broker.publish(topic, payloads[start:start + chunk])
+        broker.publish(topic, payloads[start : start + chunk])
     return time.perf_counter() - started

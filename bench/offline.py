@@ -103,6 +103,7 @@ def sizes(scale: float) -> dict[str, int]:
 
 # ================================================================== data generation
 
+
 def data_dir(scale: float, seed: int) -> Path:
     return DATA_DIR / f"v{DATA_VERSION}_scale{scale:g}_seed{seed}"
 
@@ -219,31 +220,59 @@ def generate(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
     w_ts = np.minimum(np.concatenate([follow_ts, _times(rng, n_cold, left_start_ms, LEFT_DAYS)]), end_ms - 1)
 
     # how many (left row, event) pairs share a key: what a plain range join over 90 days touches
-    pairs_user = int(np.dot(np.bincount(v_user, minlength=n["users"]).astype(np.float64),
-                            np.bincount(w_user, minlength=n["users"])))
-    pairs_item = int(np.dot(np.bincount(r_item, minlength=n["items"]).astype(np.float64),
-                            np.bincount(w_item, minlength=n["items"])))
+    pairs_user = int(
+        np.dot(
+            np.bincount(v_user, minlength=n["users"]).astype(np.float64),
+            np.bincount(w_user, minlength=n["users"]),
+        )
+    )
+    pairs_item = int(
+        np.dot(
+            np.bincount(r_item, minlength=n["items"]).astype(np.float64),
+            np.bincount(w_item, minlength=n["items"]),
+        )
+    )
 
     ids = {"user_id": user_ids, "item_id": item_ids, "category": category_ids}
     rows = {
-        "bench.views": _write_partitioned(warehouse, "bench.views", {
-            "user_id": v_user, "item_id": v_item, "category": v_category, "price": v_price, "ts": v_ts}, ids),
-        "bench.ratings": _write_partitioned(warehouse, "bench.ratings", {
-            "item_id": r_item, "rating": r_rating, "ts": r_ts}, ids),
-        "bench.watches": _write_partitioned(warehouse, "bench.watches", {
-            "user_id": w_user, "item_id": w_item, "ts": w_ts}, ids),
+        "bench.views": _write_partitioned(
+            warehouse,
+            "bench.views",
+            {"user_id": v_user, "item_id": v_item, "category": v_category, "price": v_price, "ts": v_ts},
+            ids,
+        ),
+        "bench.ratings": _write_partitioned(
+            warehouse, "bench.ratings", {"item_id": r_item, "rating": r_rating, "ts": r_ts}, ids
+        ),
+        "bench.watches": _write_partitioned(
+            warehouse, "bench.watches", {"user_id": w_user, "item_id": w_item, "ts": w_ts}, ids
+        ),
     }
-    return {"scale": scale, "seed": seed, "sizes": n, "rows": rows,
-            "distinct_users_viewing": int(len(np.unique(v_user))),
-            "distinct_items_rated": int(len(np.unique(r_item))),
-            "key_pairs_user": pairs_user, "key_pairs_item": pairs_item,
-            "backfill_start": ds_of(left_start_ms), "backfill_end": ds_of(end_ms - 1),
-            "first_ds": FIRST_DS, "last_ds": ds_of(end_ms - 1)}
+    return {
+        "scale": scale,
+        "seed": seed,
+        "sizes": n,
+        "rows": rows,
+        "distinct_users_viewing": int(len(np.unique(v_user))),
+        "distinct_items_rated": int(len(np.unique(r_item))),
+        "key_pairs_user": pairs_user,
+        "key_pairs_item": pairs_item,
+        "backfill_start": ds_of(left_start_ms),
+        "backfill_end": ds_of(end_ms - 1),
+        "first_ds": FIRST_DS,
+        "last_ds": ds_of(end_ms - 1),
+    }
 
 
 def write_config(root: Path, threads: int, memory_limit: str | None, shards: int) -> None:
-    lines = ["project: gnomon_bench", "warehouse: ./warehouse", "offline:", "  engine: duckdb",
-             f"  threads: {threads}", f"  shards: {shards}"]
+    lines = [
+        "project: gnomon_bench",
+        "warehouse: ./warehouse",
+        "offline:",
+        "  engine: duckdb",
+        f"  threads: {threads}",
+        f"  shards: {shards}",
+    ]
     if memory_limit:
         lines.append(f"  memory_limit: {memory_limit}")
     (root / "gnomon.yaml").write_text("\n".join(lines) + "\n")
@@ -265,18 +294,25 @@ ENTITY_ITEMS = 20_000  # ~5 ratings per item in a snapshot
 ENTITY_USERS = 200_000
 ENTITY_HISTORY_DAYS = 120  # the initial ratings' ts spread over the 120 days before D0's end
 ENTITY_JOIN = "bench.entity_training"
-ENTITY_TABLES = {"snapshots": "bench.ratings_snapshots", "mutations": "bench.ratings_mutations",
-                 "left": "bench.item_views"}
+ENTITY_TABLES = {
+    "snapshots": "bench.ratings_snapshots",
+    "mutations": "bench.ratings_mutations",
+    "left": "bench.item_views",
+}
 
 
 def entity_sizes(scale: float) -> dict[str, int]:
     mutations = max(40, round(ENTITY_MUTATION_ROWS * scale))
     per_kind = mutations // 4  # inserts = deletes = update pairs = mutations / 4
-    return {"snapshot_per_day": max(100, round(ENTITY_SNAPSHOT_ROWS * scale)),
-            "mutations_per_day": 4 * per_kind, "per_kind": per_kind,
-            "left_per_day": max(100, round(ENTITY_LEFT_ROWS * scale)),
-            "items": max(50, round(ENTITY_ITEMS * scale)), "users": max(100, round(ENTITY_USERS * scale)),
-            "days": ENTITY_DAYS}
+    return {
+        "snapshot_per_day": max(100, round(ENTITY_SNAPSHOT_ROWS * scale)),
+        "mutations_per_day": 4 * per_kind,
+        "per_kind": per_kind,
+        "left_per_day": max(100, round(ENTITY_LEFT_ROWS * scale)),
+        "items": max(50, round(ENTITY_ITEMS * scale)),
+        "users": max(100, round(ENTITY_USERS * scale)),
+        "days": ENTITY_DAYS,
+    }
 
 
 def entity_data_dir(scale: float, seed: int) -> Path:
@@ -300,7 +336,9 @@ def ensure_entity_data(scale: float, seed: int) -> tuple[Path, dict[str, Any]]:
     return root, info
 
 
-def _write_partition(warehouse: Path, table: str, ds: str, columns: dict[str, Any], ids: dict[str, Any]) -> int:
+def _write_partition(
+    warehouse: Path, table: str, ds: str, columns: dict[str, Any], ids: dict[str, Any]
+) -> int:
     """One Parquet file for partition ``ds`` of ``table``, in the given row order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -335,8 +373,10 @@ def generate_entity(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
     item_w = _zipf(n["items"], ITEM_ZIPF, rng)
     user_w = _zipf(n["users"], USER_ZIPF, rng)
     quality = rng.normal(3.6, 0.7, size=n["items"])
-    ids = {"item_id": pa.array([f"i{i:06d}" for i in range(n["items"])], pa.string()),
-           "user_id": pa.array([f"u{i:07d}" for i in range(n["users"])], pa.string())}
+    ids = {
+        "item_id": pa.array([f"i{i:06d}" for i in range(n["items"])], pa.string()),
+        "user_id": pa.array([f"u{i:07d}" for i in range(n["users"])], pa.string()),
+    }
     snapshots, mutations = ENTITY_TABLES["snapshots"], ENTITY_TABLES["mutations"]
 
     def ratings_of(items: Any) -> Any:
@@ -345,9 +385,13 @@ def generate_entity(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
     # the table at the end of D0: rating_id, item_id, user_id, rating, ts
     size = n["snapshot_per_day"]
     item = rng.choice(n["items"], size=size, p=item_w)
-    state = {"rating_id": np.arange(size, dtype=np.int64), "item_id": item,
-             "user_id": rng.choice(n["users"], size=size, p=user_w), "rating": ratings_of(item),
-             "ts": d0_ms + DAY_MS - 1 - rng.integers(0, ENTITY_HISTORY_DAYS * DAY_MS, size=size, dtype=np.int64)}
+    state = {
+        "rating_id": np.arange(size, dtype=np.int64),
+        "item_id": item,
+        "user_id": rng.choice(n["users"], size=size, p=user_w),
+        "rating": ratings_of(item),
+        "ts": d0_ms + DAY_MS - 1 - rng.integers(0, ENTITY_HISTORY_DAYS * DAY_MS, size=size, dtype=np.int64),
+    }
     next_id = size
     rows = {"snapshots": 0, "mutations": 0, "left": 0}
     rows["snapshots"] += _write_partition(warehouse, snapshots, ENTITY_FIRST_DS, state, ids)
@@ -362,12 +406,20 @@ def generate_entity(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
         delete_ts = rng.integers(day_ms, day_ms + DAY_MS, size=k, dtype=np.int64)
         insert_ts = rng.integers(day_ms, day_ms + DAY_MS, size=k, dtype=np.int64)
         new_item = rng.choice(n["items"], size=k, p=item_w)
-        after = {"rating_id": state["rating_id"][updated], "item_id": state["item_id"][updated],
-                 "user_id": state["user_id"][updated], "rating": ratings_of(state["item_id"][updated]),
-                 "ts": update_ts}
-        inserted = {"rating_id": np.arange(next_id, next_id + k, dtype=np.int64), "item_id": new_item,
-                    "user_id": rng.choice(n["users"], size=k, p=user_w), "rating": ratings_of(new_item),
-                    "ts": insert_ts}
+        after = {
+            "rating_id": state["rating_id"][updated],
+            "item_id": state["item_id"][updated],
+            "user_id": state["user_id"][updated],
+            "rating": ratings_of(state["item_id"][updated]),
+            "ts": update_ts,
+        }
+        inserted = {
+            "rating_id": np.arange(next_id, next_id + k, dtype=np.int64),
+            "item_id": new_item,
+            "user_id": rng.choice(n["users"], size=k, p=user_w),
+            "rating": ratings_of(new_item),
+            "ts": insert_ts,
+        }
         next_id += k
         pieces = [  # (row columns, mutation_ts, is_before)
             ({c: v[updated] for c, v in state.items()}, update_ts, True),
@@ -394,18 +446,35 @@ def generate_entity(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
         # the left rows of the day: item views, busier in the evening
         left = n["left_per_day"]
         ts = np.sort(_times(rng, left, day_ms, 1))
-        rows["left"] += _write_partition(warehouse, ENTITY_TABLES["left"], ds_of(day_ms), {
-            "user_id": rng.choice(n["users"], size=left, p=user_w),
-            "item_id": rng.choice(n["items"], size=left, p=item_w), "ts": ts}, ids)
+        rows["left"] += _write_partition(
+            warehouse,
+            ENTITY_TABLES["left"],
+            ds_of(day_ms),
+            {
+                "user_id": rng.choice(n["users"], size=left, p=user_w),
+                "item_id": rng.choice(n["items"], size=left, p=item_w),
+                "ts": ts,
+            },
+            ids,
+        )
     first_left = ds_of(d0_ms + DAY_MS)
     last_left = ds_of(d0_ms + ENTITY_DAYS * DAY_MS)
-    return {"case": "entity", "scale": scale, "seed": seed, "sizes": n, "rows": rows, "mutation_kinds": kinds,
-            "snapshot_days": [ENTITY_FIRST_DS, ds_of(d0_ms + (ENTITY_DAYS - 1) * DAY_MS)],
-            "mutation_days": [first_left, last_left],
-            "backfill_start": first_left, "backfill_end": last_left}
+    return {
+        "case": "entity",
+        "scale": scale,
+        "seed": seed,
+        "sizes": n,
+        "rows": rows,
+        "mutation_kinds": kinds,
+        "snapshot_days": [ENTITY_FIRST_DS, ds_of(d0_ms + (ENTITY_DAYS - 1) * DAY_MS)],
+        "mutation_days": [first_left, last_left],
+        "backfill_start": first_left,
+        "backfill_end": last_left,
+    }
 
 
 # ================================================================== the definitions
+
 
 def unique_op_available() -> bool:
     """APPROX_UNIQUE_COUNT is folded by ``gnomon.aggregation.make_aggregator`` (the IR library)."""
@@ -419,14 +488,22 @@ def unique_op_available() -> bool:
 def definitions(exact_unique: bool) -> dict[str, Any]:
     from gnomon import Accuracy, Aggregation, EventSource, GroupBy, Join, JoinPart, Operation, Query
 
-    views = EventSource(table="bench.views", query=Query(
-        selects={"user": "user_id", "item": "item_id", "category": "category", "price": "price"},
-        time_column="ts"))
-    ratings = EventSource(table="bench.ratings", query=Query(
-        selects={"item": "item_id", "rating": "rating"}, time_column="ts"))
+    views = EventSource(
+        table="bench.views",
+        query=Query(
+            selects={"user": "user_id", "item": "item_id", "category": "category", "price": "price"},
+            time_column="ts",
+        ),
+    )
+    ratings = EventSource(
+        table="bench.ratings", query=Query(selects={"item": "item_id", "rating": "rating"}, time_column="ts")
+    )
     unique = Operation.UNIQUE_COUNT if exact_unique else Operation.APPROX_UNIQUE_COUNT
     user_views = GroupBy(
-        name="bench.user_views", sources=[views], keys=["user"], accuracy=Accuracy.TEMPORAL,
+        name="bench.user_views",
+        sources=[views],
+        keys=["user"],
+        accuracy=Accuracy.TEMPORAL,
         aggregations=[
             Aggregation("item", Operation.COUNT, windows=["5h"]),
             Aggregation("price", Operation.MAX, windows=["12h"]),
@@ -434,18 +511,27 @@ def definitions(exact_unique: bool) -> dict[str, Any]:
             Aggregation("item", unique, windows=["30d"]),
             Aggregation("price", Operation.SUM, windows=["1d"], buckets=["category"]),
             Aggregation("price", Operation.AVERAGE, windows=["90d"]),
-        ])
+        ],
+    )
     item_ratings = GroupBy(
-        name="bench.item_ratings", sources=[ratings], keys=["item"], accuracy=Accuracy.TEMPORAL,
+        name="bench.item_ratings",
+        sources=[ratings],
+        keys=["item"],
+        accuracy=Accuracy.TEMPORAL,
         aggregations=[
             Aggregation("rating", Operation.AVERAGE, windows=["90d"]),
             Aggregation("rating", Operation.COUNT, windows=["5h"]),
             Aggregation("rating", Operation.VARIANCE, windows=["30d"]),
-        ])
-    watches = EventSource(table="bench.watches", query=Query(
-        selects={"user": "user_id", "item": "item_id"}, time_column="ts"))
-    join = Join(name=JOIN_NAME, left=watches,
-                right_parts=[JoinPart(group_by=user_views), JoinPart(group_by=item_ratings)])
+        ],
+    )
+    watches = EventSource(
+        table="bench.watches", query=Query(selects={"user": "user_id", "item": "item_id"}, time_column="ts")
+    )
+    join = Join(
+        name=JOIN_NAME,
+        left=watches,
+        right_parts=[JoinPart(group_by=user_views), JoinPart(group_by=item_ratings)],
+    )
     return {"bench.user_views": user_views, "bench.item_ratings": item_ratings, JOIN_NAME: join}
 
 
@@ -467,8 +553,10 @@ def entity_definitions(unique: str) -> dict[str, Any]:
     )
 
     ratings = EntitySource(
-        snapshot_table=ENTITY_TABLES["snapshots"], mutation_table=ENTITY_TABLES["mutations"],
-        query=Query(selects={"item": "item_id", "user": "user_id", "rating": "rating"}, time_column="ts"))
+        snapshot_table=ENTITY_TABLES["snapshots"],
+        mutation_table=ENTITY_TABLES["mutations"],
+        query=Query(selects={"item": "item_id", "user": "user_id", "rating": "rating"}, time_column="ts"),
+    )
     aggregations = [
         Aggregation("rating", Operation.AVERAGE, windows=["90d"]),
         Aggregation("rating", Operation.SUM, windows=["30d"]),
@@ -479,39 +567,62 @@ def entity_definitions(unique: str) -> dict[str, Any]:
     if unique != "none":
         operation = Operation.APPROX_UNIQUE_COUNT if unique == "approx" else Operation.UNIQUE_COUNT
         aggregations.append(Aggregation("user", operation, windows=["90d"]))
-    item_ratings = GroupBy(name="bench.entity_item_ratings", sources=[ratings], keys=["item"],
-                           accuracy=Accuracy.TEMPORAL, aggregations=aggregations)
-    views = EventSource(table=ENTITY_TABLES["left"], query=Query(
-        selects={"user": "user_id", "item": "item_id"}, time_column="ts"))
+    item_ratings = GroupBy(
+        name="bench.entity_item_ratings",
+        sources=[ratings],
+        keys=["item"],
+        accuracy=Accuracy.TEMPORAL,
+        aggregations=aggregations,
+    )
+    views = EventSource(
+        table=ENTITY_TABLES["left"],
+        query=Query(selects={"user": "user_id", "item": "item_id"}, time_column="ts"),
+    )
     join = Join(name=ENTITY_JOIN, left=views, right_parts=[JoinPart(group_by=item_ratings)])
     return {"bench.entity_item_ratings": item_ratings, ENTITY_JOIN: join}
 
 
 def entity_input_files(root: Path, info: dict[str, Any]) -> dict[str, list[str]]:
     """The partitions the entity Join backfill reads: snapshots D0..D9, mutations and left rows D1..D10."""
-    spans = {ENTITY_TABLES["snapshots"]: info["snapshot_days"], ENTITY_TABLES["mutations"]: info["mutation_days"],
-             ENTITY_TABLES["left"]: [info["backfill_start"], info["backfill_end"]]}
+    spans = {
+        ENTITY_TABLES["snapshots"]: info["snapshot_days"],
+        ENTITY_TABLES["mutations"]: info["mutation_days"],
+        ENTITY_TABLES["left"]: [info["backfill_start"], info["backfill_end"]],
+    }
     files = {}
     for table, (lo, hi) in spans.items():
         ns, name = table.split(".")
         folder = root / "warehouse" / ns / name
-        files[table] = sorted(str(f) for part in sorted(folder.glob("ds=*")) if lo <= part.name[3:] <= hi
-                              for f in part.glob("*.parquet"))
+        files[table] = sorted(
+            str(f)
+            for part in sorted(folder.glob("ds=*"))
+            if lo <= part.name[3:] <= hi
+            for f in part.glob("*.parquet")
+        )
     return files
 
 
 # ================================================================== children (fresh processes)
+
 
 def input_files(root: Path, info: dict[str, Any]) -> dict[str, list[str]]:
     """The partitions the Join backfill reads: left days, and 90d (+1 day) of history before them."""
     first = (dt.date.fromisoformat(info["backfill_start"]) - dt.timedelta(days=91)).isoformat()
     last = info["backfill_end"]
     files = {}
-    for table, lo in (("bench.views", first), ("bench.ratings", first), ("bench.watches", info["backfill_start"])):
+    for table, lo in (
+        ("bench.views", first),
+        ("bench.ratings", first),
+        ("bench.watches", info["backfill_start"]),
+    ):
         ns, name = table.split(".")
         folder = root / "warehouse" / ns / name
-        files[table] = sorted(str(f) for part in sorted(folder.glob("ds=*")) if lo <= part.name[3:] <= last
-                              for f in part.glob("*.parquet"))
+        files[table] = sorted(
+            str(f)
+            for part in sorted(folder.glob("ds=*"))
+            if lo <= part.name[3:] <= last
+            for f in part.glob("*.parquet")
+        )
     return files
 
 
@@ -532,8 +643,11 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
         con.execute(f"SET memory_limit = '{args.memory_limit}'")
     sort_keys = {"bench.views": "user_id, ts", "bench.ratings": "item_id, ts", "bench.watches": "user_id, ts"}
     if entity:
-        sort_keys = {ENTITY_TABLES["snapshots"]: "item_id, ts", ENTITY_TABLES["mutations"]: "item_id, mutation_ts",
-                     ENTITY_TABLES["left"]: "item_id, ts"}
+        sort_keys = {
+            ENTITY_TABLES["snapshots"]: "item_id, ts",
+            ENTITY_TABLES["mutations"]: "item_id, mutation_ts",
+            ENTITY_TABLES["left"]: "item_id, ts",
+        }
     per_table = {}
     started = time.monotonic()
     for table, keys in sort_keys.items():
@@ -558,13 +672,22 @@ def top_operators(profile: dict[str, Any], limit: int = 6) -> list[dict[str, Any
 
     def walk(node: dict[str, Any], depth: int) -> None:
         extra = node.get("extra_info") or {}
-        detail = "; ".join(f"{k}: {v}" for k, v in extra.items()
-                           if k not in ("Estimated Cardinality",) and not isinstance(v, (list, dict)))
+        detail = "; ".join(
+            f"{k}: {v}"
+            for k, v in extra.items()
+            if k not in ("Estimated Cardinality",) and not isinstance(v, (list, dict))
+        )
         if isinstance(extra.get("Projections"), list):
             detail = f"{len(extra['Projections'])} projections; " + detail
-        found.append({"name": node.get("name", "?"), "s": float(node.get("timing") or 0.0),
-                      "rows": int(node.get("intermediate_rows") or node.get("operator_cardinality") or 0),
-                      "depth": depth, "detail": " ".join(detail.split())[:300]})
+        found.append(
+            {
+                "name": node.get("name", "?"),
+                "s": float(node.get("timing") or 0.0),
+                "rows": int(node.get("intermediate_rows") or node.get("operator_cardinality") or 0),
+                "depth": depth,
+                "detail": " ".join(detail.split())[:300],
+            }
+        )
         for child in node.get("children", []):
             walk(child, depth + 1)
 
@@ -609,16 +732,30 @@ class Tracer:
                 operators = top_operators(json.loads(self.con.get_profiling_information()))
                 self.con.execute("PRAGMA disable_profiling")
             rows = self.con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
-            tracer.records.append({"step": f"sql:{stem}", "ctx": tracer.context, "s": elapsed, "rows": rows,
-                                   "sql": " ".join(sql.split()), "operators": operators})
+            tracer.records.append(
+                {
+                    "step": f"sql:{stem}",
+                    "ctx": tracer.context,
+                    "s": elapsed,
+                    "rows": rows,
+                    "sql": " ".join(sql.split()),
+                    "operators": operators,
+                }
+            )
             return name
 
         def fold(self: Any, table: str, folded: list[Any]) -> str:
             t0 = time.monotonic()
             name = original_fold(self, table, folded)
-            tracer.records.append({"step": "python:fold_with_ir", "ctx": tracer.context,
-                                   "s": time.monotonic() - t0, "rows": None,
-                                   "sql": "IR fold of " + ", ".join(f.name for f, _ in folded)})
+            tracer.records.append(
+                {
+                    "step": "python:fold_with_ir",
+                    "ctx": tracer.context,
+                    "s": time.monotonic() - t0,
+                    "rows": None,
+                    "sql": "IR fold of " + ", ".join(f.name for f, _ in folded),
+                }
+            )
             return name
 
         def values_for(self: Any, group_by: Any, queries: str, strict: Any = ()) -> str:
@@ -633,8 +770,15 @@ class Tracer:
             marker = len(tracer.records)
             table = original_join_left(self, join, left)
             inner = sum(r["s"] for r in tracer.records[marker:])
-            tracer.records.append({"step": "join:final select + to_arrow", "ctx": "join",
-                                   "s": time.monotonic() - t0 - inner, "rows": table.num_rows, "sql": ""})
+            tracer.records.append(
+                {
+                    "step": "join:final select + to_arrow",
+                    "ctx": "join",
+                    "s": time.monotonic() - t0 - inner,
+                    "rows": table.num_rows,
+                    "sql": "",
+                }
+            )
             return table
 
         def write_all(self: Any, table: str, produced: Any) -> list[str]:
@@ -642,8 +786,15 @@ class Tracer:
             marker = len(tracer.records)
             written = original_write(self, table, produced)
             inner = sum(r["s"] for r in tracer.records[marker:])
-            tracer.records.append({"step": "write partitions (parquet)", "ctx": "project",
-                                   "s": time.monotonic() - t0 - inner, "rows": None, "sql": ""})
+            tracer.records.append(
+                {
+                    "step": "write partitions (parquet)",
+                    "ctx": "project",
+                    "s": time.monotonic() - t0 - inner,
+                    "rows": None,
+                    "sql": "",
+                }
+            )
             return written
 
         engine._materialize = materialize
@@ -657,8 +808,11 @@ def child_backfill(args: argparse.Namespace) -> dict[str, Any]:
     import logging
     import resource
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="    [child %(relativeCreated)7.0f ms] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="    [child %(relativeCreated)7.0f ms] %(name)s: %(message)s",
+    )
     t_import = time.monotonic()
     import gnomon
 
@@ -693,12 +847,18 @@ def child_backfill(args: argparse.Namespace) -> dict[str, Any]:
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
         (root / "backfill.prof.txt").write_text(out.getvalue())
         profiler.dump_stats(str(root / "backfill.prof"))
-    out_rows = project.warehouse.read_table(project.output_table(join_name), info["backfill_start"],
-                                            info["backfill_end"]).num_rows
-    return {"seconds": elapsed, "compile_s": compile_s, "import_s": t_compile - t_import,
-            "partitions": len(written), "output_rows": out_rows,
-            "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "trace": tracer.records}
+    out_rows = project.warehouse.read_table(
+        project.output_table(join_name), info["backfill_start"], info["backfill_end"]
+    ).num_rows
+    return {
+        "seconds": elapsed,
+        "compile_s": compile_s,
+        "import_s": t_compile - t_import,
+        "partitions": len(written),
+        "output_rows": out_rows,
+        "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "trace": tracer.records,
+    }
 
 
 def _busy_seconds() -> float:
@@ -741,8 +901,11 @@ def settle(args: argparse.Namespace) -> None:
         if used < 0.5 or time.monotonic() >= deadline:
             break
         if not waited:
-            print(f"    waiting up to {args.settle:.0f} s for other processes to calm down ({used:.2f} cores busy: "
-                  f"{'; '.join(_busy_names())})", flush=True)
+            print(
+                f"    waiting up to {args.settle:.0f} s for other processes to calm down ({used:.2f} cores busy: "
+                f"{'; '.join(_busy_names())})",
+                flush=True,
+            )
             waited = True
         time.sleep(3.0)
 
@@ -751,8 +914,20 @@ def run_child(kind: str, root: Path, args: argparse.Namespace, case: str = "even
     """Run a measurement in a fresh interpreter; returns its result with wall time and peak RSS, and
     the CPU other processes used meanwhile (all CPUs' busy time minus this benchmark's own)."""
     settle(args)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--data", str(root),
-               "--threads", str(args.threads), "--case", case, "--entity-unique", args.entity_unique]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--data",
+        str(root),
+        "--threads",
+        str(args.threads),
+        "--case",
+        case,
+        "--entity-unique",
+        args.entity_unique,
+    ]
     if args.explain and kind == "backfill":
         command.append("--explain")
     if args.memory_limit:
@@ -787,12 +962,18 @@ def run_child(kind: str, root: Path, args: argparse.Namespace, case: str = "even
     wall = time.monotonic() - started
     mine = usage.ru_utime + usage.ru_stime + _own_cpu_seconds() - own_before
     other_cores = max(0.0, (_busy_seconds() - busy_before - mine) / wall)
-    result: dict[str, Any] = {"ok": False, "process_wall_s": wall, "peak_gb": usage.ru_maxrss / 1024 ** 2,
-                              "returncode": process.returncode, "timed_out": timed_out, "other_cores": other_cores,
-                              "other": f"other processes used {other_cores:.2f} of {os.cpu_count()} cores meanwhile"}
+    result: dict[str, Any] = {
+        "ok": False,
+        "process_wall_s": wall,
+        "peak_gb": usage.ru_maxrss / 1024**2,
+        "returncode": process.returncode,
+        "timed_out": timed_out,
+        "other_cores": other_cores,
+        "other": f"other processes used {other_cores:.2f} of {os.cpu_count()} cores meanwhile",
+    }
     for line in output.splitlines():
         if line.startswith("@@RESULT "):
-            result.update(json.loads(line[len("@@RESULT "):]))
+            result.update(json.loads(line[len("@@RESULT ") :]))
             result["ok"] = True
     if not result["ok"]:
         result["error"] = "timed out" if timed_out else f"exit code {process.returncode} (see stderr above)"
@@ -800,6 +981,7 @@ def run_child(kind: str, root: Path, args: argparse.Namespace, case: str = "even
 
 
 # ================================================================== report
+
 
 def fmt_gb(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
@@ -830,8 +1012,10 @@ def print_trace(label: str, trace: list[dict[str, Any]], total: float, top: int)
         if shown:
             print(f"               {shown}")
         for op in record.get("operators") or []:
-            print(f"               {'  ' * min(op['depth'], 8)}{op['name']:<22} {op['s']:7.2f} s thread-time "
-                  f"({op['share']:.0%}), {op['rows']:,} rows out  {op['detail'][:160]}")
+            print(
+                f"               {'  ' * min(op['depth'], 8)}{op['name']:<22} {op['s']:7.2f} s thread-time "
+                f"({op['share']:.0%}), {op['rows']:,} rows out  {op['detail'][:160]}"
+            )
 
 
 def run_one(case: str, label: str, scale: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -839,92 +1023,139 @@ def run_one(case: str, label: str, scale: float, args: argparse.Namespace) -> di
     ``--repeat`` times each, alternating, in fresh processes."""
     if case == "entity":
         n = entity_sizes(scale)
-        print(f"\n[entity {label}] scale {scale:g}: {n['left_per_day'] * n['days']:,} left rows "
-              f"({n['left_per_day']:,}/day x {n['days']} days) over an EntitySource of {n['days']} snapshots of "
-              f"~{n['snapshot_per_day']:,} rows + {n['days']} mutation partitions of {n['mutations_per_day']:,} rows "
-              f"(~{n['items']:,} items, ~{n['users']:,} users)", flush=True)
+        print(
+            f"\n[entity {label}] scale {scale:g}: {n['left_per_day'] * n['days']:,} left rows "
+            f"({n['left_per_day']:,}/day x {n['days']} days) over an EntitySource of {n['days']} snapshots of "
+            f"~{n['snapshot_per_day']:,} rows + {n['days']} mutation partitions of {n['mutations_per_day']:,} rows "
+            f"(~{n['items']:,} items, ~{n['users']:,} users)",
+            flush=True,
+        )
         root, info = ensure_entity_data(scale, args.seed)
         join_name = ENTITY_JOIN
         kinds = info["mutation_kinds"]
-        print(f"  data: snapshots {info['snapshot_days'][0]}..{info['snapshot_days'][1]} "
-              f"({info['rows']['snapshots']:,} rows), mutations {info['mutation_days'][0]}..{info['mutation_days'][1]} "
-              f"({info['rows']['mutations']:,} rows: {kinds['inserts']:,} inserts, {kinds['update_pairs']:,} update "
-              f"pairs, {kinds['deletes']:,} deletes), left rows {info['rows']['left']:,}; features: "
-              f"{'APPROX_UNIQUE_COUNT' if args.entity_unique == 'approx' else args.entity_unique.upper()} "
-              "unique raters" + ("" if args.entity_unique != "none" else " (left out)"), flush=True)
+        print(
+            f"  data: snapshots {info['snapshot_days'][0]}..{info['snapshot_days'][1]} "
+            f"({info['rows']['snapshots']:,} rows), mutations {info['mutation_days'][0]}..{info['mutation_days'][1]} "
+            f"({info['rows']['mutations']:,} rows: {kinds['inserts']:,} inserts, {kinds['update_pairs']:,} update "
+            f"pairs, {kinds['deletes']:,} deletes), left rows {info['rows']['left']:,}; features: "
+            f"{'APPROX_UNIQUE_COUNT' if args.entity_unique == 'approx' else args.entity_unique.upper()} "
+            "unique raters" + ("" if args.entity_unique != "none" else " (left out)"),
+            flush=True,
+        )
     else:
         n = sizes(scale)
-        print(f"\n[events {label}] scale {scale:g}: {n['left']:,} left rows over {n['events']:,} events "
-              f"({n['views']:,} views + {n['ratings']:,} ratings), ~{n['users']:,} users, ~{n['items']:,} items",
-              flush=True)
+        print(
+            f"\n[events {label}] scale {scale:g}: {n['left']:,} left rows over {n['events']:,} events "
+            f"({n['views']:,} views + {n['ratings']:,} ratings), ~{n['users']:,} users, ~{n['items']:,} items",
+            flush=True,
+        )
         root, info = ensure_data(scale, args.seed)
         join_name = JOIN_NAME
-        print(f"  data: {DAYS} daily partitions {info['first_ds']}..{info['last_ds']}; left rows in "
-              f"{info['backfill_start']}..{info['backfill_end']}; users with views {info['distinct_users_viewing']:,}, "
-              f"items rated {info['distinct_items_rated']:,}; (left row, event) pairs sharing a key: "
-              f"user {info['key_pairs_user']:,}, item {info['key_pairs_item']:,}", flush=True)
+        print(
+            f"  data: {DAYS} daily partitions {info['first_ds']}..{info['last_ds']}; left rows in "
+            f"{info['backfill_start']}..{info['backfill_end']}; users with views {info['distinct_users_viewing']:,}, "
+            f"items rated {info['distinct_items_rated']:,}; (left row, event) pairs sharing a key: "
+            f"user {info['key_pairs_user']:,}, item {info['key_pairs_item']:,}",
+            flush=True,
+        )
     write_config(root, args.threads, args.memory_limit, args.shards)
     baselines, backfills = [], []
     for attempt in range(1, args.repeat + 1):
         tag = f" (run {attempt}/{args.repeat})" if args.repeat > 1 else ""
-        print(f"  baseline{tag}: DuckDB reads the same partitions and sorts each table by (key, time) ...", flush=True)
+        print(
+            f"  baseline{tag}: DuckDB reads the same partitions and sorts each table by (key, time) ...",
+            flush=True,
+        )
         baseline = run_child("baseline", root, args, case)
         if baseline["ok"]:
             per = ", ".join(f"{t} {v['rows']:,} rows {v['s']:.2f} s" for t, v in baseline["tables"].items())
-            print(f"    {baseline['seconds']:.2f} s, peak {fmt_gb(baseline['peak_gb'])} GB  ({per}); "
-                  f"{baseline['other']}", flush=True)
+            print(
+                f"    {baseline['seconds']:.2f} s, peak {fmt_gb(baseline['peak_gb'])} GB  ({per}); "
+                f"{baseline['other']}",
+                flush=True,
+            )
         else:
             print(f"    baseline FAILED: {baseline['error']}", flush=True)
         baselines.append(baseline)
-        print(f"  backfill{tag}: project.backfill({join_name!r}, {info['backfill_start']!r}, {info['backfill_end']!r}, "
-              "force=True) ...", flush=True)
+        print(
+            f"  backfill{tag}: project.backfill({join_name!r}, {info['backfill_start']!r}, {info['backfill_end']!r}, "
+            "force=True) ...",
+            flush=True,
+        )
         load_before = os.getloadavg()[0]
         backfill = run_child("backfill", root, args, case)
         if backfill["ok"]:
-            ratio = f", {backfill['seconds'] / baseline['seconds']:.1f}x this run's baseline" if baseline["ok"] else ""
-            print(f"    {backfill['seconds']:.2f} s{ratio} (process {backfill['process_wall_s']:.1f} s incl. import "
-                  f"{backfill['import_s']:.1f} s and compile {backfill['compile_s']:.1f} s), peak "
-                  f"{fmt_gb(backfill['peak_gb'])} GB, {backfill['output_rows']:,} output rows in "
-                  f"{backfill['partitions']} partitions; load {load_before:.2f} -> {os.getloadavg()[0]:.2f}; "
-                  f"{backfill['other']}", flush=True)
+            ratio = (
+                f", {backfill['seconds'] / baseline['seconds']:.1f}x this run's baseline"
+                if baseline["ok"]
+                else ""
+            )
+            print(
+                f"    {backfill['seconds']:.2f} s{ratio} (process {backfill['process_wall_s']:.1f} s incl. import "
+                f"{backfill['import_s']:.1f} s and compile {backfill['compile_s']:.1f} s), peak "
+                f"{fmt_gb(backfill['peak_gb'])} GB, {backfill['output_rows']:,} output rows in "
+                f"{backfill['partitions']} partitions; load {load_before:.2f} -> {os.getloadavg()[0]:.2f}; "
+                f"{backfill['other']}",
+                flush=True,
+            )
             if args.profile:
                 print(f"    cProfile: {root / 'backfill.prof.txt'}")
         else:
-            print(f"    backfill FAILED after {backfill['process_wall_s']:.1f} s (peak "
-                  f"{fmt_gb(backfill['peak_gb'])} GB): {backfill['error']}", flush=True)
+            print(
+                f"    backfill FAILED after {backfill['process_wall_s']:.1f} s (peak "
+                f"{fmt_gb(backfill['peak_gb'])} GB): {backfill['error']}",
+                flush=True,
+            )
         backfills.append(backfill)
     left_rows = n["left_per_day"] * n["days"] if case == "entity" else n["left"]
     inputs = (info["rows"]["snapshots"] + info["rows"]["mutations"]) if case == "entity" else n["events"]
-    return {"case": case, "label": label, "scale": scale, "left": left_rows, "inputs": inputs,
-            "baselines": baselines, "backfills": backfills}
+    return {
+        "case": case,
+        "label": label,
+        "scale": scale,
+        "left": left_rows,
+        "inputs": inputs,
+        "baselines": baselines,
+        "backfills": backfills,
+    }
 
 
 def print_summary(case: str, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     inputs = "snap+mut" if case == "entity" else "events"
-    print(f"\nResults, {case} case (targets are for scale 1.0 on a 2-core machine: backfill <= 60 s wall, "
-          "<= 4 GB peak, <= 5x baseline;\n the half row is held to half the wall target, i.e. linear growth; "
-          "the ratio is each backfill over the baseline of the same run)")
-    header = (f"  {'size':<5} {'run':>3} {'left rows':>10} {inputs:>11} {'baseline s':>10} {'backfill s':>10} "
-              f"{'ratio':>7} {'peak GB':>8}   {'<=60s':<6} {'<=4GB':<6} {'<=5x':<6} {'others (cores)':>15}")
+    print(
+        f"\nResults, {case} case (targets are for scale 1.0 on a 2-core machine: backfill <= 60 s wall, "
+        "<= 4 GB peak, <= 5x baseline;\n the half row is held to half the wall target, i.e. linear growth; "
+        "the ratio is each backfill over the baseline of the same run)"
+    )
+    header = (
+        f"  {'size':<5} {'run':>3} {'left rows':>10} {inputs:>11} {'baseline s':>10} {'backfill s':>10} "
+        f"{'ratio':>7} {'peak GB':>8}   {'<=60s':<6} {'<=4GB':<6} {'<=5x':<6} {'others (cores)':>15}"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
     for result in results:
-        for attempt, (baseline, backfill) in enumerate(zip(result["baselines"], result["backfills"], strict=True), 1):
+        for attempt, (baseline, backfill) in enumerate(
+            zip(result["baselines"], result["backfills"], strict=True), 1
+        ):
             b = baseline["seconds"] if baseline["ok"] else None
             f = backfill["seconds"] if backfill["ok"] else None
             ratio = f / b if (b and f) else None
             peak = backfill["peak_gb"]
             wall_target = TARGET_WALL_S * result["scale"]
-            print(f"  {result['label']:<5} {attempt:>3} {result['left']:>10,} {result['inputs']:>11,} "
-                  f"{b if b is not None else float('nan'):>10.2f} {f if f is not None else float('nan'):>10.2f} "
-                  f"{(f'{ratio:.1f}x' if ratio else '-'):>7} {fmt_gb(peak):>8}   "
-                  f"{verdict(f is not None and f <= wall_target):<6} "
-                  f"{verdict(f is not None and peak <= TARGET_PEAK_GB):<6} "
-                  f"{verdict(ratio is not None and ratio <= TARGET_RATIO):<6} "
-                  f"{baseline.get('other_cores', float('nan')):>6.2f} / {backfill.get('other_cores', float('nan')):.2f}")
+            print(
+                f"  {result['label']:<5} {attempt:>3} {result['left']:>10,} {result['inputs']:>11,} "
+                f"{b if b is not None else float('nan'):>10.2f} {f if f is not None else float('nan'):>10.2f} "
+                f"{(f'{ratio:.1f}x' if ratio else '-'):>7} {fmt_gb(peak):>8}   "
+                f"{verdict(f is not None and f <= wall_target):<6} "
+                f"{verdict(f is not None and peak <= TARGET_PEAK_GB):<6} "
+                f"{verdict(ratio is not None and ratio <= TARGET_RATIO):<6} "
+                f"{baseline.get('other_cores', float('nan')):>6.2f} / {backfill.get('other_cores', float('nan')):.2f}"
+            )
     if args.scale != 1.0:
-        print(f"  (scale {args.scale:g}: the 60 s target is scaled linearly to {TARGET_WALL_S * args.scale:.1f} s "
-              "for the full row; 4 GB and 5x are not scaled)")
+        print(
+            f"  (scale {args.scale:g}: the 60 s target is scaled linearly to {TARGET_WALL_S * args.scale:.1f} s "
+            "for the full row; 4 GB and 5x are not scaled)"
+        )
 
     def best(runs: list[dict[str, Any]]) -> float | None:
         ok = [r["seconds"] for r in runs if r["ok"]]
@@ -934,50 +1165,91 @@ def print_summary(case: str, results: list[dict[str, Any]], args: argparse.Names
         full, half = results
         fb, hb = best(full["backfills"]), best(half["backfills"])
         fa, ha = best(full["baselines"]), best(half["baselines"])
-        peaks = [max(r["peak_gb"] for r in x["backfills"] if r["ok"]) for x in results
-                 if any(r["ok"] for r in x["backfills"])]
+        peaks = [
+            max(r["peak_gb"] for r in x["backfills"] if r["ok"])
+            for x in results
+            if any(r["ok"] for r in x["backfills"])
+        ]
         if fb and hb and fa and ha:
             memory = f", peak memory x{peaks[0] / peaks[1]:.2f}" if len(peaks) == 2 else ""
-            print(f"  growth full/half (best runs): backfill x{fb / hb:.2f}, baseline x{fa / ha:.2f}{memory}  "
-                  "(linear = x2.00)")
+            print(
+                f"  growth full/half (best runs): backfill x{fb / hb:.2f}, baseline x{fa / ha:.2f}{memory}  "
+                "(linear = x2.00)"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["events", "entity", "all"], default="all",
-                        help="events: 1M left rows over 10M events; entity: 1M left rows over an EntitySource of "
-                             "1M snapshot rows + 1M mutations; all (default): both")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiplies every size (1.0 = the target sizes; 0.05 for a smoke run)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--case",
+        choices=["events", "entity", "all"],
+        default="all",
+        help="events: 1M left rows over 10M events; entity: 1M left rows over an EntitySource of "
+        "1M snapshot rows + 1M mutations; all (default): both",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiplies every size (1.0 = the target sizes; 0.05 for a smoke run)",
+    )
     parser.add_argument("--skip-half", action="store_true", help="do not run the half-size comparison")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="measure the baseline and the backfill this many times each, alternating (default 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
-                        help="DuckDB threads for the baseline and the engine (default: all cores)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure the baseline and the backfill this many times each, alternating (default 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="DuckDB threads for the baseline and the engine (default: all cores)",
+    )
     # The defaults are the settings a user sets in gnomon.yaml to stay under the 4 GB target:
     # `offline: {shards: 2, memory_limit: 2GB}`. Pass --memory-limit none --shards 1 for DuckDB's own.
-    parser.add_argument("--memory-limit", default="2GB",
-                        help="DuckDB memory_limit for both (default 2GB; 'none' for DuckDB's own, 80%% of RAM)")
+    parser.add_argument(
+        "--memory-limit",
+        default="2GB",
+        help="DuckDB memory_limit for both (default 2GB; 'none' for DuckDB's own, 80%% of RAM)",
+    )
     parser.add_argument("--shards", type=int, default=2, help="offline.shards for the engine (default 2)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--exact-unique", action="store_true",
-                        help="events case: UNIQUE_COUNT instead of APPROX_UNIQUE_COUNT (if the sketch IR is "
-                             "unavailable)")
-    parser.add_argument("--entity-unique", choices=["approx", "exact", "none"], default="approx",
-                        help="entity case: the unique raters feature as APPROX_UNIQUE_COUNT (default), "
-                             "UNIQUE_COUNT, or left out")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the backfill under cProfile; stats go to <data>/backfill.prof(.txt)")
-    parser.add_argument("--explain", action="store_true",
-                        help="profile every statement the engine materializes with DuckDB's profiler (as EXPLAIN "
-                             "ANALYZE) and print the costliest operators of the slowest ones (slows the backfill)")
+    parser.add_argument(
+        "--exact-unique",
+        action="store_true",
+        help="events case: UNIQUE_COUNT instead of APPROX_UNIQUE_COUNT (if the sketch IR is unavailable)",
+    )
+    parser.add_argument(
+        "--entity-unique",
+        choices=["approx", "exact", "none"],
+        default="approx",
+        help="entity case: the unique raters feature as APPROX_UNIQUE_COUNT (default), "
+        "UNIQUE_COUNT, or left out",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the backfill under cProfile; stats go to <data>/backfill.prof(.txt)",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="profile every statement the engine materializes with DuckDB's profiler (as EXPLAIN "
+        "ANALYZE) and print the costliest operators of the slowest ones (slows the backfill)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the engine's progress log lines")
     parser.add_argument("--top", type=int, default=8, help="how many of the slowest statements to print")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a child is killed")
-    parser.add_argument("--settle", type=float, default=0.0,
-                        help="before each measurement, wait up to this many seconds while other processes use "
-                             "more than half a core (default 0: do not wait; the CPU they used is printed anyway)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="before each measurement, wait up to this many seconds while other processes use "
+        "more than half a core (default 0: do not wait; the CPU they used is printed anyway)",
+    )
     parser.add_argument("--child", choices=["baseline", "backfill"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -998,17 +1270,23 @@ def main() -> None:
     if not unique_op_available():
         if "events" in cases and not args.exact_unique:
             args.exact_unique = True
-            notes.append("APPROX_UNIQUE_COUNT needs gnomon.aggregation.make_aggregator, which is not importable; "
-                         "UNIQUE_COUNT (exact, SQL) is used instead - NOT the target feature set")
+            notes.append(
+                "APPROX_UNIQUE_COUNT needs gnomon.aggregation.make_aggregator, which is not importable; "
+                "UNIQUE_COUNT (exact, SQL) is used instead - NOT the target feature set"
+            )
         if "entity" in cases and args.entity_unique == "approx":
             args.entity_unique = "exact"
             notes.append("entity case: APPROX_UNIQUE_COUNT unavailable, UNIQUE_COUNT used instead")
     load_start = os.getloadavg()
-    print(f"Gnomon offline benchmark - Join backfill ({', '.join(cases)}), {os.cpu_count()} cores, "
-          f"DuckDB {duckdb.__version__}, threads={args.threads}, memory_limit={args.memory_limit or 'DuckDB default'}, "
-          f"shards={args.shards}, {args.repeat} run(s) each")
-    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
-          "(other jobs on this machine skew the timings)")
+    print(
+        f"Gnomon offline benchmark - Join backfill ({', '.join(cases)}), {os.cpu_count()} cores, "
+        f"DuckDB {duckdb.__version__}, threads={args.threads}, memory_limit={args.memory_limit or 'DuckDB default'}, "
+        f"shards={args.shards}, {args.repeat} run(s) each"
+    )
+    print(
+        f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
+        "(other jobs on this machine skew the timings)"
+    )
     if args.explain:
         print("NOTE: --explain profiles every statement; the backfill times include that overhead")
     for note in notes:
@@ -1029,7 +1307,9 @@ def main() -> None:
             for attempt, backfill in enumerate(result["backfills"], 1):
                 if backfill.get("trace"):
                     run = f" run {attempt}" if len(result["backfills"]) > 1 else ""
-                    print_trace(f"{case} {result['label']}{run}", backfill["trace"], backfill["seconds"], args.top)
+                    print_trace(
+                        f"{case} {result['label']}{run}", backfill["trace"], backfill["seconds"], args.top
+                    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ RAMP_DOWN = [750, 500, 250, 100]
 
 # ================================================================== children
 
+
 def child_trivial_server(args: argparse.Namespace) -> None:
     """The floor: FastAPI + uvicorn exactly as ``gnomon serve`` runs them, one constant POST route."""
     import uvicorn
@@ -99,10 +100,10 @@ def _response(buffer: bytearray) -> tuple[int, bytes] | None:
     at = head.find(b"content-length:")
     if at >= 0:
         stop = head.find(b"\r\n", at)
-        length = int(head[at + 15:stop if stop > 0 else len(head)])
+        length = int(head[at + 15 : stop if stop > 0 else len(head)])
     if len(buffer) < end + 4 + length:
         return None
-    return int(head[9:12]), bytes(buffer[end + 4:end + 4 + length])
+    return int(head[9:12]), bytes(buffer[end + 4 : end + 4 + length])
 
 
 def child_loadgen(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,8 +113,9 @@ def child_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     milliseconds). A due request waits for an idle connection if all are busy; that wait counts.
     """
     bodies = [line for line in Path(args.bodies).read_bytes().split(b"\n") if line]
-    head = (f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
-            "Content-Type: application/json\r\n").encode()
+    head = (
+        f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\nContent-Type: application/json\r\n"
+    ).encode()
     requests = [head + b"Content-Length: %d\r\n\r\n" % len(body) + body for body in bodies]
     idle = collections.deque(_connect(args.port) for _ in range(args.conns))
     busy: dict[socket.socket, list[Any]] = {}
@@ -196,30 +198,61 @@ def child_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     for sock in [*idle, *busy]:
         sock.close()
     elapsed = max(1e-9, (last_done - start) / 1e9)
-    return {"rate": args.rate, "duration": args.duration, "scheduled": total, "completed": len(latency),
-            "errors": errors + unfinished, "unfinished": unfinished, "error_samples": error_samples[:3],
-            "achieved_rps": len(latency) / elapsed, "client_cpu_s": cpu_s,
-            "latency": bench.summary_ms(latency), "service": bench.summary_ms(service),
-            "send_lateness": bench.summary_ms(lateness)}
+    return {
+        "rate": args.rate,
+        "duration": args.duration,
+        "scheduled": total,
+        "completed": len(latency),
+        "errors": errors + unfinished,
+        "unfinished": unfinished,
+        "error_samples": error_samples[:3],
+        "achieved_rps": len(latency) / elapsed,
+        "client_cpu_s": cpu_s,
+        "latency": bench.summary_ms(latency),
+        "service": bench.summary_ms(service),
+        "send_lateness": bench.summary_ms(lateness),
+    }
 
 
 # ================================================================== helpers of the parent
 
+
 def random_keys(keys: int, count: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
-    return [{"user": bench.user_id(rng.randrange(keys)), "item": bench.item_id(rng.randrange(keys))}
-            for _ in range(count)]
+    return [
+        {"user": bench.user_id(rng.randrange(keys)), "item": bench.item_id(rng.randrange(keys))}
+        for _ in range(count)
+    ]
 
 
-def run_loadgen(port: int, bodies: Path, rate: float, duration: float, expect: str | None,
-                conns: int = 32, seed: int = 0) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", "loadgen", "--port", str(port), "--bodies", str(bodies),
-               "--rate", str(rate), "--duration", str(duration), "--conns", str(conns), "--seed", str(seed),
-               "--path", JOIN_PATH]
+def run_loadgen(
+    port: int, bodies: Path, rate: float, duration: float, expect: str | None, conns: int = 32, seed: int = 0
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "loadgen",
+        "--port",
+        str(port),
+        "--bodies",
+        str(bodies),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--conns",
+        str(conns),
+        "--seed",
+        str(seed),
+        "--path",
+        JOIN_PATH,
+    ]
     if expect:
         command += ["--expect", expect]
-    done = subprocess.run(command, env=bench.child_env(), capture_output=True, text=True,
-                          timeout=duration + 120)
+    done = subprocess.run(
+        command, env=bench.child_env(), capture_output=True, text=True, timeout=duration + 120
+    )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -255,15 +288,25 @@ def start_server(kind: str, repo: Path | None) -> tuple[subprocess.Popen[bytes],
     if kind == "trivial":
         command = [sys.executable, __file__, "--child", "trivial-server", "--port", str(port)]
     else:  # exactly `gnomon serve`
-        command = [sys.executable, "-c", "from gnomon.cli import main; main()", "serve", "--repo", str(repo),
-                   "--port", str(port)]
-    process = subprocess.Popen(command, env=bench.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = [
+            sys.executable,
+            "-c",
+            "from gnomon.cli import main; main()",
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+        ]
+    process = subprocess.Popen(
+        command, env=bench.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_http(port, process)
     except Exception:
         process.kill()
         process.wait()
-        raise RuntimeError(f"{kind} server failed: {process.stderr.read().decode()[-3000:]}")  from None  # type: ignore[union-attr]
+        raise RuntimeError(f"{kind} server failed: {process.stderr.read().decode()[-3000:]}") from None  # type: ignore[union-attr]
     return process, port
 
 
@@ -276,8 +319,16 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 NOISY_CORES = 0.2  # other processes using more than this during a measurement: measure again once
 
 
-def measured(label: str, port: int, bodies: Path, rate: float, duration: float, expect: str | None,
-             seed: int = 0, server_pid: int | None = None) -> dict[str, Any]:
+def measured(
+    label: str,
+    port: int,
+    bodies: Path,
+    rate: float,
+    duration: float,
+    expect: str | None,
+    seed: int = 0,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
     """``run_loadgen`` after waiting for quiet, noting what other processes used meanwhile; measured
     again (once) when they used more than NOISY_CORES, keeping the quieter run."""
     attempts = []
@@ -293,41 +344,61 @@ def measured(label: str, port: int, bodies: Path, rate: float, duration: float, 
         attempts.append(result)
         if result["other"][0] <= NOISY_CORES:
             break
-        print(f"    (noisy: {bench.fmt_other(result['other'])}; p99 {result['latency'].get('p99', 0):.3f} ms; "
-              "measuring again)", flush=True)
+        print(
+            f"    (noisy: {bench.fmt_other(result['other'])}; p99 {result['latency'].get('p99', 0):.3f} ms; "
+            "measuring again)",
+            flush=True,
+        )
     best = min(attempts, key=lambda r: r["other"][0])
     best["attempts"] = len(attempts)
     return best
 
 
 def meets(result: dict[str, Any]) -> bool:
-    return (result["errors"] == 0 and result["latency"].get("p99", 1e9) <= TARGET_HTTP_P99_MS
-            and result["achieved_rps"] >= 0.97 * result["rate"])
+    return (
+        result["errors"] == 0
+        and result["latency"].get("p99", 1e9) <= TARGET_HTTP_P99_MS
+        and result["achieved_rps"] >= 0.97 * result["rate"]
+    )
 
 
 def fmt_http(result: dict[str, Any]) -> str:
     errors = f", {result['errors']} errors {result['error_samples']}" if result["errors"] else ""
     late = result["send_lateness"]
-    return (f"{result['rate']:>5.0f} rps x {result['duration']:g} s -> achieved {result['achieved_rps']:.0f} rps{errors}\n"
-            f"        latency from scheduled time: {bench.fmt_summary(result['latency'])}\n"
-            f"        from actual send:            {bench.fmt_summary(result['service'])}\n"
-            f"        client send lateness:        p99 {late.get('p99', 0):.3f} · max {late.get('max', 0):.3f} ms"
-            + (f"\n        CPU per request: server {result['server_cpu_s'] / max(1, result['completed']) * 1e6:.0f} us "
-               f"(server busy {result['server_cpu_s'] / result['duration']:.0%} of a core), load generator "
-               f"{result['client_cpu_s'] / max(1, result['completed']) * 1e6:.0f} us" if "server_cpu_s" in result else "")
-            + (f"\n        {result['loadavg']}; {bench.fmt_other(result['other'])}" if "other" in result else ""))
+    return (
+        f"{result['rate']:>5.0f} rps x {result['duration']:g} s -> achieved {result['achieved_rps']:.0f} rps{errors}\n"
+        f"        latency from scheduled time: {bench.fmt_summary(result['latency'])}\n"
+        f"        from actual send:            {bench.fmt_summary(result['service'])}\n"
+        f"        client send lateness:        p99 {late.get('p99', 0):.3f} · max {late.get('max', 0):.3f} ms"
+        + (
+            f"\n        CPU per request: server {result['server_cpu_s'] / max(1, result['completed']) * 1e6:.0f} us "
+            f"(server busy {result['server_cpu_s'] / result['duration']:.0%} of a core), load generator "
+            f"{result['client_cpu_s'] / max(1, result['completed']) * 1e6:.0f} us"
+            if "server_cpu_s" in result
+            else ""
+        )
+        + (f"\n        {result['loadavg']}; {bench.fmt_other(result['other'])}" if "other" in result else "")
+    )
 
 
-def ramp(port: int, bodies: Path, expect: str | None, step_s: float, label: str,
-         first: dict[str, Any], server_pid: int) -> dict[str, Any]:
+def ramp(
+    port: int,
+    bodies: Path,
+    expect: str | None,
+    step_s: float,
+    label: str,
+    first: dict[str, Any],
+    server_pid: int,
+) -> dict[str, Any]:
     """Highest rate with p99 <= 2 ms, no errors and the rate achieved. ``first`` is the measurement at
     1,000 rps: from there up in steps (stopping at the first miss) or, when it missed, down."""
     best = HTTP_RATE if meets(first) else None
     tried = [(HTTP_RATE, first)]
     rates = [r for r in RAMP_UP if r > HTTP_RATE] if best else RAMP_DOWN
     for rate in rates:
-        result = measured(f"{label} ramp {rate} rps", port, bodies, rate, step_s, expect, seed=rate,
-                          server_pid=server_pid)
+        result = measured(
+            f"{label} ramp {rate} rps", port, bodies, rate, step_s, expect, seed=rate, server_pid=server_pid
+        )
         ok = meets(result)
         tried.append((rate, result))
         print(f"    ramp {'ok ' if ok else 'NO '} {fmt_http(result)}", flush=True)
@@ -337,12 +408,13 @@ def ramp(port: int, bodies: Path, expect: str | None, step_s: float, label: str,
             best = max(best or 0, rate)
             if rates is RAMP_DOWN:
                 break
-    return {"max_rate": best, "steps": [(rate, r["latency"].get("p99"), r["errors"], r["achieved_rps"])
-                                        for rate, r in tried]}
+    return {
+        "max_rate": best,
+        "steps": [(rate, r["latency"].get("p99"), r["errors"], r["achieved_rps"]) for rate, r in tried],
+    }
 
 
-def py_spy_profile(pid: int, port: int, bodies: Path, expect: str | None, seconds: float,
-                   out: Path) -> str:
+def py_spy_profile(pid: int, port: int, bodies: Path, expect: str | None, seconds: float, out: Path) -> str:
     """Sample the server with py-spy while it serves 1,000 requests/s; top functions by self and total."""
     import shutil
 
@@ -350,9 +422,25 @@ def py_spy_profile(pid: int, port: int, bodies: Path, expect: str | None, second
     if not Path(spy).exists():
         return "(py-spy is not installed: pip install py-spy)"
     raw = out.with_suffix(".txt")
-    recorder = subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
-                                 "--format", "raw", "--output", str(raw), "--nonblocking"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "500",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)
     run_loadgen(port, bodies, HTTP_RATE, seconds - 2, expect)
     recorder.wait(timeout=seconds + 60)
@@ -370,7 +458,11 @@ def summarize_raw_profile(raw: Path, seconds: float, rate: int, limit: int = 18)
         if not stack:
             continue
         count = int(count_text)
-        frames = [_short_frame(f) for f in stack.split(";") if not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [
+            _short_frame(f)
+            for f in stack.split(";")
+            if not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         samples += count
@@ -380,13 +472,22 @@ def summarize_raw_profile(raw: Path, seconds: float, rate: int, limit: int = 18)
     if not samples:
         return "(no samples)"
     busy = samples / (seconds * rate)
-    lines = [f"    {samples} non-idle samples at {rate} Hz over {seconds:g} s: the server's Python thread was busy "
-             f"~{busy:.0%} of the time", "    self time (where the CPU is):"]
+    lines = [
+        f"    {samples} non-idle samples at {rate} Hz over {seconds:g} s: the server's Python thread was busy "
+        f"~{busy:.0%} of the time",
+        "    self time (where the CPU is):",
+    ]
     lines += [f"      {count / samples:6.1%}  {frame}" for frame, count in self_count.most_common(limit)]
     lines.append("    inclusive time (gnomon / fastapi / starlette / redis / sqlite frames):")
-    interesting = [(f, c) for f, c in total_count.most_common() if any(
-        k in f for k in ("gnomon/", "fastapi/", "starlette/", "redis/", "sqlite", "json/", "uvicorn/", "duckdb"))]
-    lines += [f"      {count / samples:6.1%}  {frame}" for frame, count in interesting[:limit + 8]]
+    interesting = [
+        (f, c)
+        for f, c in total_count.most_common()
+        if any(
+            k in f
+            for k in ("gnomon/", "fastapi/", "starlette/", "redis/", "sqlite", "json/", "uvicorn/", "duckdb")
+        )
+    ]
+    lines += [f"      {count / samples:6.1%}  {frame}" for frame, count in interesting[: limit + 8]]
     return "\n".join(lines)
 
 
@@ -403,12 +504,15 @@ def _short_frame(frame: str) -> str:
 
 # ================================================================== phases
 
+
 def phase_setup(kind: str, repo: Path, ds: str, keys: int, seed: int, stream_per_key: int) -> dict[str, Any]:
     from gnomon import Project
 
     project = Project(repo)
     project.compile(write=False)
-    bench.wait_for_quiet(f"{kind} setup (upload + stream)")  # not a measurement, but do not disturb bench/offline.py
+    bench.wait_for_quiet(
+        f"{kind} setup (upload + stream)"
+    )  # not a measurement, but do not disturb bench/offline.py
     print(f"  [{kind}] upload {bench.JOIN} --ds {ds} ... ({bench.loadavg()})", flush=True)
     started = time.perf_counter()
     written = project.upload(bench.JOIN, ds)
@@ -427,12 +531,17 @@ def phase_setup(kind: str, repo: Path, ds: str, keys: int, seed: int, stream_per
     stats = project.stream(bench.JOIN, until_caught_up=True)
     stream_s = time.perf_counter() - started
     rows = sum(s.rows for s in stats.values())
-    print(f"  [{kind}] streamed {count} events published in {publish_s:.1f} s, applied by {len(stats)} workers "
-          f"({rows} rows) in {stream_s:.1f} s = {count * len(stats) / stream_s:,.0f} events/s per GroupBy", flush=True)
+    print(
+        f"  [{kind}] streamed {count} events published in {publish_s:.1f} s, applied by {len(stats)} workers "
+        f"({rows} rows) in {stream_s:.1f} s = {count * len(stats) / stream_s:,.0f} events/s per GroupBy",
+        flush=True,
+    )
     return {"upload_s": upload_s, "written": written, "streamed_events": count, "stream_s": stream_s}
 
 
-def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, profile_all: bool) -> dict[str, Any]:
+def phase_inprocess(
+    kind: str, repo: Path, keys: int, fetches: int, seed: int, profile_all: bool
+) -> dict[str, Any]:
     from gnomon import Project
 
     project = Project(repo)
@@ -461,14 +570,24 @@ def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, p
     if redis_before is not None:
         per_fetch_commands = (_redis_commands(store) - redis_before - 1) / len(times)
     summary = bench.summary_ms(times)
-    print(f"  [{kind}] in-process Fetcher.fetch_join (1 key, {len(times)} random keys): {bench.fmt_summary(summary)}",
-          flush=True)
-    print(f"         statuses {dict(statuses)}; keys with all-null features {empty}; {loadavg}; "
-          f"{bench.fmt_other(other)}"
-          + (f"; {per_fetch_commands:.2f} Redis commands (= round trips) per fetch" if per_fetch_commands else ""),
-          flush=True)
-    print(f"         target p99 <= {TARGET_INPROC_P99_MS} ms: {bench.verdict(summary['p99'] <= TARGET_INPROC_P99_MS)}",
-          flush=True)
+    print(
+        f"  [{kind}] in-process Fetcher.fetch_join (1 key, {len(times)} random keys): {bench.fmt_summary(summary)}",
+        flush=True,
+    )
+    print(
+        f"         statuses {dict(statuses)}; keys with all-null features {empty}; {loadavg}; "
+        f"{bench.fmt_other(other)}"
+        + (
+            f"; {per_fetch_commands:.2f} Redis commands (= round trips) per fetch"
+            if per_fetch_commands
+            else ""
+        ),
+        flush=True,
+    )
+    print(
+        f"         target p99 <= {TARGET_INPROC_P99_MS} ms: {bench.verdict(summary['p99'] <= TARGET_INPROC_P99_MS)}",
+        flush=True,
+    )
     # where the time of a fetch goes: the store calls, timed by wrapping them, vs the rest (decode, merge)
     store_ns = [0]
     originals = {name: getattr(store, name) for name in ("get", "get_rows", "get_with_rows")}
@@ -482,36 +601,42 @@ def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, p
                 return original(*a, **k)
             finally:
                 store_ns[0] += clock() - began
+
         return call
 
     for name in originals:
         setattr(store, name, timed(name))
     split_n = min(len(sample) - 2000, 10000)
     began = clock()
-    for key in sample[2000:2000 + split_n]:
+    for key in sample[2000 : 2000 + split_n]:
         fetcher.fetch_join(bench.JOIN, [key])
     total_ns = clock() - began
     for name, original in originals.items():
         setattr(store, name, original)
-    print(f"  [{kind}] time split over {split_n} fetches: store reads {store_ns[0] / split_n / 1e3:.0f} us "
-          f"per fetch ({store_ns[0] / total_ns:.0%}), decode + merge + finalize {(total_ns - store_ns[0]) / split_n / 1e3:.0f} us",
-          flush=True)
+    print(
+        f"  [{kind}] time split over {split_n} fetches: store reads {store_ns[0] / split_n / 1e3:.0f} us "
+        f"per fetch ({store_ns[0] / total_ns:.0%}), decode + merge + finalize {(total_ns - store_ns[0]) / split_n / 1e3:.0f} us",
+        flush=True,
+    )
     # the same Join with one SQL derivation (DuckDB, one row at a time)
     derived_times = []
     for key in sample[:200]:
         fetcher.fetch_join(bench.DERIVED_JOIN, [key])
-    for key in sample[2000:2000 + max(1000, fetches // 10)]:
+    for key in sample[2000 : 2000 + max(1000, fetches // 10)]:
         started = clock()
         fetcher.fetch_join(bench.DERIVED_JOIN, [key])
         derived_times.append(clock() - started)
     derived = bench.summary_ms(derived_times)
-    print(f"  [{kind}] in-process fetch_join of {bench.DERIVED_JOIN} (+1 SQL derivation): "
-          f"{bench.fmt_summary(derived)}", flush=True)
+    print(
+        f"  [{kind}] in-process fetch_join of {bench.DERIVED_JOIN} (+1 SQL derivation): "
+        f"{bench.fmt_summary(derived)}",
+        flush=True,
+    )
     # ten keys per request
     batch_times = []
     for start in range(2000, 2000 + max(5000, fetches // 10), 10):
         started = clock()
-        fetcher.fetch_join(bench.JOIN, sample[start:start + 10])
+        fetcher.fetch_join(bench.JOIN, sample[start : start + 10])
         batch_times.append(clock() - started)
     batched = bench.summary_ms(batch_times)
     print(f"  [{kind}] in-process fetch_join of 10 keys per call: {bench.fmt_summary(batched)}", flush=True)
@@ -519,16 +644,25 @@ def phase_inprocess(kind: str, repo: Path, keys: int, fetches: int, seed: int, p
     if profile_all or summary["p99"] > TARGET_INPROC_P99_MS:
         profiler = cProfile.Profile()
         profiler.enable()
-        for key in sample[2000:2000 + min(fetches, 20000)]:
+        for key in sample[2000 : 2000 + min(fetches, 20000)]:
             fetcher.fetch_join(bench.JOIN, [key])
         profiler.disable()
         profile_text = bench.top_profile(profiler, 28)
-        print(f"  [{kind}] cProfile of {min(fetches, 20000)} single-key fetch_join calls (sorted by tottime):",
-              flush=True)
+        print(
+            f"  [{kind}] cProfile of {min(fetches, 20000)} single-key fetch_join calls (sorted by tottime):",
+            flush=True,
+        )
         print(_indent(profile_text, 6), flush=True)
     store.close()
-    return {"single": summary, "derived": derived, "batch10": batched, "statuses": dict(statuses),
-            "commands_per_fetch": per_fetch_commands, "loadavg": loadavg, "other_cores": other[0]}
+    return {
+        "single": summary,
+        "derived": derived,
+        "batch10": batched,
+        "statuses": dict(statuses),
+        "commands_per_fetch": per_fetch_commands,
+        "loadavg": loadavg,
+        "other_cores": other[0],
+    }
 
 
 def _redis_commands(store: Any) -> int | None:
@@ -550,8 +684,10 @@ def phase_baselines(redis_url: str, sqlite_repo: Path, count: int) -> dict[str, 
     bench.wait_for_quiet("baselines: Redis GET, SQLite SELECT")
     from redis.utils import HIREDIS_AVAILABLE
 
-    print(f"  redis-py {redis.__version__}, reply parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (hiredis not installed)'}",
-          flush=True)
+    print(
+        f"  redis-py {redis.__version__}, reply parser: {'hiredis' if HIREDIS_AVAILABLE else 'pure Python (hiredis not installed)'}",
+        flush=True,
+    )
     client = redis.Redis.from_url(redis_url + "/15")
     client.set(b"bench:baseline", b"x" * 200)
     clock = time.perf_counter_ns
@@ -576,9 +712,15 @@ def phase_baselines(redis_url: str, sqlite_repo: Path, count: int) -> dict[str, 
     client.close()
     redis_get = bench.summary_ms(times)
     redis_pipe = bench.summary_ms(pipe_times)
-    print(f"  baseline: redis-py GET round trip (loopback, same machine): {bench.fmt_summary(redis_get)}", flush=True)
-    print(f"  baseline: redis-py one pipeline of MGET+HVALS+MGET+HVALS (what one round trip per fetch_join would "
-          f"cost): {bench.fmt_summary(redis_pipe)}", flush=True)
+    print(
+        f"  baseline: redis-py GET round trip (loopback, same machine): {bench.fmt_summary(redis_get)}",
+        flush=True,
+    )
+    print(
+        f"  baseline: redis-py one pipeline of MGET+HVALS+MGET+HVALS (what one round trip per fetch_join would "
+        f"cost): {bench.fmt_summary(redis_pipe)}",
+        flush=True,
+    )
     connection = sqlite3.connect(sqlite_repo / "online.db")
     keys = [row[0] for row in connection.execute("SELECT key FROM kv LIMIT 20000")]
     random.Random(1).shuffle(keys)
@@ -592,31 +734,47 @@ def phase_baselines(redis_url: str, sqlite_repo: Path, count: int) -> dict[str, 
         sqlite_times.append(clock() - started)
     connection.close()
     sqlite_get = bench.summary_ms(sqlite_times)
-    print(f"  baseline: sqlite3 primary-key SELECT of one online.db record: {bench.fmt_summary(sqlite_get)}",
-          flush=True)
+    print(
+        f"  baseline: sqlite3 primary-key SELECT of one online.db record: {bench.fmt_summary(sqlite_get)}",
+        flush=True,
+    )
     print(f"  ({bench.loadavg()})", flush=True)
     return {"redis_get": redis_get, "redis_pipeline4": redis_pipe, "sqlite_select": sqlite_get}
 
 
-def phase_http(kind: str, repo: Path | None, bodies: Path, seconds: float, do_ramp: bool, ramp_s: float,
-               profile: bool, out_dir: Path) -> dict[str, Any]:
+def phase_http(
+    kind: str,
+    repo: Path | None,
+    bodies: Path,
+    seconds: float,
+    do_ramp: bool,
+    ramp_s: float,
+    profile: bool,
+    out_dir: Path,
+) -> dict[str, Any]:
     label = f"HTTP {kind}"
     expect = SUCCESS.decode()
     process, port = start_server("trivial" if kind == "trivial" else "gnomon", repo)
     try:
         run_loadgen(port, bodies, 300, 3, expect)  # warm-up
-        result = measured(f"{label} at {HTTP_RATE} rps", port, bodies, HTTP_RATE, seconds, expect,
-                          server_pid=process.pid)
+        result = measured(
+            f"{label} at {HTTP_RATE} rps", port, bodies, HTTP_RATE, seconds, expect, server_pid=process.pid
+        )
         loadavg = result["loadavg"]
         ok = meets(result)
         print(f"  [{label}] {fmt_http(result)}", flush=True)
-        print(f"        target p99 <= {TARGET_HTTP_P99_MS} ms at {HTTP_RATE} rps: "
-              f"{bench.verdict(ok) if kind != 'trivial' else bench.verdict(ok) + ' (baseline)'}", flush=True)
+        print(
+            f"        target p99 <= {TARGET_HTTP_P99_MS} ms at {HTTP_RATE} rps: "
+            f"{bench.verdict(ok) if kind != 'trivial' else bench.verdict(ok) + ' (baseline)'}",
+            flush=True,
+        )
         out: dict[str, Any] = {"at_1000": result, "met": ok, "loadavg": loadavg}
         if do_ramp:
             out["ramp"] = ramp(port, bodies, expect, ramp_s, label, result, process.pid)
-            print(f"  [{label}] highest rate meeting p99 <= 2 ms with no errors: {out['ramp']['max_rate']} rps",
-                  flush=True)
+            print(
+                f"  [{label}] highest rate meeting p99 <= 2 ms with no errors: {out['ramp']['max_rate']} rps",
+                flush=True,
+            )
         if kind != "trivial" and profile:
             bench.wait_for_quiet(f"{label} py-spy profile")
             text = py_spy_profile(process.pid, port, bodies, expect, 12, out_dir / f"pyspy-{kind}")
@@ -629,25 +787,45 @@ def phase_http(kind: str, repo: Path | None, bodies: Path, seconds: float, do_ra
 
 # ================================================================== main
 
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 10,000 keys, 5 s at 1,000 rps")
-    parser.add_argument("--keys", type=int, default=None, help="users and items (default 100,000; quick 10,000)")
-    parser.add_argument("--fetches", type=int, default=None, help="in-process fetches per store (default 50,000)")
+    parser.add_argument(
+        "--keys", type=int, default=None, help="users and items (default 100,000; quick 10,000)"
+    )
+    parser.add_argument(
+        "--fetches", type=int, default=None, help="in-process fetches per store (default 50,000)"
+    )
     parser.add_argument("--http-seconds", type=float, default=None, help="seconds at 1,000 rps (default 20)")
     parser.add_argument("--ramp-seconds", type=float, default=None, help="seconds per ramp step (default 10)")
-    parser.add_argument("--stream-per-key", type=int, default=2, help="streamed events per key after the batch end")
+    parser.add_argument(
+        "--stream-per-key", type=int, default=2, help="streamed events per key after the batch end"
+    )
     parser.add_argument("--stores", default="sqlite,redis")
     parser.add_argument("--no-ramp", action="store_true")
     parser.add_argument("--no-http", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="cProfile the in-process fetch even when it meets its target")
-    parser.add_argument("--no-py-spy", action="store_true", help="skip the py-spy profile of the HTTP servers")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the in-process fetch even when it meets its target"
+    )
+    parser.add_argument(
+        "--no-py-spy", action="store_true", help="skip the py-spy profile of the HTTP servers"
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait for a running bench/offline.py (debugging only: figures are then noisy)")
-    parser.add_argument("--settle", type=float, default=60.0,
-                        help="before each measurement, wait up to this many seconds while other processes "
-                             "(not this benchmark's) use more than half a core (default 60)")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="do not wait for a running bench/offline.py (debugging only: figures are then noisy)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="before each measurement, wait up to this many seconds while other processes "
+        "(not this benchmark's) use more than half a core (default 60)",
+    )
     # children
     parser.add_argument("--child", choices=["loadgen", "trivial-server"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -673,36 +851,57 @@ def main() -> None:
     ramp_s = args.ramp_seconds or (3.0 if args.quick else 10.0)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     ds = bench.upload_day()
-    print(f"online benchmark: {keys:,} keys, upload {ds} (batch end {ds} + 1 day 00:00 UTC), "
-          f"{'quick' if args.quick else 'full'} run; {bench.loadavg()}", flush=True)
+    print(
+        f"online benchmark: {keys:,} keys, upload {ds} (batch end {ds} + 1 day 00:00 UTC), "
+        f"{'quick' if args.quick else 'full'} run; {bench.loadavg()}",
+        flush=True,
+    )
     started = time.monotonic()
     warehouse, info = bench.ensure_warehouse(keys, args.seed, ds)
-    print(f"  warehouse: {info['events']:,} events over {bench.HISTORY_DAYS} days ({info['first_ds']} .. "
-          f"{info['last_ds']}), {info['distinct_users']:,} users, {info['distinct_items']:,} items "
-          f"[{warehouse.parent.relative_to(bench.REPO_DIR)}] ({time.monotonic() - started:.1f} s)", flush=True)
+    print(
+        f"  warehouse: {info['events']:,} events over {bench.HISTORY_DAYS} days ({info['first_ds']} .. "
+        f"{info['last_ds']}), {info['distinct_users']:,} users, {info['distinct_items']:,} items "
+        f"[{warehouse.parent.relative_to(bench.REPO_DIR)}] ({time.monotonic() - started:.1f} s)",
+        flush=True,
+    )
     out_dir = warehouse.parent
     results: dict[str, Any] = {"keys": keys, "events": info["events"], "ds": ds}
     bodies = out_dir / "bodies.jsonl"
-    bodies.write_bytes(b"\n".join(json.dumps([k], separators=(",", ":")).encode()
-                                  for k in random_keys(keys, 20000, args.seed + 100)))
+    bodies.write_bytes(
+        b"\n".join(
+            json.dumps([k], separators=(",", ":")).encode() for k in random_keys(keys, 20000, args.seed + 100)
+        )
+    )
     with bench.redis_server(out_dir / "redis") as redis_base:
         repos = {}
         for kind in stores:
             online = "sqlite:///online.db" if kind == "sqlite" else f"{redis_base}/0"
             repos[kind] = bench.make_repo(out_dir / f"repo_{kind}", warehouse, online)
-            results[f"setup_{kind}"] = phase_setup(kind, repos[kind], ds, keys, args.seed, args.stream_per_key)
-        results["baselines"] = phase_baselines(redis_base, repos.get("sqlite", out_dir / "repo_sqlite"),
-                                               20000 if not args.quick else 5000) if "sqlite" in repos else None
+            results[f"setup_{kind}"] = phase_setup(
+                kind, repos[kind], ds, keys, args.seed, args.stream_per_key
+            )
+        results["baselines"] = (
+            phase_baselines(
+                redis_base, repos.get("sqlite", out_dir / "repo_sqlite"), 20000 if not args.quick else 5000
+            )
+            if "sqlite" in repos
+            else None
+        )
         for kind in stores:
-            results[f"inprocess_{kind}"] = phase_inprocess(kind, repos[kind], keys, fetches, args.seed + 1,
-                                                           args.profile)
+            results[f"inprocess_{kind}"] = phase_inprocess(
+                kind, repos[kind], keys, fetches, args.seed + 1, args.profile
+            )
         if not args.no_http:
-            results["http_trivial"] = phase_http("trivial", None, bodies, http_s, not args.no_ramp, ramp_s,
-                                                 False, out_dir)
+            results["http_trivial"] = phase_http(
+                "trivial", None, bodies, http_s, not args.no_ramp, ramp_s, False, out_dir
+            )
             for kind in stores:
-                results[f"http_{kind}"] = phase_http(kind, repos[kind], bodies, http_s, not args.no_ramp, ramp_s,
-                                                     not args.no_py_spy, out_dir)
-    (out_dir / f"results-{'quick' if args.quick else 'full'}.json").write_text(json.dumps(results, indent=1, default=str))
+                results[f"http_{kind}"] = phase_http(
+                    kind, repos[kind], bodies, http_s, not args.no_ramp, ramp_s, not args.no_py_spy, out_dir
+                )
+    (out_dir / f"results-{'quick' if args.quick else 'full'}.json").write_text(
+        json.dumps(results, indent=1, default=str)
+    )
     print_summary(results, stores)
     print(f"total {time.monotonic() - started:.0f} s; {bench.loadavg()}", flush=True)
 
@@ -711,24 +910,32 @@ def print_summary(results: dict[str, Any], stores: list[str]) -> None:
     print("\n================ summary ================")
     base = results.get("baselines")
     if base:
-        print(f"baseline redis GET RTT        p50 {base['redis_get']['p50']:.3f}  p99 {base['redis_get']['p99']:.3f} ms")
-        print(f"baseline sqlite PK SELECT     p50 {base['sqlite_select']['p50']:.3f}  p99 {base['sqlite_select']['p99']:.3f} ms")
+        print(
+            f"baseline redis GET RTT        p50 {base['redis_get']['p50']:.3f}  p99 {base['redis_get']['p99']:.3f} ms"
+        )
+        print(
+            f"baseline sqlite PK SELECT     p50 {base['sqlite_select']['p50']:.3f}  p99 {base['sqlite_select']['p99']:.3f} ms"
+        )
     for kind in stores:
         r = results.get(f"inprocess_{kind}")
         if r:
             s = r["single"]
-            print(f"in-process fetch_join {kind:<7} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  p99.9 {s['p99.9']:.3f}  "
-                  f"max {s['max']:.3f} ms   target p99 <= 0.5 ms: {bench.verdict(s['p99'] <= TARGET_INPROC_P99_MS)}"
-                  f"   (other processes {r.get('other_cores', 0):.2f} cores)")
+            print(
+                f"in-process fetch_join {kind:<7} p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  p99.9 {s['p99.9']:.3f}  "
+                f"max {s['max']:.3f} ms   target p99 <= 0.5 ms: {bench.verdict(s['p99'] <= TARGET_INPROC_P99_MS)}"
+                f"   (other processes {r.get('other_cores', 0):.2f} cores)"
+            )
     for kind in ["trivial", *stores]:
         r = results.get(f"http_{kind}")
         if r:
             s = r["at_1000"]["latency"]
             ramp_text = f"   max rate meeting p99<=2ms: {r['ramp']['max_rate']} rps" if "ramp" in r else ""
-            print(f"HTTP @1000 rps {kind:<8}      p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  p99.9 {s['p99.9']:.3f}  "
-                  f"max {s['max']:.3f} ms   errors {r['at_1000']['errors']}   "
-                  f"{'(baseline)' if kind == 'trivial' else 'target p99 <= 2 ms: ' + bench.verdict(r['met'])}"
-                  f"{ramp_text}   (other processes {r['at_1000'].get('other', (0,))[0]:.2f} cores)")
+            print(
+                f"HTTP @1000 rps {kind:<8}      p50 {s['p50']:.3f}  p99 {s['p99']:.3f}  p99.9 {s['p99.9']:.3f}  "
+                f"max {s['max']:.3f} ms   errors {r['at_1000']['errors']}   "
+                f"{'(baseline)' if kind == 'trivial' else 'target p99 <= 2 ms: ' + bench.verdict(r['met'])}"
+                f"{ramp_text}   (other processes {r['at_1000'].get('other', (0,))[0]:.2f} cores)"
+            )
 
 
 if __name__ == "__main__":

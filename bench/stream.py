@@ -91,6 +91,7 @@ def flush_redis(redis_base: str) -> None:
 
 # ================================================================== throughput
 
+
 class StageTimer:
     """Wraps a worker's stages to add up the seconds each takes, per thread: the poll thread (broker
     poll), this thread (parse + Query + encode: ``RecordApplier.prepare``) and the writer thread (store
@@ -118,8 +119,10 @@ class StageTimer:
         setattr(obj, name, timed)
 
     def report(self, total: float) -> str:
-        return "\n".join(f"        {seconds:7.2f} s {seconds / total:6.1%} of the run  {label}"
-                         for label, seconds in sorted(self.seconds.items(), key=lambda item: -item[1]))
+        return "\n".join(
+            f"        {seconds:7.2f} s {seconds / total:6.1%} of the run  {label}"
+            for label, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])
+        )
 
 
 class RedisCommandStats:
@@ -134,16 +137,31 @@ class RedisCommandStats:
     def report(self, elapsed: float) -> str:
         stats = self.client.info("commandstats")
         self.client.close()
-        rows = sorted(((name.removeprefix("cmdstat_"), value["calls"], value["usec"] / 1e6)
-                       for name, value in stats.items()), key=lambda row: -row[2])
+        rows = sorted(
+            (
+                (name.removeprefix("cmdstat_"), value["calls"], value["usec"] / 1e6)
+                for name, value in stats.items()
+            ),
+            key=lambda row: -row[2],
+        )
         busy = sum(row[2] for row in rows)
-        lines = [f"           {seconds:5.2f} s  {calls:>6,} calls  {name}" for name, calls, seconds in rows[:6]]
+        lines = [
+            f"           {seconds:5.2f} s  {calls:>6,} calls  {name}" for name, calls, seconds in rows[:6]
+        ]
         lines.append(f"           {busy:5.2f} s  busy in all ({100 * busy / elapsed:.0f}% of the run)")
         return "\n".join(lines)
 
 
-def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count: int, seed: int,
-               profile: bool, max_records: int = 2000) -> dict[str, Any]:
+def throughput(
+    config: str,
+    redis_base: str,
+    root: Path,
+    warehouse: Path,
+    count: int,
+    seed: int,
+    profile: bool,
+    max_records: int = 2000,
+) -> dict[str, Any]:
     from gnomon import Project
     from gnomon.streaming.worker import StreamWorker
 
@@ -157,11 +175,16 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
     payloads = bench.stream_payloads(count, STREAM_KEYS, bench.batch_end_of(ds), now, seed)
     broker = project.broker()
     publish_s = bench.publish_all(broker, payloads, chunk=1000)
-    print(f"  [{config}] published {count:,} events in {publish_s:.1f} s ({count / publish_s:,.0f}/s, "
-          "batches of 1,000)", flush=True)
+    print(
+        f"  [{config}] published {count:,} events in {publish_s:.1f} s ({count / publish_s:,.0f}/s, "
+        "batches of 1,000)",
+        flush=True,
+    )
     bench.wait_for_quiet(f"{config} worker throughput")
     store = project.store()
-    worker = StreamWorker(plan, store, broker, group="bench-throughput", schema=project.source_schema(plan.name))
+    worker = StreamWorker(
+        plan, store, broker, group="bench-throughput", schema=project.source_schema(plan.name)
+    )
     timer = StageTimer(worker)
     meter = bench.OtherLoad()
     redis_stats = RedisCommandStats(redis_base)
@@ -171,17 +194,27 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
     redis_busy = redis_stats.report(elapsed)
     load = f"{bench.loadavg()}; {bench.fmt_other(meter.stop())}"
     rate = stats.records / elapsed
-    print(f"  [{config}] one StreamWorker applied {stats.records:,} events ({stats.rows:,} rows, "
-          f"{stats.batches} micro-batches of <= {max_records:,}) in {elapsed:.2f} s = {rate:,.0f} events/s; {load}",
-          flush=True)
-    print(f"        target >= {TARGET_EVENTS_PER_S:,} events/s: {bench.verdict(rate >= TARGET_EVENTS_PER_S)}"
-          f"{'' if CONFIGS[config][0] == 'redis' else ' (the target is for Redis; shown for comparison)'}",
-          flush=True)
+    print(
+        f"  [{config}] one StreamWorker applied {stats.records:,} events ({stats.rows:,} rows, "
+        f"{stats.batches} micro-batches of <= {max_records:,}) in {elapsed:.2f} s = {rate:,.0f} events/s; {load}",
+        flush=True,
+    )
+    print(
+        f"        target >= {TARGET_EVENTS_PER_S:,} events/s: {bench.verdict(rate >= TARGET_EVENTS_PER_S)}"
+        f"{'' if CONFIGS[config][0] == 'redis' else ' (the target is for Redis; shown for comparison)'}",
+        flush=True,
+    )
     print("        time in each stage (three threads overlap):\n" + timer.report(elapsed), flush=True)
     print(f"        redis-server's own time (INFO commandstats, both databases):\n{redis_busy}", flush=True)
     store.close()
-    result = {"events": stats.records, "seconds": elapsed, "events_per_s": rate, "publish_s": publish_s,
-              "stages": dict(timer.seconds), "loadavg": load}
+    result = {
+        "events": stats.records,
+        "seconds": elapsed,
+        "events_per_s": rate,
+        "publish_s": publish_s,
+        "stages": dict(timer.seconds),
+        "loadavg": load,
+    }
     if profile or rate < TARGET_EVENTS_PER_S:
         # a second pass over a fresh store, under cProfile (a new consumer group re-reads the topic)
         if CONFIGS[config][0] == "redis":
@@ -194,14 +227,18 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
             for suffix in ("", "-wal", "-shm"):
                 (repo / f"online.db{suffix}").unlink(missing_ok=True)
         store = project.store()
-        worker = StreamWorker(plan, store, broker, group="bench-profile", schema=project.source_schema(plan.name))
+        worker = StreamWorker(
+            plan, store, broker, group="bench-profile", schema=project.source_schema(plan.name)
+        )
         profiler = cProfile.Profile()
         profiler.enable()
         worker.run(until_caught_up=True, max_records=max_records)
         profiler.disable()
         store.close()
         text = bench.top_profile(profiler, 30)
-        print(f"  [{config}] cProfile of the same run (sorted by tottime; profiling slows it down):", flush=True)
+        print(
+            f"  [{config}] cProfile of the same run (sorted by tottime; profiling slows it down):", flush=True
+        )
         print("\n".join("      " + line for line in text.splitlines()), flush=True)
         result["profile"] = text
     broker.close()
@@ -210,8 +247,18 @@ def throughput(config: str, redis_base: str, root: Path, warehouse: Path, count:
 
 # ================================================================== throughput: mutation topic
 
-def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, warehouse: Path, rows: int, seed: int,
-                      profile: bool, max_records: int = 2000) -> dict[str, Any]:
+
+def entity_throughput(
+    fmt: str,
+    config: str,
+    redis_base: str,
+    root: Path,
+    warehouse: Path,
+    rows: int,
+    seed: int,
+    profile: bool,
+    max_records: int = 2000,
+) -> dict[str, Any]:
     """One StreamWorker consuming ``bench.entity_item_ratings``'s mutation topic (after the snapshot's
     upload): ``fmt`` "rows" (the mutation table's row format: the Arrow fast path) or "debezium"
     (change events, converted event by event); ~``rows`` mutation rows either way."""
@@ -220,7 +267,9 @@ def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, wareho
 
     online, stream = urls(config, redis_base)
     flush_redis(redis_base)
-    repo = bench.make_entity_repo(root / f"entity_{fmt}_{config.replace('+', '_')}", warehouse, online, stream)
+    repo = bench.make_entity_repo(
+        root / f"entity_{fmt}_{config.replace('+', '_')}", warehouse, online, stream
+    )
     project = Project(repo)
     ds = bench.upload_day()
     project.upload(bench.ENTITY_GROUP_BY, ds)
@@ -233,9 +282,11 @@ def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, wareho
     kinds = collections.Counter(op for op, *_ in changes)
     broker = project.broker()
     publish_s = bench.publish_all_to(broker, bench.ENTITY_TOPIC, payloads, chunk=1000)
-    print(f"  [{label}] published {len(payloads):,} records ({expected_rows:,} mutation rows of {len(changes):,} "
-          f"changes: {kinds['c']:,} inserts, {kinds['u']:,} updates, {kinds['d']:,} deletes) in {publish_s:.1f} s",
-          flush=True)
+    print(
+        f"  [{label}] published {len(payloads):,} records ({expected_rows:,} mutation rows of {len(changes):,} "
+        f"changes: {kinds['c']:,} inserts, {kinds['u']:,} updates, {kinds['d']:,} deletes) in {publish_s:.1f} s",
+        flush=True,
+    )
     bench.wait_for_quiet(f"{label} worker throughput")
     store = project.store()
     schema = project.source_schema(plan.name)
@@ -249,18 +300,28 @@ def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, wareho
     redis_busy = redis_stats.report(elapsed) if redis_stats else ""
     load = f"{bench.loadavg()}; {bench.fmt_other(meter.stop())}"
     row_rate, record_rate = stats.rows / elapsed, stats.records / elapsed
-    print(f"  [{label}] one StreamWorker applied {stats.records:,} records = {stats.rows:,} mutation rows "
-          f"({stats.batches} micro-batches of <= {max_records:,} records; dead letters {stats.dead_letters}) in "
-          f"{elapsed:.2f} s = {row_rate:,.0f} mutation rows/s ({record_rate:,.0f} records/s); {load}", flush=True)
+    print(
+        f"  [{label}] one StreamWorker applied {stats.records:,} records = {stats.rows:,} mutation rows "
+        f"({stats.batches} micro-batches of <= {max_records:,} records; dead letters {stats.dead_letters}) in "
+        f"{elapsed:.2f} s = {row_rate:,.0f} mutation rows/s ({record_rate:,.0f} records/s); {load}",
+        flush=True,
+    )
     if stats.rows != expected_rows or stats.dead_letters:
-        print(f"        !! expected {expected_rows:,} rows and no dead letters "
-              f"({dict(stats.dead_letter_reasons)})", flush=True)
-    print(f"        target >= {TARGET_EVENTS_PER_S:,} mutation rows/s: {bench.verdict(row_rate >= TARGET_EVENTS_PER_S)}"
-          f"{'' if fmt == 'rows' else ' (the target is for the row format; Debezium shown for comparison)'}",
-          flush=True)
+        print(
+            f"        !! expected {expected_rows:,} rows and no dead letters "
+            f"({dict(stats.dead_letter_reasons)})",
+            flush=True,
+        )
+    print(
+        f"        target >= {TARGET_EVENTS_PER_S:,} mutation rows/s: {bench.verdict(row_rate >= TARGET_EVENTS_PER_S)}"
+        f"{'' if fmt == 'rows' else ' (the target is for the row format; Debezium shown for comparison)'}",
+        flush=True,
+    )
     print("        time in each stage (three threads overlap):\n" + timer.report(elapsed), flush=True)
     if redis_busy:
-        print(f"        redis-server's own time (INFO commandstats, both databases):\n{redis_busy}", flush=True)
+        print(
+            f"        redis-server's own time (INFO commandstats, both databases):\n{redis_busy}", flush=True
+        )
     # a served value: the busiest streamed item outside the snapshot, fetched now, against a replay here
     alive: dict[str, dict[int, float]] = collections.defaultdict(dict)
     for _, _, before, after in changes:
@@ -269,17 +330,37 @@ def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, wareho
         if after is not None:
             alive[after[1]][after[0]] = after[3]
     snapshot_items = {bench.item_id(i) for i in range(ENTITY_WAREHOUSE_ITEMS)}
-    probe_item = max((item for item in alive if item not in snapshot_items), key=lambda item: len(alive[item]))
-    expected = {"rating_count_30d": len(alive[probe_item]) or None,
-                "rating_sum_30d": sum(alive[probe_item].values()) if alive[probe_item] else None}
+    probe_item = max(
+        (item for item in alive if item not in snapshot_items), key=lambda item: len(alive[item])
+    )
+    expected = {
+        "rating_count_30d": len(alive[probe_item]) or None,
+        "rating_sum_30d": sum(alive[probe_item].values()) if alive[probe_item] else None,
+    }
     fetched = project.fetcher(store).fetch_group_by(bench.ENTITY_GROUP_BY, [{"item": probe_item}])[0]
-    got = {name: fetched.features.get(name) for name in expected} if fetched.status == "Success" else fetched.error
-    print(f"        fetch of item {probe_item} now: {fetched.status} {got}; replayed here: {expected} "
-          f"{'(equal)' if got == expected else '!! DIFFERENT'}", flush=True)
+    got = (
+        {name: fetched.features.get(name) for name in expected}
+        if fetched.status == "Success"
+        else fetched.error
+    )
+    print(
+        f"        fetch of item {probe_item} now: {fetched.status} {got}; replayed here: {expected} "
+        f"{'(equal)' if got == expected else '!! DIFFERENT'}",
+        flush=True,
+    )
     store.close()
-    result = {"format": fmt, "records": stats.records, "rows": stats.rows, "seconds": elapsed,
-              "rows_per_s": row_rate, "records_per_s": record_rate, "publish_s": publish_s,
-              "dead_letters": stats.dead_letters, "stages": dict(timer.seconds), "loadavg": load}
+    result = {
+        "format": fmt,
+        "records": stats.records,
+        "rows": stats.rows,
+        "seconds": elapsed,
+        "rows_per_s": row_rate,
+        "records_per_s": record_rate,
+        "publish_s": publish_s,
+        "dead_letters": stats.dead_letters,
+        "stages": dict(timer.seconds),
+        "loadavg": load,
+    }
     if profile or (fmt == "rows" and row_rate < TARGET_EVENTS_PER_S):
         if CONFIGS[config][0] == "redis":
             import redis
@@ -291,14 +372,18 @@ def entity_throughput(fmt: str, config: str, redis_base: str, root: Path, wareho
             for suffix in ("", "-wal", "-shm"):
                 (repo / f"online.db{suffix}").unlink(missing_ok=True)
         store = project.store()
-        worker = StreamWorker(plan, store, broker, group=f"bench-profile-{uuid.uuid4().hex[:6]}", schema=schema)
+        worker = StreamWorker(
+            plan, store, broker, group=f"bench-profile-{uuid.uuid4().hex[:6]}", schema=schema
+        )
         profiler = cProfile.Profile()
         profiler.enable()
         worker.run(until_caught_up=True, max_records=max_records)
         profiler.disable()
         store.close()
         text = bench.top_profile(profiler, 30)
-        print(f"  [{label}] cProfile of the same run (sorted by tottime; profiling slows it down):", flush=True)
+        print(
+            f"  [{label}] cProfile of the same run (sorted by tottime; profiling slows it down):", flush=True
+        )
         print("\n".join("      " + line for line in text.splitlines()), flush=True)
         result["profile"] = text
     broker.close()
@@ -324,12 +409,19 @@ class EntityFill:
     def batch(self, probe: str, ts: int, size: int) -> list[bytes]:
         rng, alive = self.random, self.alive
         row = bench.rating_row_json
-        out = [f'{{{row((self._id(), probe, "u0000001", 4.0, ts))},"mutation_ts":{ts},"is_before":false}}'.encode()]
+        out = [
+            f'{{{row((self._id(), probe, "u0000001", 4.0, ts))},"mutation_ts":{ts},"is_before":false}}'.encode()
+        ]
         while len(out) < size:
             kind = rng.random()
             if kind < 1 / 3 or not alive:
-                new = (self._id(), bench.item_id(rng.randrange(STREAM_KEYS)),
-                       bench.user_id(rng.randrange(100 * STREAM_KEYS)), float(rng.randint(1, 5)), ts)
+                new = (
+                    self._id(),
+                    bench.item_id(rng.randrange(STREAM_KEYS)),
+                    bench.user_id(rng.randrange(100 * STREAM_KEYS)),
+                    float(rng.randint(1, 5)),
+                    ts,
+                )
                 alive.append(new)
                 out.append(f'{{{row(new)},"mutation_ts":{ts},"is_before":false}}'.encode())
                 continue
@@ -347,14 +439,20 @@ class EntityFill:
 
 # ================================================================== freshness
 
+
 def child_worker(args: argparse.Namespace) -> None:
     from gnomon import Project
     from gnomon.streaming.worker import StreamWorker
 
     project = Project(args.repo)
     store, broker = project.store(), project.broker()
-    worker = StreamWorker(project.plan.group_bys[args.group_by], store, broker, group=args.group,
-                          schema=project.source_schema(args.group_by))  # as `gnomon stream` does
+    worker = StreamWorker(
+        project.plan.group_bys[args.group_by],
+        store,
+        broker,
+        group=args.group,
+        schema=project.source_schema(args.group_by),
+    )  # as `gnomon stream` does
     Path(args.ready).touch()
     stop_file = Path(args.stop)
     deadline = time.monotonic() + args.max_seconds
@@ -363,12 +461,30 @@ def child_worker(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     store.close()
     broker.close()
-    print(json.dumps({"records": stats.records, "rows": stats.rows, "batches": stats.batches,
-                      "dead_letters": stats.dead_letters, "seconds": elapsed}))
+    print(
+        json.dumps(
+            {
+                "records": stats.records,
+                "rows": stats.rows,
+                "batches": stats.batches,
+                "dead_letters": stats.dead_letters,
+                "seconds": elapsed,
+            }
+        )
+    )
 
 
-def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: int, seconds: float,
-              batch_ms: float, seed: int, case: str = "events") -> dict[str, Any]:
+def freshness(
+    config: str,
+    redis_base: str,
+    root: Path,
+    warehouse: Path,
+    rate: int,
+    seconds: float,
+    batch_ms: float,
+    seed: int,
+    case: str = "events",
+) -> dict[str, Any]:
     """``case``: "events" (JSON events of ``bench.user_stats``, probes are new users) or "entity"
     (mutation rows of ``bench.entity_item_ratings``, probes are inserts of ratings of new items)."""
     import numpy as np
@@ -381,9 +497,15 @@ def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: i
     unit = "mutation rows" if entity else "events"
     target_s = TARGET_MUTATION_FRESHNESS_P99_S if entity else TARGET_FRESHNESS_P99_S
     if entity:
-        repo = bench.make_entity_repo(root / f"fresh_entity_{config.replace('+', '_')}", warehouse, online, stream)
-        group_by, topic, key_name, probe_feature = (bench.ENTITY_GROUP_BY, bench.ENTITY_TOPIC, "item",
-                                                    ENTITY_PROBE_FEATURE)
+        repo = bench.make_entity_repo(
+            root / f"fresh_entity_{config.replace('+', '_')}", warehouse, online, stream
+        )
+        group_by, topic, key_name, probe_feature = (
+            bench.ENTITY_GROUP_BY,
+            bench.ENTITY_TOPIC,
+            "item",
+            ENTITY_PROBE_FEATURE,
+        )
     else:
         repo = bench.make_repo(root / f"fresh_{config.replace('+', '_')}", warehouse, online, stream)
         group_by, topic, key_name, probe_feature = bench.USER_GROUP_BY, bench.TOPIC, "user", PROBE_FEATURE
@@ -394,10 +516,30 @@ def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: i
     # the worker's own deadline is a safety net only (the stop file ends it): it must outlast the wait
     # for a quiet machine (`bench.wait_for_quiet`: a running bench/offline.py, then up to SETTLE_S)
     max_worker_s = seconds + 120 + bench.SETTLE_S + (1200 if bench.WAIT_FOR_OFFLINE else 0)
-    worker = subprocess.Popen([sys.executable, __file__, "--child", "worker", "--repo", str(repo), "--group",
-                               f"bench-fresh-{run}", "--ready", str(ready), "--stop", str(stop),
-                               "--max-seconds", str(max_worker_s), "--group-by", group_by],
-                              env=bench.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "worker",
+            "--repo",
+            str(repo),
+            "--group",
+            f"bench-fresh-{run}",
+            "--ready",
+            str(ready),
+            "--stop",
+            str(stop),
+            "--max-seconds",
+            str(max_worker_s),
+            "--group-by",
+            group_by,
+        ],
+        env=bench.child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -435,9 +577,16 @@ def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: i
                 if mutations is not None:  # an insert of a rating of a new item, then other mutation rows
                     payloads = mutations.batch(probe, ts, per_batch)
                 else:
-                    payloads = [f'{{"user_id":"{probe}","item_id":"i0000001","price":1.5,"rating":3,"ts":{ts}}}'.encode()]
-                    payloads += [(f'{{"user_id":"u{users[base + j]:07d}","item_id":"i{items[base + j]:07d}",'
-                                  f'"price":12.5,"rating":4,"ts":{ts}}}').encode() for j in range(1, per_batch)]
+                    payloads = [
+                        f'{{"user_id":"{probe}","item_id":"i0000001","price":1.5,"rating":3,"ts":{ts}}}'.encode()
+                    ]
+                    payloads += [
+                        (
+                            f'{{"user_id":"u{users[base + j]:07d}","item_id":"i{items[base + j]:07d}",'
+                            f'"price":12.5,"rating":4,"ts":{ts}}}'
+                        ).encode()
+                        for j in range(1, per_batch)
+                    ]
                 published_at = time.time()
                 broker.publish(topic, payloads)
                 publish_calls.append(time.time() - published_at)
@@ -501,50 +650,99 @@ def freshness(config: str, redis_base: str, root: Path, warehouse: Path, rate: i
     late = bench.summary_ms([int(s * 1e9) for s in lateness])
     calls = bench.summary_ms([int(s * 1e9) for s in publish_calls])
     unseen = len(pending)
-    ok = unseen == 0 and not errors and summary.get("p99", 1e9) / 1000 <= target_s \
-        and achieved >= 0.97 * rate
-    print(f"  [{config}] published {events:,} {unit} in {publish_elapsed:.1f} s = {achieved:,.0f} {unit}/s "
-          f"(batches of {per_batch} every {batch_ms:g} ms; publish call p50 {calls.get('p50', 0):.2f} ms, "
-          f"p99 {calls.get('p99', 0):.2f} ms; pacing lateness p99 {late.get('p99', 0):.2f} ms)", flush=True)
-    print(f"  [{config}] event-to-servable freshness of {len(seen)} probes: {bench.fmt_summary(summary)}"
-          f"{f'; {unseen} probes never seen' if unseen else ''}{f'; errors {errors}' if errors else ''}", flush=True)
+    ok = unseen == 0 and not errors and summary.get("p99", 1e9) / 1000 <= target_s and achieved >= 0.97 * rate
+    print(
+        f"  [{config}] published {events:,} {unit} in {publish_elapsed:.1f} s = {achieved:,.0f} {unit}/s "
+        f"(batches of {per_batch} every {batch_ms:g} ms; publish call p50 {calls.get('p50', 0):.2f} ms, "
+        f"p99 {calls.get('p99', 0):.2f} ms; pacing lateness p99 {late.get('p99', 0):.2f} ms)",
+        flush=True,
+    )
+    print(
+        f"  [{config}] event-to-servable freshness of {len(seen)} probes: {bench.fmt_summary(summary)}"
+        f"{f'; {unseen} probes never seen' if unseen else ''}{f'; errors {errors}' if errors else ''}",
+        flush=True,
+    )
     if worker_stats.get("dead_letters"):
         print(f"        !! the worker dead-lettered {worker_stats['dead_letters']} records", flush=True)
     avg_batch = worker_stats.get("records", 0) / max(1, worker_stats.get("batches", 1))
-    print(f"        worker: {worker_stats.get('records', '?')} records in {worker_stats.get('batches', '?')} "
-          f"micro-batches (avg {avg_batch:,.0f}); {load}", flush=True)
-    print(f"        target p99 <= {target_s * 1000:g} ms at {rate:,} {unit}/s: {bench.verdict(ok)}", flush=True)
-    return {"freshness": summary, "probes": len(seen), "unseen": unseen, "errors": errors,
-            "achieved_events_per_s": achieved, "worker": worker_stats, "loadavg": load, "met": ok}
+    print(
+        f"        worker: {worker_stats.get('records', '?')} records in {worker_stats.get('batches', '?')} "
+        f"micro-batches (avg {avg_batch:,.0f}); {load}",
+        flush=True,
+    )
+    print(
+        f"        target p99 <= {target_s * 1000:g} ms at {rate:,} {unit}/s: {bench.verdict(ok)}", flush=True
+    )
+    return {
+        "freshness": summary,
+        "probes": len(seen),
+        "unseen": unseen,
+        "errors": errors,
+        "achieved_events_per_s": achieved,
+        "worker": worker_stats,
+        "loadavg": load,
+        "met": ok,
+    }
 
 
 # ================================================================== main
 
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["events", "entity", "all"], default="all",
-                        help="events: bench.user_stats's event topic; entity: bench.entity_item_ratings's "
-                             "mutation topic (row format and Debezium); all (default): both")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--case",
+        choices=["events", "entity", "all"],
+        default="all",
+        help="events: bench.user_stats's event topic; entity: bench.entity_item_ratings's "
+        "mutation topic (row format and Debezium); all (default): both",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 events, 5 s of freshness")
-    parser.add_argument("--events", type=int, default=None, help="events for the throughput runs (default 300,000)")
-    parser.add_argument("--mutation-rows", type=int, default=None,
-                        help="mutation rows for the entity throughput runs (default 300,000; quick 20,000)")
-    parser.add_argument("--rate", type=int, default=10_000, help="events (or mutation rows)/s for the freshness run")
-    parser.add_argument("--repeat", type=int, default=1, help="run every measurement this many times (default 1)")
-    parser.add_argument("--max-records", type=int, default=2000,
-                        help="the worker's micro-batch size in the throughput runs (default 2,000, as `gnomon stream`)")
+    parser.add_argument(
+        "--events", type=int, default=None, help="events for the throughput runs (default 300,000)"
+    )
+    parser.add_argument(
+        "--mutation-rows",
+        type=int,
+        default=None,
+        help="mutation rows for the entity throughput runs (default 300,000; quick 20,000)",
+    )
+    parser.add_argument(
+        "--rate", type=int, default=10_000, help="events (or mutation rows)/s for the freshness run"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run every measurement this many times (default 1)"
+    )
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=2000,
+        help="the worker's micro-batch size in the throughput runs (default 2,000, as `gnomon stream`)",
+    )
     parser.add_argument("--freshness-seconds", type=float, default=None, help="default 20 (quick: 5)")
     parser.add_argument("--batch-ms", type=float, default=10.0, help="publisher batch interval")
     parser.add_argument("--throughput-configs", default=",".join(CONFIGS))
     parser.add_argument("--freshness-configs", default="redis+redis-streams,sqlite+embedded")
-    parser.add_argument("--entity-configs", default="redis+redis-streams",
-                        help="store+broker configs of the entity case (throughput and freshness)")
+    parser.add_argument(
+        "--entity-configs",
+        default="redis+redis-streams",
+        help="store+broker configs of the entity case (throughput and freshness)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile even when the target is met")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="do not wait for a running bench/offline.py (debugging only: figures are then noisy)")
-    parser.add_argument("--settle", type=float, default=60.0,
-                        help="before each measurement, wait up to this many seconds while other processes "
-                             "(not this benchmark's) use more than half a core (default 60)")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="do not wait for a running bench/offline.py (debugging only: figures are then noisy)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=60.0,
+        help="before each measurement, wait up to this many seconds while other processes "
+        "(not this benchmark's) use more than half a core (default 60)",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--child", choices=["worker"], help=argparse.SUPPRESS)
     parser.add_argument("--repo", help=argparse.SUPPRESS)
@@ -567,9 +765,12 @@ def main() -> None:
     import redis
     from redis.utils import HIREDIS_AVAILABLE
 
-    print(f"stream benchmark: {'quick' if args.quick else 'full'} run ({', '.join(cases)}; {args.repeat} run(s) "
-          f"each); redis-py {redis.__version__} with "
-          f"{'hiredis' if HIREDIS_AVAILABLE else 'its pure-Python reply parser'}; {bench.loadavg()}", flush=True)
+    print(
+        f"stream benchmark: {'quick' if args.quick else 'full'} run ({', '.join(cases)}; {args.repeat} run(s) "
+        f"each); redis-py {redis.__version__} with "
+        f"{'hiredis' if HIREDIS_AVAILABLE else 'its pure-Python reply parser'}; {bench.loadavg()}",
+        flush=True,
+    )
     started = time.monotonic()
     warehouse, _ = bench.ensure_warehouse(WAREHOUSE_KEYS, args.seed, ds, events_per_key=5)
     entity_warehouse = None
@@ -588,44 +789,80 @@ def main() -> None:
             for config in [c for c in args.throughput_configs.split(",") if c]:
                 for run in runs:
                     results[f"throughput {config}{tag(run)}"] = throughput(
-                        config, redis_base, root, warehouse, count, args.seed, args.profile, args.max_records)
+                        config, redis_base, root, warehouse, count, args.seed, args.profile, args.max_records
+                    )
             for config in [c for c in args.freshness_configs.split(",") if c]:
                 for run in runs:
                     results[f"freshness {config}{tag(run)}"] = freshness(
-                        config, redis_base, root, warehouse, args.rate, fresh_s, args.batch_ms, args.seed + 1)
+                        config, redis_base, root, warehouse, args.rate, fresh_s, args.batch_ms, args.seed + 1
+                    )
         if "entity" in cases:
             assert entity_warehouse is not None
             for config in [c for c in args.entity_configs.split(",") if c]:
                 for fmt in ("rows", "debezium"):
                     for run in runs:
                         results[f"mutations {fmt} {config}{tag(run)}"] = entity_throughput(
-                            fmt, config, redis_base, root, entity_warehouse, mutation_rows, args.seed + run,
-                            args.profile, args.max_records)
+                            fmt,
+                            config,
+                            redis_base,
+                            root,
+                            entity_warehouse,
+                            mutation_rows,
+                            args.seed + run,
+                            args.profile,
+                            args.max_records,
+                        )
                 for run in runs:
                     results[f"mutation freshness {config}{tag(run)}"] = freshness(
-                        config, redis_base, root, entity_warehouse, args.rate, fresh_s, args.batch_ms,
-                        args.seed + 1, case="entity")
-    (root / f"results-{'quick' if args.quick else 'full'}.json").write_text(json.dumps(results, indent=1, default=str))
+                        config,
+                        redis_base,
+                        root,
+                        entity_warehouse,
+                        args.rate,
+                        fresh_s,
+                        args.batch_ms,
+                        args.seed + 1,
+                        case="entity",
+                    )
+    (root / f"results-{'quick' if args.quick else 'full'}.json").write_text(
+        json.dumps(results, indent=1, default=str)
+    )
     print("\n================ summary ================")
     for name, result in results.items():
         if name.startswith("throughput"):
             target = name.split()[1].startswith("redis")
-            print(f"{name:<40} {result['events_per_s']:>10,.0f} events/s"
-                  + (f"   target >= 100,000: {bench.verdict(result['events_per_s'] >= TARGET_EVENTS_PER_S)}"
-                     if target else "   (SQLite, for comparison)"))
+            print(
+                f"{name:<40} {result['events_per_s']:>10,.0f} events/s"
+                + (
+                    f"   target >= 100,000: {bench.verdict(result['events_per_s'] >= TARGET_EVENTS_PER_S)}"
+                    if target
+                    else "   (SQLite, for comparison)"
+                )
+            )
         elif name.startswith("mutations"):
             rows_format = result["format"] == "rows"
-            print(f"{name:<40} {result['rows_per_s']:>10,.0f} mutation rows/s ({result['records_per_s']:,.0f} "
-                  f"{'records' if rows_format else 'Debezium events'}/s)"
-                  + (f"   target >= 100,000 rows/s: {bench.verdict(result['rows_per_s'] >= TARGET_EVENTS_PER_S)}"
-                     if rows_format else "   (for comparison)"))
+            print(
+                f"{name:<40} {result['rows_per_s']:>10,.0f} mutation rows/s ({result['records_per_s']:,.0f} "
+                f"{'records' if rows_format else 'Debezium events'}/s)"
+                + (
+                    f"   target >= 100,000 rows/s: {bench.verdict(result['rows_per_s'] >= TARGET_EVENTS_PER_S)}"
+                    if rows_format
+                    else "   (for comparison)"
+                )
+            )
         else:
             s = result["freshness"]
             entity = name.startswith("mutation")
-            target = f"{TARGET_MUTATION_FRESHNESS_P99_S * 1000:g} ms" if entity else f"{TARGET_FRESHNESS_P99_S:g} s"
-            print(f"{name:<40} p50 {s.get('p50', float('nan')):.1f}  p99 {s.get('p99', float('nan')):.1f}  "
-                  f"max {s.get('max', float('nan')):.1f} ms at {result['achieved_events_per_s']:,.0f} "
-                  f"{'mutation rows' if entity else 'events'}/s   target p99 <= {target}: {bench.verdict(result['met'])}")
+            target = (
+                f"{TARGET_MUTATION_FRESHNESS_P99_S * 1000:g} ms"
+                if entity
+                else f"{TARGET_FRESHNESS_P99_S:g} s"
+            )
+            print(
+                f"{name:<40} p50 {s.get('p50', float('nan')):.1f}  p99 {s.get('p99', float('nan')):.1f}  "
+                f"max {s.get('max', float('nan')):.1f} ms at {result['achieved_events_per_s']:,.0f} "
+                f"{'mutation rows' if entity else 'events'}/s   target p99 <= {target}: {bench.verdict(result['met'])}"
+            )
     print(f"total {time.monotonic() - started:.0f} s; {bench.loadavg()}", flush=True)
 
 

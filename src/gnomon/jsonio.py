@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-# an integer literal of 19 digits or more may not fit 64 bits (orjson would read it as a float)
-_LONG_INTEGER = re.compile(rb"(?<![\d.eE+-])-?\d{19,}(?![\d.eE])")
+# 19 digits in a row may be an integer beyond 64 bits (orjson would read it as a float); a long
+# decimal fraction also matches, and is then only read by the (exact, slower) standard library
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def loads(data: bytes) -> Any:
@@ -20,7 +21,7 @@ def loads(data: bytes) -> Any:
     >>> loads(b'[18446744073709551617, 1.5]')
     [18446744073709551617, 1.5]
     """
-    if _LONG_INTEGER.search(data) is None:
+    if _LONG_DIGITS.search(data) is None:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -320,11 +320,12 @@ class DuckDBEngine:
         earliest = earliest_start_sql(features, "q.__q")
         if earliest:
             conditions.append(f"e.ts >= {earliest}")
-        if any(s.kind == "entities" for s in group_by.sources):
-            conditions.append(
-                "(e.__kind <> 'entities' OR (e.__ds = q.__snap_ds AND (e.__from IS NULL OR e.__from < q.__q) "
-                "AND (e.__to IS NULL OR q.__q <= e.__to)))"
-            )
+        valid = "(e.__from IS NULL OR e.__from < q.__q) AND (e.__to IS NULL OR q.__q <= e.__to)"
+        if all(s.kind == "entities" for s in group_by.sources):
+            # the snapshot day as a join key of its own: pairs are built per (key, day), not per key
+            conditions += ["e.__ds = q.__snap_ds", valid]
+        elif any(s.kind == "entities" for s in group_by.sources):
+            conditions.append(f"(e.__kind <> 'entities' OR (e.__ds = q.__snap_ds AND {valid}))")
         columns = sorted(
             {f.input_column for f in features}
             | {f.bucket for f in features if f.bucket}
