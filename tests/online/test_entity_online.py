@@ -40,6 +40,7 @@ from .helpers import (
     feature_columns,
     mismatches,
     offline_rows,
+    own_redis_db,
     publish,
     subprocess_env,
 )
@@ -143,13 +144,7 @@ static_join = Join(name="ent.static_join", left=join.left, right_parts=[JoinPart
 def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return "sqlite:///online.db"
-    import redis
-
-    url = f"{request.getfixturevalue('redis_url').rsplit('/', 1)[0]}/11"  # a database of this file's own
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    return own_redis_db(request, 11)  # a database of this file's own
 
 
 def make_repo(root: Path, store_url: str, features_py: str = ENTITY_PY) -> Project:
