@@ -38,6 +38,7 @@ from gnomon.online.records import StreamRow, UploadMeta, meta_key
 from gnomon.online.stores.base import OnlineStore
 
 FOLD_VERSION = 1
+_COUNTED_KEYS = 200_000  # keys whose rows a worker counts towards their next fold, at most
 
 
 def can_fold(group_by: GroupByPlan) -> bool:
@@ -222,6 +223,8 @@ class Folder:
     def wrote(self, row_keys: Sequence[bytes]) -> None:
         """Count rows written per key; fold the keys that reached ``every``."""
         due = []
+        if len(self._written) > _COUNTED_KEYS:  # the counts are a cadence, not state: bounded memory
+            self._written.clear()
         for row_key in row_keys:
             count = self._written.get(row_key, 0) + 1
             if count >= self.every:
