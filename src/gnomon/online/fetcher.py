@@ -20,7 +20,7 @@ from gnomon.aggregation import decode_ir
 from gnomon.aggregation.base import clean_output
 from gnomon.aggregation.codec import decode_value
 from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
-from gnomon.definitions.windows import window_start
+from gnomon.definitions.windows import DAY_MS, window_start
 from gnomon.errors import UnknownObjectError
 from gnomon.online.derive import Deriver
 from gnomon.online.features import (
@@ -45,7 +45,6 @@ from gnomon.online.records import (
 from gnomon.online.stores.base import OnlineStore
 
 SUCCESS = "Success"
-DAY_MS = 86_400_000
 DEFAULT_HORIZON_MS = 2 * 86_400_000
 
 

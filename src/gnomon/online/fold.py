@@ -61,6 +61,12 @@ def marks_key(stream: str, key: bytes) -> bytes:
     return f"foldwm|{stream}|".encode() + key
 
 
+def marks_key_of(row_key: bytes) -> bytes | None:
+    """`marks_key` of a stream rows key ``rows|<stream>|<key>`` (None for another key); the Redis
+    script derives it the same way."""
+    return b"foldwm" + row_key[4:] if row_key.startswith(b"rows|") else None
+
+
 def pending_key(group_by: str) -> bytes:
     """Written by an upload while it runs: the time it started (rows published later are not folded)."""
     return f"pending|{group_by}".encode()
@@ -120,9 +126,7 @@ def refused(marks: bytes | None, event_id: bytes, ts: int) -> bool:
     if marks is None:
         return False
     folded_until, watermarks = msgpack.unpackb(marks, strict_map_key=False)
-    partition, offset = partition_of(event_id)
-    watermark = watermarks.get(partition)
-    return ts < folded_until and watermark is not None and offset_order(offset) <= offset_order(watermark)
+    return ts < folded_until and _below(event_id, watermarks)
 
 
 def fold_rows(

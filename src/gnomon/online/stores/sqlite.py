@@ -184,9 +184,13 @@ def _unfolded(
 ) -> Sequence[tuple[bytes, bytes, bytes]]:
     """The rows that a key's fold marks do not refuse (`gnomon.online.fold`): replays of folded
     events are left out."""
-    keys = sorted({key for key, _, _ in rows if isinstance(key, bytes) and key.startswith(b"rows|")})
+    from gnomon.online.fold import marks_key_of
+
+    wanted = sorted(
+        {m for key, _, _ in rows if isinstance(key, bytes) and (m := marks_key_of(key)) is not None}
+    )
     marks: dict[bytes, bytes] = {}
-    for chunk in _chunks([b"foldwm" + key[4:] for key in keys]):
+    for chunk in _chunks(wanted):
         marks.update(
             connection.execute(f"SELECT key, value FROM kv WHERE key IN ({_in_list(len(chunk))})", chunk)
         )
@@ -198,7 +202,7 @@ def _unfolded(
     return [
         (key, event_id, row)
         for key, event_id, row in rows
-        if not refused(marks.get(b"foldwm" + key[4:]), event_id, StreamRow.decode(row).ts)
+        if not refused(marks.get(marks_key_of(key) or b""), event_id, StreamRow.decode(row).ts)
     ]
 
 
