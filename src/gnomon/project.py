@@ -363,43 +363,34 @@ class Project:
         the warehouse table behind the source, plus the mutation time and reversal columns for a
         mutation topic; None when the table has no data yet."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from gnomon.streaming.worker import streamed_topics
 
         topics = streamed_topics(self.plan.group_bys[group_by])
         source = topics.get(topic) if topic is not None else next(iter(topics.values()), None)
-        files = self.warehouse.partition_files(source.table) if source is not None else []
-        if not files:
-            return None
-        schema = pq.read_schema(files[-1])
-        if source is not None and source.kind == "entities":
-            mutation_files = (
-                self.warehouse.partition_files(source.mutation_table) if source.mutation_table else []
-            )
-            mutation_schema = pq.read_schema(mutation_files[-1]) if mutation_files else pa.schema([])
-            for name, default in (
-                (source.mutation_time_column, pa.int64()),
-                (source.reversal_column, pa.bool_()),
-            ):
-                if name not in schema.names:
-                    index = mutation_schema.get_field_index(name)
-                    schema = schema.append(
-                        mutation_schema.field(index) if index >= 0 else pa.field(name, default)
-                    )
+        schema = self.warehouse.latest_schema(source.table) if source is not None else None
+        if schema is None or source is None or source.kind != "entities":
+            return schema
+        mutation_schema = self.warehouse.latest_schema(source.mutation_table) or pa.schema([])
+        for name, default in (
+            (source.mutation_time_column, pa.int64()),
+            (source.reversal_column, pa.bool_()),
+        ):
+            if name not in schema.names:
+                index = mutation_schema.get_field_index(name)
+                schema = schema.append(
+                    mutation_schema.field(index) if index >= 0 else pa.field(name, default)
+                )
         return schema
 
     def _left_schema(self, group_by: str, topic: str) -> Any:
         """For a JoinSource's topic, the schema of the parent Join's left table (None otherwise)."""
-        import pyarrow.parquet as pq
-
         from gnomon.streaming.worker import streamed_topics
 
         source = streamed_topics(self.plan.group_bys[group_by]).get(topic)
         if source is None or source.kind != "join":
             return None
-        files = self.warehouse.partition_files(self.plan.joins[source.upstream_join].left.table)  # type: ignore[index]
-        return pq.read_schema(files[-1]) if files else None
+        return self.warehouse.latest_schema(self.plan.joins[source.upstream_join].left.table)  # type: ignore[index]
 
     def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
         """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread per

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-
 from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, SourcePlan
 from gnomon.compile.repo import LoadedRepo
 from gnomon.compile.sql import referenced_columns
@@ -13,10 +11,10 @@ from gnomon.offline.warehouse import Warehouse
 
 def table_columns(warehouse: Warehouse, table: str) -> list[str] | None:
     """Column names of a warehouse table (from its newest partition), None if it has no data yet."""
-    files = warehouse.partition_files(table)
-    if not files:
+    schema = warehouse.latest_schema(table)
+    if schema is None:
         return None
-    return [c for c in pq.read_schema(files[-1]).names if c != "ds"] + ["ds"]
+    return [c for c in schema.names if c != "ds"] + ["ds"]
 
 
 def source_columns(source: SourcePlan, plan: Plan, warehouse: Warehouse) -> list[str] | None:

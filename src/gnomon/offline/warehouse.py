@@ -140,6 +140,11 @@ class Warehouse:
                 files.extend(sorted(str(f) for f in (self.table_path(table) / f"ds={ds}").glob("*.parquet")))
         return files
 
+    def latest_schema(self, table: str | None) -> pa.Schema | None:
+        """The Arrow schema of the table's newest partition file (None: no table or no data yet)."""
+        files = self.partition_files(table) if table else []
+        return pq.read_schema(files[-1]) if files else None
+
     def read_table(self, table: str, start_ds: str | None = None, end_ds: str | None = None) -> pa.Table:
         """Read partitions [start_ds, end_ds] into one Arrow table with a string ``ds`` column."""
         self.require_table(table)
