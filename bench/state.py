@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import pyarrow as pa  # noqa: E402
 
 from gnomon import Project  # noqa: E402
-from gnomon.online.features import stream_id  # noqa: E402
+from gnomon.compile.features import stream_id  # noqa: E402
 from gnomon.online.fold import fold_key, marks_key  # noqa: E402
 from gnomon.online.records import entity_key, rows_key  # noqa: E402
 

@@ -82,7 +82,7 @@ def test_online_chaining_needs_the_parent_join_online(tmp_path: Path) -> None:
 
 def test_an_engine_that_is_not_built_fails_compile_naming_the_setting(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["compile", "--repo", str(repo(tmp_path, "offline: {engine: spark}\n"))]
+        main, ["compile", "--repo", str(repo(tmp_path, "offline: {engine: flink}\n"))]
     )
     assert result.exit_code != 0
-    assert "offline.engine" in result.output and "duckdb" in result.output
+    assert "offline.engine" in result.output and "duckdb" in result.output and "spark" in result.output

@@ -23,6 +23,7 @@ RANKS = {
     "metrics": 0,
     "testing": 0,
     "definitions": 1,
+    "timeline": 1,
     "scaffold": 2,
     "config": 2,
     "aggregation": 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from gnomon.config import Config
 from gnomon.definitions import GroupBy, Join, StagingQuery
 from gnomon.definitions.join import Definition
 from gnomon.errors import ConfigError, ExecutionError, UnknownObjectError, WarehouseError
+from gnomon.offline.engine import OfflineEngine, open_engine
 from gnomon.offline.warehouse import DAY_MS, Warehouse, as_arrow, ds_range, ds_to_ms, ms_to_ds
 
 log = logging.getLogger("gnomon")
@@ -79,13 +81,11 @@ class Project:
             raise UnknownObjectError("GroupBy, Join or StagingQuery", name, plan.names())
         return node
 
-    def _engine(self) -> Any:
+    def _engine(self) -> OfflineEngine:
         from gnomon.compile.guards import check_engine
-        from gnomon.offline.engines.duckdb import DuckDBEngine
 
         check_engine(self.config.offline.engine)
-
-        return DuckDBEngine(self.warehouse, self.plan, self.config.offline)
+        return open_engine(self.warehouse, self.plan, self.config.offline)
 
     # -------------------------------------------------------------- offline jobs
 
@@ -244,8 +244,13 @@ class Project:
             written = []
             for day, data in produced:  # a failure here leaves only the staging folder, which is removed
                 folder = stage / f"ds={day}"
-                folder.mkdir()
-                pq.write_table(data, folder / "part-0.parquet")
+                if isinstance(data, Path):  # a folder of Parquet files the engine wrote itself
+                    folder.mkdir()
+                    for index, file in enumerate(sorted(data.glob("*.parquet"))):
+                        os.replace(file, folder / f"part-{index}.parquet")
+                else:
+                    folder.mkdir()
+                    pq.write_table(data, folder / "part-0.parquet")
                 written.append(day)
             for day in written:
                 self.warehouse.commit_partition(table, day, stage / f"ds={day}")

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from gnomon.online.features import stream_id
+from gnomon.compile.features import stream_id
 from gnomon.online.fold import FoldState, fold_key
 from gnomon.online.records import entity_key, rows_key
 from gnomon.streaming.worker import StreamWorker

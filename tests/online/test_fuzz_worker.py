@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from gnomon import Project
-from gnomon.online.features import row_columns, stream_id
+from gnomon.compile.features import row_columns, stream_id
 from gnomon.online.records import StreamRow, dead_letter_key, entity_key, rows_key
 from gnomon.online.stores.sqlite import SQLiteStore
 from gnomon.streaming.brokers.base import Record

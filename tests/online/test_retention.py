@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from gnomon.online.features import stream_id
+from gnomon.compile.features import stream_id
 from gnomon.online.records import rows_key
 
 from .helpers import (

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnomon.aggregation.codec import encode_value
-from gnomon.online.features import stream_id
+from gnomon.compile.features import stream_id
 from gnomon.online.records import (
     StreamRow,
     encode_stream_rows,

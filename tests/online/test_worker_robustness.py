@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gnomon import Project
-from gnomon.online.features import stream_id
+from gnomon.compile.features import stream_id
 from gnomon.online.records import dead_letter_key, entity_key, rows_key
 from gnomon.streaming.brokers.base import Record
 from gnomon.streaming.worker import StreamWorker, consumer_group

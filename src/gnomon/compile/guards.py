@@ -10,7 +10,7 @@ from gnomon.compile.plan import GroupByPlan, Plan
 from gnomon.errors import UnsupportedError
 
 #: offline engines that can run a plan
-ENGINES = ("duckdb",)
+ENGINES = ("duckdb", "spark")
 
 
 def check_engine(engine: str) -> None:
@@ -19,7 +19,7 @@ def check_engine(engine: str) -> None:
             f"offline engine {engine!r} is not available in this release",
             obj="gnomon.yaml",
             field="offline.engine",
-            fix="set `offline: {engine: duckdb}` in gnomon.yaml",
+            fix="set `offline: {engine: duckdb}` or `offline: {engine: spark}` in gnomon.yaml",
         )
 
 

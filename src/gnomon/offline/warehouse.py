@@ -6,7 +6,6 @@ a half-written partition and a failed job leaves nothing behind.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import uuid
@@ -18,47 +17,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnomon.errors import WarehouseError, did_you_mean
+from gnomon.timeline import DAY_MS, ds_range, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
 
-DAY_MS = 86_400_000
-
-
-def ds_to_ms(ds: str) -> int:
-    """Midnight (UTC) starting day ``ds``, in epoch ms."""
-    day = dt.date.fromisoformat(ds)
-    return (day - dt.date(1970, 1, 1)).days * DAY_MS
-
-
-def ms_to_ds(ms: int) -> str:
-    """The UTC date holding epoch-ms ``ms``."""
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=ms // DAY_MS)).isoformat()
-
-
-def ds_range(start_ds: str, end_ds: str) -> list[str]:
-    """Every ds from start to end, inclusive."""
-    start, end = dt.date.fromisoformat(start_ds), dt.date.fromisoformat(end_ds)
-    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
-
-
-def shift_ds(ds: str, days: int) -> str:
-    return (dt.date.fromisoformat(ds) + dt.timedelta(days=days)).isoformat()
-
-
-def entity_partitions(query_times: Iterable[int]) -> tuple[list[str], list[str]]:
-    """SPEC §4: the (snapshot, mutation) partitions that entity values at these query times read.
-
-    The value at q reads snapshot ``ds(q) - 1`` and, unless q is a midnight, the mutations of
-    ``ds(q)`` before q.
-
-    >>> entity_partitions([ds_to_ms("2026-04-10") + 2 * 3_600_000, ds_to_ms("2026-04-12")])
-    (['2026-04-09', '2026-04-11'], ['2026-04-10'])
-    """
-    snapshots: set[str] = set()
-    mutations: set[str] = set()
-    for q in query_times:
-        snapshots.add(ms_to_ds(q - DAY_MS))
-        if q % DAY_MS:
-            mutations.add(ms_to_ds(q))
-    return sorted(snapshots), sorted(mutations)
+__all__ = [
+    "DAY_MS",
+    "Warehouse",
+    "as_arrow",
+    "ds_range",
+    "ds_to_ms",
+    "entity_partitions",
+    "ms_to_ds",
+    "shift_ds",
+]
 
 
 def as_arrow(data: Any) -> pa.Table:

@@ -19,11 +19,7 @@ from typing import Any
 from gnomon.aggregation import decode_ir
 from gnomon.aggregation.base import clean_output
 from gnomon.aggregation.codec import decode_value
-from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
-from gnomon.definitions.windows import DAY_MS, window_start
-from gnomon.errors import UnknownObjectError
-from gnomon.online.derive import Deriver
-from gnomon.online.features import (
+from gnomon.compile.features import (
     SOURCE_COLUMN,
     OnlineFeature,
     keeps_rows,
@@ -31,6 +27,10 @@ from gnomon.online.features import (
     row_columns,
     stream_id,
 )
+from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
+from gnomon.definitions.windows import DAY_MS, window_start
+from gnomon.errors import UnknownObjectError
+from gnomon.online.derive import Deriver
 from gnomon.online.fold import FoldState, can_fold, fold_key
 from gnomon.online.records import (
     BatchState,

@@ -30,10 +30,10 @@ from typing import Any
 import msgpack
 
 from gnomon.aggregation import decode_ir, encode_ir
+from gnomon.compile.features import SOURCE_COLUMN, OnlineFeature, keeps_rows, online_features, row_columns
 from gnomon.compile.plan import FeaturePlan, GroupByPlan
 from gnomon.definitions.windows import DAY_MS, floor_to
 from gnomon.offsets import offset_order
-from gnomon.online.features import SOURCE_COLUMN, OnlineFeature, keeps_rows, online_features, row_columns
 from gnomon.online.records import StreamRow, UploadMeta, meta_key
 from gnomon.online.stores.base import OnlineStore
 

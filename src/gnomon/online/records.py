@@ -5,7 +5,7 @@
   the batch end, so an upload in progress never mixes with the one being served, and a fetcher
   with a slightly stale ``meta`` still reads a complete, consistent batch.
 - ``rows|<stream id>|<entity key>``: the key's streamed rows, a set keyed by event id (the stream id,
-  `gnomon.online.features.stream_id`, names the GroupBy and the definition the rows were written by).
+  `gnomon.compile.features.stream_id`, names the GroupBy and the definition the rows were written by).
 - ``fold|<stream id>|<entity key>`` and ``foldwm|<stream id>|<entity key>``: the key's rows folded
   into hop tiles, and the marks a store write checks to refuse replays of them (`gnomon.online.fold`).
 - ``pending|<group_by>``: while an upload runs, the time it started.

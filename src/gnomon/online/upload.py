@@ -15,22 +15,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+
 from gnomon.aggregation import encode_ir
 from gnomon.aggregation.codec import encode_value
-from gnomon.compile.plan import GroupByPlan
-from gnomon.compile.sql import quote
-from gnomon.definitions.windows import floor_to
-from gnomon.offline.engines.duckdb import DuckDBEngine
-from gnomon.offline.warehouse import DAY_MS, ds_to_ms, entity_partitions, ms_to_ds
-from gnomon.online.features import (
+from gnomon.compile.features import (
     MUTATION_COLUMNS,
-    SOURCE_COLUMN,
-    aggregation_type,
     keeps_rows,
     online_features,
     row_columns,
     stream_id,
 )
+from gnomon.compile.plan import GroupByPlan
+from gnomon.definitions.windows import floor_to
+from gnomon.offline.engine import OfflineEngine, read_partition
+from gnomon.offline.warehouse import DAY_MS, ds_to_ms
 from gnomon.online.fold import pending_key
 from gnomon.online.records import (
     RECORD_VERSION,
@@ -49,7 +48,7 @@ _CHUNK = 5000
 _META_GRACE_S = 1.0  # longer than a fetcher keeps an upload's meta (`Fetcher.meta_ttl_s`)
 
 
-def upload_group_by(engine: DuckDBEngine, group_by: GroupByPlan, ds: str, store: OnlineStore) -> int:
+def upload_group_by(engine: OfflineEngine, group_by: GroupByPlan, ds: str, store: OnlineStore) -> int:
     """Write the state as of ``ds + 1 day`` for every key; returns the number of keys written."""
     batch_end = ds_to_ms(ds) + DAY_MS
     uploaded_at = int(time.time() * 1000)
@@ -115,9 +114,10 @@ def prune_stream_rows(group_by: GroupByPlan, store: OnlineStore, batch_end: int,
 
 
 def _upload_snapshot(
-    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+    engine: OfflineEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
 ) -> tuple[int, dict[str, str]]:
-    _, table = next(iter(engine.backfill_group_by(group_by, [ds])))
+    _, partition = next(iter(engine.backfill_group_by(group_by, [ds])))
+    table = read_partition(partition)
     columns = [c for c in table.column_names if c not in group_by.keys]
     written = 0
     for batch in table.to_batches(_CHUNK):
@@ -135,98 +135,46 @@ def _upload_snapshot(
 
 
 def _upload_temporal(
-    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+    engine: OfflineEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
 ) -> tuple[int, dict[str, str]]:
-    owner = f"GroupBy({group_by.name!r})"
-    span = group_by.max_window_ms
-    start_ds = None if span is None else ms_to_ds(batch_end - span - DAY_MS)
     columns = row_columns(group_by)
-    events_sql = engine.source_sql(
-        owner, group_by.sources, start_ds, ds, [*group_by.keys, *columns], strict=[ds]
-    )
-    keys = ", ".join(quote(k) for k in group_by.keys)
-    lower = "" if span is None else f" AND ts >= {batch_end - span}"
-    not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
-    # the source index only orders streamed rows among themselves; the batch tiles hold offline's order
-    selected = ", ".join(f"NULL AS {quote(c)}" if c == SOURCE_COLUMN else quote(c) for c in columns)
-    sql = (
-        f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
-        f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq"
-    )
-    described = engine.con.sql(sql)
-    types = {
-        name: aggregation_type(str(kind))
-        for name, kind in zip(described.columns, described.types, strict=True)
-    }
-    relation = engine.con.execute(sql)
-    input_types = {c: types[c] for c in columns}
+    rows = engine.batch_rows(group_by, ds, columns, "events")
+    input_types = {c: rows.types[c] for c in columns}
     features = online_features(group_by, input_types)
-    written = 0
-    items: list[tuple[bytes, bytes]] = []
     key_count = len(group_by.keys)
-    for key, rows in itertools.groupby(_rows(relation), key=lambda row: row[:key_count]):
-        record = encode_batch_state(_key_state(features, list(rows), key_count, batch_end))
-        items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), record))
-        if len(items) >= _CHUNK:
-            store.put(items)
-            written += len(items)
-            items = []
-    if items:
-        store.put(items)
-        written += len(items)
-    return written, input_types
+    records = (
+        (key, encode_batch_state(_key_state(features, list(key_rows), key_count, batch_end)))
+        for key, key_rows in itertools.groupby(_rows(rows.batches), key=lambda row: row[:key_count])
+    )
+    return _put_per_key(group_by, batch_end, records, store), input_types
 
 
 def _upload_rows(
-    engine: DuckDBEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
+    engine: OfflineEngine, group_by: GroupByPlan, ds: str, batch_end: int, store: OnlineStore
 ) -> tuple[int, dict[str, str]]:
     """Entity GroupBys and lookups keep rows: per key, the rows of the state at the batch end that a
     fetch at or after it may still read (entities: snapshot ``ds``; event lookups: the latest row)."""
-    owner = f"GroupBy({group_by.name!r})"
-    span = group_by.max_window_ms
-    start_ds = None if span is None else ms_to_ds(batch_end - span - DAY_MS)
     columns = row_columns(group_by)
     entities = any(s.kind == "entities" for s in group_by.sources)
     values = [c for c in columns if c not in MUTATION_COLUMNS]
-    events_sql = engine.source_sql(
-        owner,
-        group_by.sources,
-        start_ds,
-        ds,
-        [*group_by.keys, *values],
-        strict=[] if entities else [ds],
-        entity=entity_partitions([batch_end]),
-        row_ids=True,
-    )
-    keys = ", ".join(quote(k) for k in group_by.keys)
-    not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
-    selected = ", ".join(
-        [
-            *(quote(c) for c in values),
-            *(["NULL::BIGINT AS __mutation_ts", "false AS __is_before", "__row_id"] if entities else []),
-        ]
-    )
-    if entities:  # the snapshot's rows; those older than every window can never count again
-        lower = "" if span is None else f" AND ts >= {batch_end - span}"
-        sql = (
-            f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE __ds = '{ds}'{lower} AND {not_null} "
-            f"ORDER BY {keys}, __seq"
-        )
-    else:  # a lookup over events: the latest row before the batch end is all a later fetch can pick
-        sql = (
-            f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE ts < {batch_end} AND {not_null} "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY ts DESC, __seq) = 1 ORDER BY {keys}"
-        )
-    described = engine.con.sql(sql)
-    types = {
-        name: aggregation_type(str(kind))
-        for name, kind in zip(described.columns, described.types, strict=True)
-    }
+    rows = engine.batch_rows(group_by, ds, columns, "entities" if entities else "latest")
     key_count = len(group_by.keys)
+    records = (
+        (key, encode_batch_rows([(row[key_count], list(row[key_count + 2 :])) for row in key_rows]))
+        for key, key_rows in itertools.groupby(_rows(rows.batches), key=lambda row: row[:key_count])
+    )
+    return _put_per_key(group_by, batch_end, records, store), {c: rows.types[c] for c in values}
+
+
+def _put_per_key(
+    group_by: GroupByPlan,
+    batch_end: int,
+    records: Iterator[tuple[tuple[Any, ...], bytes]],
+    store: OnlineStore,
+) -> int:
     written = 0
     items: list[tuple[bytes, bytes]] = []
-    for key, rows in itertools.groupby(_rows(engine.con.execute(sql)), key=lambda row: row[:key_count]):
-        record = encode_batch_rows([(row[key_count], list(row[key_count + 2 :])) for row in rows])
+    for key, record in records:
         items.append((batch_key(group_by.name, batch_end, entity_key(list(key))), record))
         if len(items) >= _CHUNK:
             store.put(items)
@@ -235,15 +183,12 @@ def _upload_rows(
     if items:
         store.put(items)
         written += len(items)
-    return written, {c: types[c] for c in values}
+    return written
 
 
-def _rows(relation: Any) -> Iterator[tuple[Any, ...]]:
-    while True:
-        chunk = relation.fetchmany(10_000)
-        if not chunk:
-            return
-        yield from chunk
+def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[Any, ...]]:
+    for batch in batches:
+        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
 
 
 def _key_state(

@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from gnomon import jsonio
+from gnomon.compile.features import SOURCE_COLUMN, row_columns, stream_id
 from gnomon.compile.plan import GroupByPlan, Plan, SourcePlan
 from gnomon.compile.sql import quote, row_id_sql
 from gnomon.metrics import StreamMetrics
-from gnomon.online.features import SOURCE_COLUMN, row_columns, stream_id
 from gnomon.online.fold import Folder, can_fold
 from gnomon.online.records import (
     dead_letter_key,

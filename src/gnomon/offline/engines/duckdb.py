@@ -30,9 +30,11 @@ from gnomon.compile.sql import quote, row_id_sql
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError, did_you_mean
+from gnomon.offline.engine import BatchRows, RowsKind
 from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
+from gnomon.timeline import backfill_query_time, read_range
 
 log = logging.getLogger("gnomon.offline")
 
@@ -869,6 +871,78 @@ class DuckDBEngine:
         body = table.drop(["ds"])
         for day in days:
             yield day, body.filter(pc.equal(ds_column, day))
+
+    # ------------------------------------------------------------------ an upload's batch rows
+
+    def batch_rows(self, group_by: GroupByPlan, ds: str, columns: Sequence[str], kind: RowsKind) -> BatchRows:
+        """`OfflineEngine.batch_rows`: the rows an upload as of ``ds + 1 day`` folds, sorted by key."""
+        from gnomon.compile.features import MUTATION_COLUMNS, SOURCE_COLUMN
+
+        owner = f"GroupBy({group_by.name!r})"
+        batch_end = backfill_query_time(ds)
+        span = group_by.max_window_ms
+        start_ds, _ = read_range(span, batch_end, batch_end)
+        values = [c for c in columns if c not in MUTATION_COLUMNS and c != SOURCE_COLUMN]
+        events_sql = self.source_sql(
+            owner,
+            group_by.sources,
+            start_ds,
+            ds,
+            [*group_by.keys, *values],
+            strict=[] if kind == "entities" else [ds],
+            entity=entity_partitions([batch_end]) if kind != "events" else None,
+            row_ids=kind != "events",
+        )
+        keys = ", ".join(quote(k) for k in group_by.keys)
+        not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
+        lower = "" if span is None or (kind == "latest") else f" AND ts >= {batch_end - span}"
+        if kind == "events":
+            # the source index only orders streamed rows among themselves; batch tiles hold offline's order
+            selected = ", ".join(f"NULL AS {quote(c)}" if c == SOURCE_COLUMN else quote(c) for c in columns)
+            sql = (
+                f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) "
+                f"WHERE ts < {batch_end}{lower} AND {not_null} ORDER BY {keys}, ts, __seq"
+            )
+        elif kind == "entities":  # the snapshot's rows; those older than every window never count again
+            selected = ", ".join(
+                [
+                    *(quote(c) for c in values),
+                    "NULL::BIGINT AS __mutation_ts",
+                    "false AS __is_before",
+                    "__row_id",
+                ]
+            )
+            sql = (
+                f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE __ds = '{ds}'{lower} "
+                f"AND {not_null} ORDER BY {keys}, __seq"
+            )
+        else:  # a lookup over events: the latest row before the batch end is all a later fetch can pick
+            selected = ", ".join(quote(c) for c in values)
+            sql = (
+                f"SELECT {keys}, ts, __seq, {selected} FROM ({events_sql}) WHERE ts < {batch_end} AND {not_null} "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY ts DESC, __seq) = 1 ORDER BY {keys}"
+            )
+        described = self.con.sql(sql)
+        types = {
+            name: aggregation_type(str(kind_))
+            for name, kind_ in zip(described.columns, described.types, strict=True)
+            if name in columns
+        }
+        reader = self.con.sql(sql).to_arrow_reader(10_000)
+        return BatchRows(types, iter(reader))
+
+
+def aggregation_type(duck_type: str) -> str:
+    """The aggregation library's type name for a DuckDB column type.
+
+    >>> aggregation_type("BIGINT[]"), aggregation_type("MAP(VARCHAR, DOUBLE)")
+    ('list<int>', 'map<str,float>')
+    """
+    if duck_type.endswith("[]"):
+        return f"list<{aggregation_type(duck_type[:-2])}>"
+    if duck_type.startswith("MAP("):
+        return f"map<str,{aggregation_type(element_type(duck_type))}>"
+    return python_type(duck_type)
 
 
 def _file_ds(file: str) -> str:

@@ -1,4 +1,8 @@
-"""A GroupBy's features as the online path sees them: aggregators built from the plan."""
+"""A GroupBy's features bound to aggregators, and the columns a row of its sources carries.
+
+Shared by the online path (upload, stream worker, fetcher) and the engines that fold rows with the IR
+library (Spark), so every path folds a row into a feature the same way.
+"""
 
 from __future__ import annotations
 
@@ -36,17 +40,6 @@ def row_columns(group_by: GroupByPlan) -> list[str]:
         return sorted(columns) + list(MUTATION_COLUMNS)
     # rows of several sources tie on ts in source order, as offline: the row carries its source's index
     return sorted(columns) + ([SOURCE_COLUMN] if len(group_by.sources) > 1 and group_by.features else [])
-
-
-def aggregation_type(duck_type: str) -> str:
-    """The aggregation library's type name for a DuckDB column type."""
-    from gnomon.offline.engines.duckdb import element_type, python_type
-
-    if duck_type.endswith("[]"):
-        return f"list<{aggregation_type(duck_type[:-2])}>"
-    if duck_type.startswith("MAP("):
-        return f"map<str,{aggregation_type(element_type(duck_type))}>"
-    return python_type(duck_type)
 
 
 @dataclass
