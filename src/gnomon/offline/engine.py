@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan
+    from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, SourcePlan
     from gnomon.config import OfflineConfig
     from gnomon.offline.warehouse import Warehouse
 
@@ -87,6 +87,30 @@ def open_engine(warehouse: Warehouse, plan: Plan, config: OfflineConfig) -> Offl
     from gnomon.offline.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine(warehouse, plan, config)
+
+
+def source_files(
+    warehouse: Warehouse,
+    source: SourcePlan,
+    start_ds: str | None,
+    end_ds: str | None,
+    strict: Sequence[str] = (),
+) -> list[str]:
+    """The Parquet files an (event or join) source reads for days ``[start_ds, end_ds]``, within the
+    source's own partition bounds; a cumulative source reads its latest partition only. Partitions in
+    ``strict`` must exist (a `WarehouseError` names the first missing one)."""
+    table = source.table
+    warehouse.require_table(table)
+    if strict:
+        warehouse.require_partitions(table, strict)
+    if source.start_partition and (start_ds is None or source.start_partition > start_ds):
+        start_ds = source.start_partition
+    if source.end_partition and (end_ds is None or source.end_partition < end_ds):
+        end_ds = source.end_partition
+    if source.cumulative:  # every partition holds the full history: read the latest only
+        partitions = [p for p in warehouse.partitions(table) if end_ds is None or p <= end_ds]
+        return warehouse.partition_files(table, partitions[-1], partitions[-1]) if partitions else []
+    return warehouse.partition_files(table, start_ds, end_ds)
 
 
 def read_partition(partition: Partition) -> pa.Table:

@@ -1,0 +1,232 @@
+"""Point-in-time values per key from sorted rows, with hop tiles and the shared IR library.
+
+This is the core of the engines that cannot express SPEC §2's windows as per-row frames (Spark): a
+task receives Arrow batches holding, key after key, the key's *events* and *queries* sorted by time,
+and answers every query with the same aggregators the online path uses (`gnomon.aggregation`):
+
+- events are folded once into hop tiles (partial aggregates per (key, hop), SPEC §3's IRs);
+- queries of a key are answered in time order: the tiles fully inside ``[window_start(q), floor(q, hop))``
+  are merged with a two-stack sliding window (every tile is merged O(1) times however many queries
+  there are), then the raw *head* events ``[floor(q, hop), q)`` are folded on top;
+- entity rows are *versions* valid for ``__from < q <= __to`` on the day after their snapshot day, so a
+  query folds the versions valid at q directly (a key's entity rows are few);
+- a GroupBy without aggregations picks the latest row before q (ties: first in source order).
+
+Rows are tagged: ``__tag = 0`` for a query, ``1`` for an event; a query sorts before the events of its
+own time, which it must not see (``ts < q``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from gnomon.aggregation.base import IR, Aggregator
+from gnomon.compile.features import OnlineFeature
+from gnomon.definitions.windows import DAY_MS, floor_to, window_start
+
+QUERY, EVENT = 0, 1
+
+
+@dataclass
+class KeyRows:
+    """One key's events (sorted by ts, seq) and queries (sorted by q)."""
+
+    events_ts: list[int]
+    events_seq: list[int]
+    events_values: list[list[Any]]  # the value columns of each event, in the layout's order
+    events_meta: list[tuple[Any, ...]]  # entity rows: (kind, snapshot ds, from, to); events: ()
+    queries: list[tuple[int, int, str | None]]  # (qid, q, snapshot ds)
+
+
+class _Sliding:
+    """The merge of a range of tiles that only moves forward (two stacks: suffix merges in front,
+    a running merge at the back), giving a fresh IR for the current range."""
+
+    def __init__(self, aggregator: Aggregator, tiles: list[IR]) -> None:
+        self.aggregator = aggregator
+        self.tiles = tiles
+        self.lo = self.hi = 0
+        self.front: list[IR] = []  # front[-1]: merge of tiles[lo:mid]
+        self.back: IR = None  # merge of tiles[mid:hi]
+
+    def push(self) -> None:
+        self.back = self.aggregator.merge(self.back, self.tiles[self.hi])
+        self.hi += 1
+
+    def pop(self) -> None:
+        if not self.front:
+            merged: IR = None
+            for index in range(self.hi - 1, self.lo - 1, -1):  # merge(earlier, later): earlier rows first
+                merged = self.aggregator.merge(self.aggregator.merge(None, self.tiles[index]), merged)
+                self.front.append(merged)
+            self.back = None
+        self.front.pop()
+        self.lo += 1
+
+    def value(self) -> IR:
+        front = self.front[-1] if self.front else None
+        return self.aggregator.merge(self.aggregator.merge(None, front), self.back)
+
+
+def windowed_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
+    """The finalized value of one feature at each query of a key with only event rows."""
+    aggregator = feature.aggregator
+    window_ms = feature.plan.window_ms
+    hop = feature.plan.hop_ms or DAY_MS
+    starts: list[int] = []
+    tiles: list[IR] = []
+    for ts, seq, values in zip(rows.events_ts, rows.events_seq, rows.events_values, strict=True):
+        start = floor_to(ts, hop)
+        if not starts or starts[-1] != start:
+            starts.append(start)
+            tiles.append(None)
+        tiles[-1] = feature.accumulate(tiles[-1], values, ts, seq)
+    sliding = _Sliding(aggregator, tiles)
+    out: list[Any] = []
+    head_start_seen, head_ir, head_end = None, None, 0
+    for _, q, _ in rows.queries:
+        head_start = floor_to(q, hop)
+        tail = window_start(q, window_ms)
+        while sliding.hi < len(starts) and starts[sliding.hi] < head_start:
+            sliding.push()
+        while tail is not None and sliding.lo < sliding.hi and starts[sliding.lo] < tail:
+            sliding.pop()
+        if head_start != head_start_seen:  # the head restarts at each new hop; within one it grows
+            head_start_seen, head_ir = head_start, None
+            head_end = bisect.bisect_left(rows.events_ts, head_start)
+        stop = bisect.bisect_left(rows.events_ts, q)
+        for index in range(head_end, stop):
+            head_ir = feature.accumulate(
+                head_ir, rows.events_values[index], rows.events_ts[index], rows.events_seq[index]
+            )
+        head_end = max(head_end, stop)
+        out.append(aggregator.finalize(aggregator.merge(sliding.value(), head_ir)))
+    return out
+
+
+def _valid(meta: tuple[Any, ...], q: int, snap_ds: str | None) -> bool:
+    """Whether a row counts at q: every event row does; an entity version when it belongs to the
+    snapshot q reads and ``__from < q <= __to`` (nulls: unbounded)."""
+    if not meta or meta[0] != "entities":
+        return True
+    _, ds, valid_from, valid_to = meta
+    return ds == snap_ds and (valid_from is None or valid_from < q) and (valid_to is None or q <= valid_to)
+
+
+def direct_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
+    """One feature at each query, folding the rows valid at q in (ts, seq) order (entity versions)."""
+    aggregator = feature.aggregator
+    out: list[Any] = []
+    order = sorted(range(len(rows.events_ts)), key=lambda i: (rows.events_ts[i], rows.events_seq[i]))
+    for _, q, snap_ds in rows.queries:
+        start = window_start(q, feature.plan.window_ms)
+        ir: IR = None
+        for index in order:
+            ts = rows.events_ts[index]
+            if ts >= q:
+                break
+            if (start is None or ts >= start) and _valid(rows.events_meta[index], q, snap_ds):
+                ir = feature.accumulate(ir, rows.events_values[index], ts, rows.events_seq[index])
+        out.append(aggregator.finalize(ir))
+    return out
+
+
+def lookup_values(rows: KeyRows, width: int) -> list[list[Any]]:
+    """Per query, the value columns of the latest valid row with ``ts < q`` (ties: first in source
+    order), or nulls."""
+    out: list[list[Any]] = []
+    for _, q, snap_ds in rows.queries:
+        best: int | None = None
+        for index, ts in enumerate(rows.events_ts):
+            if ts >= q or not _valid(rows.events_meta[index], q, snap_ds):
+                continue
+            if best is None or (ts, -rows.events_seq[index]) > (rows.events_ts[best], -rows.events_seq[best]):
+                best = index
+        out.append(list(rows.events_values[best]) if best is not None else [None] * width)
+    return out
+
+
+@dataclass
+class Layout:
+    """Where things sit in the batches a task receives (column names) and what it answers."""
+
+    keys: list[str]
+    value_columns: list[str]  # event columns the features read (inputs and buckets) or a lookup returns
+    features: list[OnlineFeature]  # empty: a lookup of ``value_columns``
+    entities: bool  # rows carry __kind, __ds, __from, __to
+    output: pa.Schema  # __qid, then one column per feature (or per looked-up column)
+
+
+def answer(layout: Layout, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The task body: batches of tagged rows sorted by (keys, time, tag, seq) in, values per query out."""
+    key_count = len(layout.keys)
+    current: tuple[Any, ...] | None = None
+    rows = _empty_rows()
+    answered: list[tuple[int, list[Any]]] = []
+    for batch in batches:
+        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        keys = list(zip(*(columns[k] for k in layout.keys), strict=True)) if key_count else []
+        tags, times, seqs = columns["__tag"], columns["__t"], columns["__seq"]
+        for index in range(batch.num_rows):
+            key = keys[index]
+            if key != current:
+                answered += _answer_key(layout, rows)
+                current, rows = key, _empty_rows()
+            if tags[index] == QUERY:
+                rows.queries.append((columns["__qid"][index], times[index], columns["__snap_ds"][index]))
+            else:
+                rows.events_ts.append(times[index])
+                rows.events_seq.append(seqs[index])
+                rows.events_values.append([columns[c][index] for c in layout.value_columns])
+                if layout.entities:
+                    rows.events_meta.append(
+                        (
+                            columns["__kind"][index],
+                            columns["__ds"][index],
+                            columns["__from"][index],
+                            columns["__to"][index],
+                        )
+                    )
+                else:
+                    rows.events_meta.append(())
+        if len(answered) >= 10_000:
+            yield _batch(layout, answered)
+            answered = []
+    answered += _answer_key(layout, rows)
+    if answered:
+        yield _batch(layout, answered)
+
+
+def _empty_rows() -> KeyRows:
+    return KeyRows([], [], [], [], [])
+
+
+def _answer_key(layout: Layout, rows: KeyRows) -> list[tuple[int, list[Any]]]:
+    if not rows.queries:
+        return []
+    if not layout.features:
+        values = lookup_values(rows, len(layout.value_columns))
+        return [(qid, row) for (qid, _, _), row in zip(rows.queries, values, strict=True)]
+    per_feature = [
+        direct_values(f, rows) if layout.entities else windowed_values(f, rows) for f in layout.features
+    ]
+    return [
+        (qid, [column[index] for column in per_feature]) for index, (qid, _, _) in enumerate(rows.queries)
+    ]
+
+
+def _batch(layout: Layout, answered: Sequence[tuple[int, list[Any]]]) -> pa.RecordBatch:
+    arrays = [pa.array([qid for qid, _ in answered], pa.int64())]
+    for index, field in enumerate(layout.output):
+        if index == 0:
+            continue
+        values = [row[index - 1] for _, row in answered]
+        if pa.types.is_map(field.type):
+            values = [None if v is None else list(v.items()) for v in values]
+        arrays.append(pa.array(values, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=layout.output)
