@@ -91,27 +91,24 @@ def arrow_aggregation_type(kind: pa.DataType) -> str:
     return "str"
 
 
-def output_arrow_type(output_type: str, input_type: pa.DataType) -> pa.DataType:
-    """The Arrow type of a feature from its aggregator's output type name (``int64``, ``list<str>``,
-    ``map<str,float64>``), keeping the input's own scalar type where the value is an input value.
+#: operations whose value is made of input values, in the input's own type (as in the embedded engine)
+_INPUT_TYPED = frozenset({"min", "max", "first", "last", "first_k", "last_k", "top_k", "bottom_k"})
 
-    >>> output_arrow_type("list<int64>", pa.int32())
-    ListType(list<item: int32>)
+
+def output_arrow_type(output_type: str, input_type: pa.DataType, operation: str = "") -> pa.DataType:
+    """The Arrow type of a feature from its aggregator's output type name (``int64``, ``list<str>``,
+    ``map<str,float64>``); operations returning input values keep the input's scalar type.
+
+    >>> output_arrow_type("list<int64>", pa.int32(), "top_k"), output_arrow_type("int64", pa.int32(), "count")
+    (ListType(list<item: int32>), DataType(int64))
     """
     scalar = _scalar(input_type)
     if output_type.startswith("list<"):
-        inner = output_arrow_type(output_type[5:-1], scalar)
-        return pa.list_(inner)
+        return pa.list_(output_arrow_type(output_type[5:-1], scalar, operation))
     if output_type.startswith("map<str,"):
-        return pa.map_(pa.string(), output_arrow_type(output_type[8:-1], scalar))
+        return pa.map_(pa.string(), output_arrow_type(output_type[8:-1], scalar, operation))
     names = {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
-    kind = names[output_type]
-    same_class = (
-        (output_type == "int64" and pa.types.is_integer(scalar))
-        or (output_type == "float64" and pa.types.is_floating(scalar))
-        or (output_type == "str" and (pa.types.is_string(scalar) or pa.types.is_large_string(scalar)))
-    )
-    return scalar if same_class and scalar != pa.int64() and output_type != "float64" else kind
+    return scalar if operation in _INPUT_TYPED else names[output_type]
 
 
 def _scalar(kind: pa.DataType) -> pa.DataType:
@@ -348,14 +345,19 @@ class SparkEngine:
         if not group_by.features:
             fields += [pa.field(c, arrow_types[c]) for c in value_columns]
             return Layout(list(group_by.keys), value_columns, [], entities, pa.schema(fields))
+        for plan in group_by.features:  # before the aggregators are built: the error names the aggregation
+            check_input_type(plan, owner, _duck_name(_scalar(arrow_types[plan.input_column])))
         # the input columns sit where `online_features` expects them: the sorted value columns
         features = online_features_for(group_by, value_columns, input_types)
         for feature in features:
-            check_input_type(feature.plan, owner, _duck_name(_scalar(arrow_types[feature.plan.input_column])))
             fields.append(
                 pa.field(
                     feature.plan.name,
-                    output_arrow_type(feature.aggregator.output_type, arrow_types[feature.plan.input_column]),
+                    output_arrow_type(
+                        feature.aggregator.output_type,
+                        arrow_types[feature.plan.input_column],
+                        feature.plan.operation,
+                    ),
                 )
             )
         return Layout(list(group_by.keys), value_columns, features, entities, pa.schema(fields))
@@ -375,9 +377,12 @@ class SparkEngine:
         out = (raw if keep_raw else []) + [name for name, _ in derived]
         return frame.selectExpr(*selects), out
 
-    def _write(self, frame: Any, days: Sequence[str], order: list[str]) -> Iterator[tuple[str, Partition]]:
+    def _write(
+        self, frame: Any, days: Sequence[str], order: list[str], owner: str
+    ) -> Iterator[tuple[str, Partition]]:
         """Write ``frame`` (with a ``ds`` column) partitioned by day from the executors; yield each day's
-        folder, or an empty table of the same schema for a day without rows."""
+        folder, or an empty table of the same schema for a day without rows. A failed job is an
+        `ExecutionError` naming ``owner``."""
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -392,7 +397,7 @@ class SparkEngine:
                 .parquet(str(target))
             )
         except Exception as error:  # a failed Spark job: its message names the cause
-            raise ExecutionError(f"Spark job failed: {_spark_message(error)}") from error
+            raise ExecutionError(f"{owner}: the Spark job failed: {_spark_message(error)}") from error
         arrow_schema = to_arrow_schema(
             type(schema)([f for f in schema.fields if not f.name.startswith("__")])
         )
@@ -455,7 +460,7 @@ class SparkEngine:
         joined = queries.join(values, "__qid").withColumn("ds", F.col("__snap_ds")).drop("__q", "__snap_ds")
         derived, out = self.with_derivations(group_by, joined, [*group_by.keys, "ds"], group_by.raw_columns)
         yield from self._write(
-            derived.select(*keys, *[f"`{c}`" for c in out], "ds"), days, list(group_by.keys)
+            derived.select(*keys, *[f"`{c}`" for c in out], "ds"), days, list(group_by.keys), owner
         )
 
     # ------------------------------------------------------------------ Join backfill and training data
@@ -537,7 +542,7 @@ class SparkEngine:
         wanted = ", ".join(f"'{d}'" for d in days)
         left = left.filter(f"__ds IN ({wanted})").drop("__kind").withColumnRenamed("__seq", "__rid")
         frame, _ = self.join_left(join, left)
-        yield from self._write(frame.withColumnRenamed("__ds", "ds"), days, ["__rid"])
+        yield from self._write(frame.withColumnRenamed("__ds", "ds"), days, ["__rid"], owner)
 
     def training_data(self, join: JoinPlan, left: pa.Table) -> pa.Table:
         from pyspark.sql import functions as F
@@ -595,8 +600,8 @@ class SparkEngine:
                     fix="add e.g. `ds` or `'{{ end_date }}' AS ds` to the SELECT",
                 )
             frame = frame.withColumn("ds", frame["ds"].cast("string"))
-            yield from self._write(frame, days, [])
-        except DefinitionError:
+            yield from self._write(frame, days, [], owner)
+        except (DefinitionError, ExecutionError):
             raise
         except Exception as error:
             raise ExecutionError(f"{owner}: the query failed: {_spark_message(error)}") from error
