@@ -27,20 +27,27 @@ import pyarrow as pa
 
 from gnomon.aggregation.base import IR, Aggregator
 from gnomon.compile.features import OnlineFeature
-from gnomon.definitions.windows import DAY_MS, floor_to, window_start
+from gnomon.definitions.windows import DAY_MS, window_start
 
 QUERY, EVENT = 0, 1
 
 
 @dataclass
 class KeyRows:
-    """One key's events (sorted by ts, seq) and queries (sorted by q)."""
+    """One key's events (sorted by ts, seq), column by column, and its queries (sorted by q)."""
 
     events_ts: list[int]
     events_seq: list[int]
-    events_values: list[list[Any]]  # the value columns of each event, in the layout's order
-    events_meta: list[tuple[Any, ...]]  # entity rows: (kind, snapshot ds, from, to); events: ()
+    events_columns: list[list[Any]]  # one list per value column, in the layout's order
+    events_meta: list[list[Any]]  # entity rows: the __kind, __ds, __from, __to columns; else empty
     queries: list[tuple[int, int, str | None]]  # (qid, q, snapshot ds)
+
+    def values(self, index: int) -> list[Any]:
+        """The value columns of event ``index``."""
+        return [column[index] for column in self.events_columns]
+
+    def meta(self, index: int) -> tuple[Any, ...]:
+        return tuple(column[index] for column in self.events_meta)
 
 
 class _Sliding:
@@ -73,24 +80,59 @@ class _Sliding:
         return self.aggregator.merge(self.aggregator.merge(None, front), self.back)
 
 
+def needed_ranges(
+    events_ts: list[int], queries: Sequence[tuple[int, int, Any]], window_ms: int | None
+) -> list[tuple[int, int]]:
+    """The index ranges of the events some query's window reads: the union of ``[window_start(q), q)``
+    (queries sorted by q); a short window over a long history folds only the events near its queries.
+
+    >>> needed_ranges([0, 10, 20, 30, 40], [(1, 25, None), (2, 41, None)], None)
+    [(0, 5)]
+    """
+    ranges: list[tuple[int, int]] = []
+    for _, q, _ in queries:
+        start = window_start(q, window_ms)
+        low = 0 if start is None else bisect.bisect_left(events_ts, start)
+        high = bisect.bisect_left(events_ts, q)
+        if low >= high:
+            continue
+        if ranges and low <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], high))
+        else:
+            ranges.append((low, high))
+    return ranges
+
+
 def windowed_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
     """The finalized value of one feature at each query of a key with only event rows."""
     aggregator = feature.aggregator
+    accumulate = aggregator.accumulate
     window_ms = feature.plan.window_ms
     hop = feature.plan.hop_ms or DAY_MS
+    events_ts, events_seq = rows.events_ts, rows.events_seq
+    column = rows.events_columns[feature.input_index]
+    buckets = None if feature.bucket_index is None else rows.events_columns[feature.bucket_index]
     starts: list[int] = []
     tiles: list[IR] = []
-    for ts, seq, values in zip(rows.events_ts, rows.events_seq, rows.events_values, strict=True):
-        start = floor_to(ts, hop)
-        if not starts or starts[-1] != start:
-            starts.append(start)
-            tiles.append(None)
-        tiles[-1] = feature.accumulate(tiles[-1], values, ts, seq)
+    for low, high in needed_ranges(events_ts, rows.queries, window_ms):
+        for index in range(low, high):
+            value = column[index]
+            if value is None or (buckets is not None and buckets[index] is None):
+                continue
+            ts = events_ts[index]
+            start = ts - ts % hop
+            if not starts or starts[-1] != start:
+                starts.append(start)
+                tiles.append(None)
+            if buckets is None:
+                tiles[-1] = accumulate(tiles[-1], value, ts, events_seq[index])
+            else:
+                tiles[-1] = accumulate(tiles[-1], value, ts, events_seq[index], buckets[index])  # type: ignore[call-arg]
     sliding = _Sliding(aggregator, tiles)
     out: list[Any] = []
     head_start_seen, head_ir, head_end = None, None, 0
     for _, q, _ in rows.queries:
-        head_start = floor_to(q, hop)
+        head_start = q - q % hop
         tail = window_start(q, window_ms)
         while sliding.hi < len(starts) and starts[sliding.hi] < head_start:
             sliding.push()
@@ -98,12 +140,10 @@ def windowed_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
             sliding.pop()
         if head_start != head_start_seen:  # the head restarts at each new hop; within one it grows
             head_start_seen, head_ir = head_start, None
-            head_end = bisect.bisect_left(rows.events_ts, head_start)
-        stop = bisect.bisect_left(rows.events_ts, q)
+            head_end = bisect.bisect_left(events_ts, head_start)
+        stop = bisect.bisect_left(events_ts, q)
         for index in range(head_end, stop):
-            head_ir = feature.accumulate(
-                head_ir, rows.events_values[index], rows.events_ts[index], rows.events_seq[index]
-            )
+            head_ir = feature.accumulate(head_ir, rows.values(index), events_ts[index], events_seq[index])
         head_end = max(head_end, stop)
         out.append(aggregator.finalize(aggregator.merge(sliding.value(), head_ir)))
     return out
@@ -130,8 +170,8 @@ def direct_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
             ts = rows.events_ts[index]
             if ts >= q:
                 break
-            if (start is None or ts >= start) and _valid(rows.events_meta[index], q, snap_ds):
-                ir = feature.accumulate(ir, rows.events_values[index], ts, rows.events_seq[index])
+            if (start is None or ts >= start) and _valid(rows.meta(index), q, snap_ds):
+                ir = feature.accumulate(ir, rows.values(index), ts, rows.events_seq[index])
         out.append(aggregator.finalize(ir))
     return out
 
@@ -143,11 +183,11 @@ def lookup_values(rows: KeyRows, width: int) -> list[list[Any]]:
     for _, q, snap_ds in rows.queries:
         best: int | None = None
         for index, ts in enumerate(rows.events_ts):
-            if ts >= q or not _valid(rows.events_meta[index], q, snap_ds):
+            if ts >= q or not _valid(rows.meta(index), q, snap_ds):
                 continue
             if best is None or (ts, -rows.events_seq[index]) > (rows.events_ts[best], -rows.events_seq[best]):
                 best = index
-        out.append(list(rows.events_values[best]) if best is not None else [None] * width)
+        out.append(rows.values(best) if best is not None else [None] * width)
     return out
 
 
@@ -162,38 +202,26 @@ class Layout:
     output: pa.Schema  # __qid, then one column per feature (or per looked-up column)
 
 
+_META = ("__kind", "__ds", "__from", "__to")
+
+
 def answer(layout: Layout, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The task body: batches of tagged rows sorted by (keys, time, tag, seq) in, values per query out."""
-    key_count = len(layout.keys)
     current: tuple[Any, ...] | None = None
-    rows = _empty_rows()
+    rows = _empty_rows(layout)
     answered: list[tuple[int, list[Any]]] = []
     for batch in batches:
         columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-        keys = list(zip(*(columns[k] for k in layout.keys), strict=True)) if key_count else []
-        tags, times, seqs = columns["__tag"], columns["__t"], columns["__seq"]
-        for index in range(batch.num_rows):
-            key = keys[index]
-            if key != current:
+        keys = list(zip(*(columns[k] for k in layout.keys), strict=True))
+        begin = 0
+        for end in [*_boundaries(keys), batch.num_rows]:  # each run of one key
+            if end == begin:
+                continue
+            if keys[begin] != current:
                 answered += _answer_key(layout, rows)
-                current, rows = key, _empty_rows()
-            if tags[index] == QUERY:
-                rows.queries.append((columns["__qid"][index], times[index], columns["__snap_ds"][index]))
-            else:
-                rows.events_ts.append(times[index])
-                rows.events_seq.append(seqs[index])
-                rows.events_values.append([columns[c][index] for c in layout.value_columns])
-                if layout.entities:
-                    rows.events_meta.append(
-                        (
-                            columns["__kind"][index],
-                            columns["__ds"][index],
-                            columns["__from"][index],
-                            columns["__to"][index],
-                        )
-                    )
-                else:
-                    rows.events_meta.append(())
+                current, rows = keys[begin], _empty_rows(layout)
+            _add_run(layout, rows, columns, begin, end)
+            begin = end
         if len(answered) >= 10_000:
             yield _batch(layout, answered)
             answered = []
@@ -202,8 +230,42 @@ def answer(layout: Layout, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Rec
         yield _batch(layout, answered)
 
 
-def _empty_rows() -> KeyRows:
-    return KeyRows([], [], [], [], [])
+def _boundaries(keys: list[tuple[Any, ...]]) -> list[int]:
+    """Indices where a new key starts (after the first row)."""
+    return [index for index in range(1, len(keys)) if keys[index] != keys[index - 1]]
+
+
+def _add_run(layout: Layout, rows: KeyRows, columns: dict[str, list[Any]], begin: int, end: int) -> None:
+    """Append rows ``[begin, end)`` of one key (queries and events, in time order) to ``rows``."""
+    tags, times, seqs = columns["__tag"], columns["__t"], columns["__seq"]
+    qids, snaps = columns["__qid"], columns["__snap_ds"]
+    events = [index for index in range(begin, end) if tags[index] != QUERY]
+    rows.queries += [(qids[i], times[i], snaps[i]) for i in range(begin, end) if tags[i] == QUERY]
+    if not events:
+        return
+    if len(events) == events[-1] - events[0] + 1:  # contiguous: slice the columns
+        low, high = events[0], events[-1] + 1
+        rows.events_ts += times[low:high]
+        rows.events_seq += seqs[low:high]
+        for target, name in zip(rows.events_columns, layout.value_columns, strict=True):
+            target += columns[name][low:high]
+        for target, name in zip(rows.events_meta, _META if layout.entities else (), strict=False):
+            target += columns[name][low:high]
+        return
+    rows.events_ts += [times[i] for i in events]
+    rows.events_seq += [seqs[i] for i in events]
+    for target, name in zip(rows.events_columns, layout.value_columns, strict=True):
+        column = columns[name]
+        target += [column[i] for i in events]
+    for target, name in zip(rows.events_meta, _META if layout.entities else (), strict=False):
+        column = columns[name]
+        target += [column[i] for i in events]
+
+
+def _empty_rows(layout: Layout) -> KeyRows:
+    return KeyRows(
+        [], [], [[] for _ in layout.value_columns], [[] for _ in _META] if layout.entities else [], []
+    )
 
 
 def _answer_key(layout: Layout, rows: KeyRows) -> list[tuple[int, list[Any]]]:
