@@ -19,6 +19,7 @@ own time, which it must not see (``ts < q``).
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,11 @@ from typing import Any
 import pyarrow as pa
 
 from gnomon.aggregation.base import IR, Aggregator
+from gnomon.aggregation.codec import decode_ir, encode_ir
 from gnomon.compile.features import OnlineFeature
 from gnomon.definitions.windows import DAY_MS, window_start
 
-QUERY, EVENT = 0, 1
+QUERY, EVENT, TILE = 0, 1, 2
 
 
 @dataclass
@@ -41,6 +43,9 @@ class KeyRows:
     events_columns: list[list[Any]]  # one list per value column, in the layout's order
     events_meta: list[list[Any]]  # entity rows: the __kind, __ds, __from, __to columns; else empty
     queries: list[tuple[int, int, str | None]]  # (qid, q, snapshot ds)
+    #: a hot key's part: per feature index, the (start, encoded IR) of the tiles computed by other
+    #: tasks (`tile_rows`); the events are then only the head events of this part's queries
+    tiles: dict[int, list[tuple[int, bytes]]] | None = None
 
     def values(self, index: int) -> list[Any]:
         """The value columns of event ``index``."""
@@ -103,7 +108,7 @@ def needed_ranges(
     return ranges
 
 
-def windowed_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
+def windowed_values(feature: OnlineFeature, rows: KeyRows, feature_index: int = 0) -> list[Any]:
     """The finalized value of one feature at each query of a key with only event rows."""
     aggregator = feature.aggregator
     accumulate = aggregator.accumulate
@@ -114,7 +119,11 @@ def windowed_values(feature: OnlineFeature, rows: KeyRows) -> list[Any]:
     buckets = None if feature.bucket_index is None else rows.events_columns[feature.bucket_index]
     starts: list[int] = []
     tiles: list[IR] = []
-    for low, high in needed_ranges(events_ts, rows.queries, window_ms):
+    if rows.tiles is not None:  # a hot key's part: its tiles were folded by other tasks
+        for start, data in sorted(rows.tiles.get(feature_index, [])):
+            starts.append(start)
+            tiles.append(decode_ir(aggregator, data))
+    for low, high in [] if rows.tiles is not None else needed_ranges(events_ts, rows.queries, window_ms):
         for index in range(low, high):
             value = column[index]
             if value is None or (buckets is not None and buckets[index] is None):
@@ -191,6 +200,28 @@ def lookup_values(rows: KeyRows, width: int) -> list[list[Any]]:
     return out
 
 
+def finite_lookup(value: Any, kind: pa.DataType) -> Any:
+    """A looked-up value with NaN and ±Inf nulled as every output is (SPEC §3), the way the embedded
+    engine's ``null_non_finite`` does: a float or float list element becomes null; a map of floats
+    leaves such entries out (and is null when none is left).
+
+    >>> finite_lookup([1.5, math.nan], pa.list_(pa.float64())), finite_lookup([("a", math.inf)], pa.map_(pa.string(), pa.float64()))
+    ([1.5, None], None)
+    """
+    if value is None:
+        return None
+    if pa.types.is_floating(kind):
+        return value if math.isfinite(value) else None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return [finite_lookup(v, kind.value_type) for v in value]
+    if pa.types.is_map(kind):
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        if pa.types.is_floating(kind.item_type):
+            return [(k, v) for k, v in items if v is not None and math.isfinite(v)] or None
+        return [(k, finite_lookup(v, kind.item_type)) for k, v in items]
+    return value
+
+
 @dataclass
 class Layout:
     """Where things sit in the batches a task receives (column names) and what it answers."""
@@ -212,7 +243,8 @@ def answer(layout: Layout, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Rec
     answered: list[tuple[int, list[Any]]] = []
     for batch in batches:
         columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-        keys = list(zip(*(columns[k] for k in layout.keys), strict=True))
+        parted = [*layout.keys, "__part"] if "__part" in columns else layout.keys
+        keys = list(zip(*(columns[k] for k in parted), strict=True))
         begin = 0
         for end in [*_boundaries(keys), batch.num_rows]:  # each run of one key
             if end == begin:
@@ -238,8 +270,17 @@ def _boundaries(keys: list[tuple[Any, ...]]) -> list[int]:
 def _add_run(layout: Layout, rows: KeyRows, columns: dict[str, list[Any]], begin: int, end: int) -> None:
     """Append rows ``[begin, end)`` of one key (queries and events, in time order) to ``rows``."""
     tags, times, seqs = columns["__tag"], columns["__t"], columns["__seq"]
-    qids, snaps = columns["__qid"], columns["__snap_ds"]
-    events = [index for index in range(begin, end) if tags[index] != QUERY]
+    qids, snaps = columns.get("__qid", []), columns.get("__snap_ds", [])
+    if "__ir" in columns and any(tags[index] == TILE for index in range(begin, end)):
+        rows.tiles = rows.tiles if rows.tiles is not None else {}
+        for index in range(begin, end):
+            if tags[index] == TILE:
+                rows.tiles.setdefault(columns["__f"][index], []).append(
+                    (times[index], columns["__ir"][index])
+                )
+    if "__part" in columns and columns["__part"][begin] != -1 and rows.tiles is None:
+        rows.tiles = {}  # a hot key's part without tiles: every window is in its head
+    events = [index for index in range(begin, end) if tags[index] == EVENT]
     rows.queries += [(qids[i], times[i], snaps[i]) for i in range(begin, end) if tags[i] == QUERY]
     if not events:
         return
@@ -273,9 +314,14 @@ def _answer_key(layout: Layout, rows: KeyRows) -> list[tuple[int, list[Any]]]:
         return []
     if not layout.features:
         values = lookup_values(rows, len(layout.value_columns))
-        return [(qid, row) for (qid, _, _), row in zip(rows.queries, values, strict=True)]
+        kinds = [field.type for field in layout.output][1:]
+        return [
+            (qid, [finite_lookup(v, kind) for v, kind in zip(row, kinds, strict=True)])
+            for (qid, _, _), row in zip(rows.queries, values, strict=True)
+        ]
     per_feature = [
-        direct_values(f, rows) if layout.entities else windowed_values(f, rows) for f in layout.features
+        direct_values(f, rows) if layout.entities else windowed_values(f, rows, index)
+        for index, f in enumerate(layout.features)
     ]
     return [
         (qid, [column[index] for column in per_feature]) for index, (qid, _, _) in enumerate(rows.queries)
@@ -289,6 +335,73 @@ def _batch(layout: Layout, answered: Sequence[tuple[int, list[Any]]]) -> pa.Reco
             continue
         values = [row[index - 1] for _, row in answered]
         if pa.types.is_map(field.type):
-            values = [None if v is None else list(v.items()) for v in values]
+            values = [None if v is None else list(v.items()) if isinstance(v, dict) else v for v in values]
         arrays.append(pa.array(values, field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=layout.output)
+
+
+def tile_rows(layout: Layout, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Hot keys' tiles, folded where the events are (rows partitioned by (key, day), sorted by time):
+    one row per (key, feature, tile) with the encoded IR and the days of the queries that may read it
+    (``__first`` .. ``__last``, null: no end), so that a key's history is folded by many tasks.
+
+    A tile ``[s, s + hop)`` of a window W is read by a query at q when ``s + hop <= floor(q, hop)`` and
+    ``window_start(q) <= s``, i.e. ``s + hop <= q < s + hop + W``.
+    """
+    current: tuple[Any, ...] | None = None
+    rows = _empty_rows(layout)
+    schema: pa.Schema | None = None
+    for batch in batches:
+        schema = schema or tile_schema(layout, batch.schema)
+        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        keys = list(zip(*(columns[k] for k in layout.keys), strict=True))
+        begin = 0
+        for end in [*_boundaries(keys), batch.num_rows]:
+            if end == begin:
+                continue
+            if keys[begin] != current:
+                if current is not None:
+                    yield _fold_tiles(layout, current, rows, schema)
+                current, rows = keys[begin], _empty_rows(layout)
+            _add_run(layout, rows, columns, begin, end)
+            begin = end
+    if current is not None and schema is not None:
+        yield _fold_tiles(layout, current, rows, schema)
+
+
+def _fold_tiles(layout: Layout, key: tuple[Any, ...], rows: KeyRows, schema: pa.Schema) -> pa.RecordBatch:
+    out: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for feature_index, feature in enumerate(layout.features):
+        hop = feature.plan.hop_ms or DAY_MS
+        window = feature.plan.window_ms
+        folded: dict[int, IR] = {}
+        for index, ts in enumerate(rows.events_ts):
+            start = ts - ts % hop
+            folded[start] = feature.accumulate(
+                folded.get(start), rows.values(index), ts, rows.events_seq[index]
+            )
+        for start, ir in folded.items():
+            if ir is None:
+                continue
+            for name, value in zip(layout.keys, key, strict=True):
+                out[name].append(value)
+            out["__f"].append(feature_index)
+            out["__t"].append(start)
+            out["__ir"].append(encode_ir(feature.aggregator, ir))
+            out["__first"].append((start + hop) // DAY_MS)
+            out["__last"].append(None if window is None else (start + hop + window - 1) // DAY_MS)
+    return pa.RecordBatch.from_pydict(out, schema=schema)
+
+
+def tile_schema(layout: Layout, events: pa.Schema) -> pa.Schema:
+    """The schema of `tile_rows`' output."""
+    return pa.schema(
+        [
+            *(events.field(k) for k in layout.keys),
+            pa.field("__f", pa.int32()),
+            pa.field("__t", pa.int64()),
+            pa.field("__ir", pa.binary()),
+            pa.field("__first", pa.int64()),
+            pa.field("__last", pa.int64()),
+        ]
+    )

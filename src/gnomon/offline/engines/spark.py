@@ -32,7 +32,7 @@ from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError
 from gnomon.extras import require
 from gnomon.offline.engine import BatchRows, Partition, RowsKind, source_files
-from gnomon.offline.keyed import EVENT, QUERY, Layout, answer
+from gnomon.offline.keyed import EVENT, QUERY, TILE, Layout, answer, tile_rows, tile_schema
 from gnomon.offline.warehouse import Warehouse
 from gnomon.timeline import DAY_MS, backfill_query_time, ds_to_ms, entity_partitions, ms_to_ds, read_range
 
@@ -314,12 +314,13 @@ class SparkEngine:
             F.col("__snap_ds"),
         )
         tagged = event_rows.unionByName(query_rows, allowMissingColumns=True)
+        if layout.features and not entities:
+            tagged = self._split_hot_keys(layout, event_rows, query_rows)
         partitions = (
             int(self.config.options.get("partitions", 0)) or self.spark.sparkContext.defaultParallelism * 2
         )
-        ordered = tagged.repartition(partitions, *[F.col(f"`{k}`") for k in keys]).sortWithinPartitions(
-            *[F.col(f"`{k}`") for k in keys], "__t", "__tag", "__seq"
-        )
+        by = [*[F.col(f"`{k}`") for k in keys], *(["__part"] if "__part" in tagged.columns else [])]
+        ordered = tagged.repartition(partitions, *by).sortWithinPartitions(*by, "__t", "__tag", "__seq")
         schema = layout.output
 
         def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -329,6 +330,66 @@ class SparkEngine:
 
         values = ordered.mapInArrow(task, from_arrow_schema(schema))
         return queries.select("__qid").join(values, "__qid", "left")
+
+    def _split_hot_keys(self, layout: Layout, event_rows: Any, query_rows: Any) -> Any:
+        """Tagged rows in which a hot key (more than ``offline.hot_key_events`` events) is split: its
+        tiles are folded where its events are, partitioned by (key, day) (`tile_rows`), and its queries
+        are answered per (key, day of q) (``__part``) from the tiles they read plus the head events of
+        that day; other keys keep one part (``__part = -1``) and fold their own events."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        threshold = int(self.config.options.get("hot_key_events", 1_000_000))
+        keys = [f"`{k}`" for k in layout.keys]
+        hot = (
+            event_rows.groupBy(*keys)
+            .count()
+            .filter(F.col("count") > threshold)
+            .select(*keys, F.lit(True).alias("__hot"))
+        )
+        events = event_rows.join(F.broadcast(hot), list(layout.keys), "left")
+        queries = query_rows.join(F.broadcast(hot), list(layout.keys), "left")
+        day = F.floor(F.col("__t") / F.lit(DAY_MS)).cast("long")
+        normal = (
+            events.filter("__hot IS NULL")
+            .unionByName(queries.filter("__hot IS NULL"), allowMissingColumns=True)
+            .withColumn("__part", F.lit(-1).cast("long"))
+        )
+        hot_queries = queries.filter("__hot").withColumn("__part", day)
+        parts = hot_queries.select(*keys, "__part").distinct()
+        hot_events = events.filter("__hot").withColumn("__part", day)
+        heads = hot_events.join(parts, [*layout.keys, "__part"], "left_semi")
+        events_schema = pa.schema(
+            [pa.field(k, _arrow_type(hot_events.schema[k].dataType)) for k in layout.keys]
+        )
+
+        def fold(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            return tile_rows(layout, batches)
+
+        folded = (
+            hot_events.repartition(*keys, "__part")
+            .sortWithinPartitions(*keys, "__part", "__t", "__seq")
+            .mapInArrow(fold, from_arrow_schema(tile_schema(layout, events_schema)))
+        )
+        tiles = (
+            folded.join(parts, list(layout.keys))
+            .filter("__part >= __first AND (__last IS NULL OR __part <= __last)")
+            .select(
+                *keys,
+                "__part",
+                "__f",
+                "__t",
+                "__ir",
+                F.lit(TILE).alias("__tag"),
+                F.lit(0).cast("long").alias("__seq"),
+            )
+        )
+        return (
+            normal.drop("__hot")
+            .unionByName(hot_queries.drop("__hot"), allowMissingColumns=True)
+            .unionByName(heads.drop("__hot"), allowMissingColumns=True)
+            .unionByName(tiles, allowMissingColumns=True)
+        )
 
     def _layout(
         self,
