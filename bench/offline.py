@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Offline benchmark: Join backfills of 1,000,000 left rows over 10M events, and over an entity.
 
-Two cases (``--case events|entity|all``, default all):
+Three cases (``--case events|entity|incremental|all``, default all):
 
 - **events**: 1,000,000 left rows over 10,000,000 events (90 daily partitions), two TEMPORAL
   GroupBys and nine features;
@@ -11,6 +11,12 @@ Two cases (``--case events|entity|all``, default all):
   snapshot D is snapshot D-1 replayed with the mutations of D): 1,000,000 snapshot rows and
   1,000,000 mutation rows read; AVERAGE 90d, SUM 30d, COUNT 30d, MAX 90d, LAST 90d and
   APPROX_UNIQUE_COUNT 90d of the raters (``--entity-unique exact|none`` to change the last).
+
+- **incremental**: one partition of a GroupBy keyed by item over the events case's 8,000,000 views
+  (COUNT 1d/7d, SUM 30d, AVERAGE 90d, MAX 90d, APPROX_UNIQUE_COUNT 30d) with daily IR tables
+  (``offline: {incremental: true}``): the day after a run, against full recomputes of the same day
+  (the IR tables from scratch, and the SQL path), checking the incremental partition's Parquet bytes
+  equal the IR recompute's.
 
 Each generates a synthetic Parquet warehouse (cached under ``bench/.data/``), then, each in a fresh
 subprocess so that peak memory is the job's own:
@@ -264,7 +270,9 @@ def generate(warehouse: Path, scale: float, seed: int) -> dict[str, Any]:
     }
 
 
-def write_config(root: Path, threads: int, memory_limit: str | None, shards: int) -> None:
+def write_config(
+    root: Path, threads: int, memory_limit: str | None, shards: int, incremental: bool = False
+) -> None:
     lines = [
         "project: gnomon_bench",
         "warehouse: ./warehouse",
@@ -273,6 +281,8 @@ def write_config(root: Path, threads: int, memory_limit: str | None, shards: int
         f"  threads: {threads}",
         f"  shards: {shards}",
     ]
+    if incremental:
+        lines.append("  incremental: true")
     if memory_limit:
         lines.append(f"  memory_limit: {memory_limit}")
     (root / "gnomon.yaml").write_text("\n".join(lines) + "\n")
@@ -535,6 +545,33 @@ def definitions(exact_unique: bool) -> dict[str, Any]:
     return {"bench.user_views": user_views, "bench.item_ratings": item_ratings, JOIN_NAME: join}
 
 
+INCREMENTAL_GROUP_BY = "bench.item_views_daily"
+
+
+def incremental_definitions() -> dict[str, Any]:
+    """The incremental case: a GroupBy of item views (20,000 items over 8,000,000 views in 90 days),
+    whose daily backfill reads 91 days of views on the SQL path and one day with daily IR tables."""
+    from gnomon import Aggregation, EventSource, GroupBy, Operation, Query
+
+    views = EventSource(
+        table="bench.views",
+        query=Query(selects={"user": "user_id", "item": "item_id", "price": "price"}, time_column="ts"),
+    )
+    group_by = GroupBy(
+        name=INCREMENTAL_GROUP_BY,
+        sources=[views],
+        keys=["item"],
+        aggregations=[
+            Aggregation("user", Operation.COUNT, windows=["1d", "7d"]),
+            Aggregation("price", Operation.SUM, windows=["30d"]),
+            Aggregation("price", Operation.AVERAGE, windows=["90d"]),
+            Aggregation("price", Operation.MAX, windows=["90d"]),
+            Aggregation("user", Operation.APPROX_UNIQUE_COUNT, windows=["30d"]),
+        ],
+    )
+    return {INCREMENTAL_GROUP_BY: group_by}
+
+
 def entity_definitions(unique: str) -> dict[str, Any]:
     """An item's ratings (an EntitySource with mutations) joined to item views.
 
@@ -635,6 +672,10 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     info = json.loads((root / "generated.json").read_text())
     entity = args.case == "entity"
     files = entity_input_files(root, info) if entity else input_files(root, info)
+    if args.case == "incremental":  # the views a full recompute of the last day reads (91 days)
+        files = {
+            "bench.views": input_files(root, {**info, "backfill_start": info["backfill_end"]})["bench.views"]
+        }
     con = duckdb.connect()
     tmp = tempfile.TemporaryDirectory(prefix="gnomon-bench-")
     con.execute(f"SET temp_directory = '{tmp.name}'")
@@ -642,6 +683,8 @@ def child_baseline(args: argparse.Namespace) -> dict[str, Any]:
     if args.memory_limit:
         con.execute(f"SET memory_limit = '{args.memory_limit}'")
     sort_keys = {"bench.views": "user_id, ts", "bench.ratings": "item_id, ts", "bench.watches": "user_id, ts"}
+    if args.case == "incremental":
+        sort_keys = {"bench.views": "item_id, ts"}
     if entity:
         sort_keys = {
             ENTITY_TABLES["snapshots"]: "item_id, ts",
@@ -861,6 +904,123 @@ def child_backfill(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def child_groupby(args: argparse.Namespace) -> dict[str, Any]:
+    """One GroupBy backfill of day ``--day`` (``--wipe``: without the daily IR tables of earlier runs)."""
+    import hashlib
+    import resource
+
+    import gnomon
+
+    root = Path(args.data)
+    project = gnomon.Project(root, objects=incremental_definitions())
+    project.compile(write=False)
+    table = project.output_table(INCREMENTAL_GROUP_BY)
+    folder = project.warehouse.table_path(table)
+    if args.wipe:
+        shutil.rmtree(folder / ".ir", ignore_errors=True)
+    started_wall = time.time()
+    started = time.monotonic()
+    project.backfill(INCREMENTAL_GROUP_BY, args.day, args.day, force=True)
+    elapsed = time.monotonic() - started
+    output = folder / f"ds={args.day}" / "part-0.parquet"
+    computed = [p for p in (folder / ".ir").glob("*/ds=*") if p.stat().st_mtime >= started_wall]
+    return {
+        "seconds": elapsed,
+        "rows": project.warehouse.read_table(table, args.day, args.day).num_rows,
+        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+        "tables_computed": len(computed),
+        "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def run_incremental(label: str, scale: float, args: argparse.Namespace) -> dict[str, Any]:
+    """The incremental case: a one-day GroupBy backfill from daily IR tables against full recomputes of
+    the same day (with the IR tables computed from scratch, and on the SQL path), same data."""
+    n = sizes(scale)
+    print(
+        f"\n[incremental {label}] scale {scale:g}: GroupBy {INCREMENTAL_GROUP_BY} keyed by item "
+        f"(~{n['items']:,} items) over {n['views']:,} views in {DAYS} days; one day's partition",
+        flush=True,
+    )
+    root, info = ensure_data(scale, args.seed)
+    day = info["last_ds"]
+    previous = (dt.date.fromisoformat(day) - dt.timedelta(days=1)).isoformat()
+    runs: dict[str, dict[str, Any]] = {}
+    print(
+        "  baseline: DuckDB reads the 91 days of views a full recompute reads and sorts them by (item, ts) ..."
+    )
+    runs["baseline"] = run_child("baseline", root, args, "incremental")
+    steps = [
+        (
+            "prepare",
+            True,
+            previous,
+            True,
+            f"daily IR tables from scratch, backfill {previous} (the day before)",
+        ),
+        ("incremental", True, day, False, f"incremental: backfill {day}, reading its one new day of views"),
+        (
+            "full_ir",
+            True,
+            day,
+            True,
+            f"full recompute of {day} with daily IR tables, every table from scratch",
+        ),
+        ("full_sql", False, day, False, f"full recompute of {day} on the SQL path (no IR tables)"),
+    ]
+    for name, incremental, target, wipe, text in steps:
+        write_config(root, args.threads, args.memory_limit, args.shards, incremental=incremental)
+        print(f"  {text} ...", flush=True)
+        extra = ["--day", target] + (["--wipe"] if wipe else [])
+        runs[name] = run_child("groupby", root, args, "incremental", extra)
+        run = runs[name]
+        if run["ok"]:
+            print(
+                f"    {run['seconds']:.2f} s, peak {fmt_gb(run['peak_gb'])} GB, {run['rows']:,} rows, "
+                f"{run['tables_computed']} daily IR table(s) computed; {run['other']}",
+                flush=True,
+            )
+        else:
+            print(f"    FAILED: {run['error']}", flush=True)
+    write_config(root, args.threads, args.memory_limit, args.shards)
+    return {"label": label, "scale": scale, "runs": runs}
+
+
+def print_incremental(results: list[dict[str, Any]]) -> None:
+    print(
+        "\nResults, incremental case (one GroupBy partition: the incremental run reads one day of views plus "
+        "the daily IR tables;\n a full recompute reads 91 days; identical = the incremental partition's "
+        "Parquet bytes equal the IR full recompute's)"
+    )
+    header = (
+        f"  {'size':<5} {'baseline s':>10} {'incremental s':>13} {'full IR s':>9} {'full SQL s':>10} "
+        f"{'vs full IR':>10} {'vs full SQL':>11} {'peak GB':>8} {'identical':>9}"
+    )
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for result in results:
+        runs = result["runs"]
+        inc, full_ir, full_sql, base = (
+            runs[name]["seconds"] if runs[name].get("ok") else None
+            for name in ("incremental", "full_ir", "full_sql", "baseline")
+        )
+        same = (
+            runs["incremental"].get("sha256") == runs["full_ir"].get("sha256")
+            if inc is not None and full_ir is not None
+            else None
+        )
+        peak = max(r["peak_gb"] for k, r in runs.items() if k != "baseline" and r.get("ok"))
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}x" if a and b else "-"
+
+        print(
+            f"  {result['label']:<5} {base or float('nan'):>10.2f} {inc or float('nan'):>13.2f} "
+            f"{full_ir or float('nan'):>9.2f} {full_sql or float('nan'):>10.2f} {ratio(inc, full_ir):>10} "
+            f"{ratio(inc, full_sql):>11} {fmt_gb(peak):>8} {str(same):>9}"
+        )
+
+
 def _busy_seconds() -> float:
     """CPU seconds all CPUs spent busy (or stolen by the hypervisor) since boot, from /proc/stat."""
     try:
@@ -910,7 +1070,9 @@ def settle(args: argparse.Namespace) -> None:
         time.sleep(3.0)
 
 
-def run_child(kind: str, root: Path, args: argparse.Namespace, case: str = "events") -> dict[str, Any]:
+def run_child(
+    kind: str, root: Path, args: argparse.Namespace, case: str = "events", extra: list[str] | None = None
+) -> dict[str, Any]:
     """Run a measurement in a fresh interpreter; returns its result with wall time and peak RSS, and
     the CPU other processes used meanwhile (all CPUs' busy time minus this benchmark's own)."""
     settle(args)
@@ -928,6 +1090,7 @@ def run_child(kind: str, root: Path, args: argparse.Namespace, case: str = "even
         "--entity-unique",
         args.entity_unique,
     ]
+    command += extra or []
     if args.explain and kind == "backfill":
         command.append("--explain")
     if args.memory_limit:
@@ -1184,10 +1347,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--case",
-        choices=["events", "entity", "all"],
+        choices=["events", "entity", "incremental", "all"],
         default="all",
         help="events: 1M left rows over 10M events; entity: 1M left rows over an EntitySource of "
-        "1M snapshot rows + 1M mutations; all (default): both",
+        "1M snapshot rows + 1M mutations; incremental: a one-day GroupBy backfill from daily IR tables "
+        "against full recomputes; all (default): the three",
     )
     parser.add_argument(
         "--scale",
@@ -1250,15 +1414,18 @@ def main() -> None:
         help="before each measurement, wait up to this many seconds while other processes use "
         "more than half a core (default 0: do not wait; the CPU they used is printed anyway)",
     )
-    parser.add_argument("--child", choices=["baseline", "backfill"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["baseline", "backfill", "groupby"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--day", help=argparse.SUPPRESS)
+    parser.add_argument("--wipe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_limit and args.memory_limit.lower() == "none":
         args.memory_limit = None
 
     if args.child:
         sys.path.insert(0, str(SRC_DIR))
-        result = child_baseline(args) if args.child == "baseline" else child_backfill(args)
+        children = {"baseline": child_baseline, "backfill": child_backfill, "groupby": child_groupby}
+        result = children[args.child](args)
         print("@@RESULT " + json.dumps(result), flush=True)
         return
 
@@ -1266,7 +1433,7 @@ def main() -> None:
     import duckdb
 
     notes = []
-    cases = ["events", "entity"] if args.case == "all" else [args.case]
+    cases = ["events", "entity", "incremental"] if args.case == "all" else [args.case]
     if not unique_op_available():
         if "events" in cases and not args.exact_unique:
             args.exact_unique = True
@@ -1293,10 +1460,19 @@ def main() -> None:
         print(f"WARNING: {note}")
 
     scales = [("full", args.scale)] + ([] if args.skip_half else [("half", args.scale / 2)])
-    by_case = {case: [run_one(case, label, scale, args) for label, scale in scales] for case in cases}
+    by_case = {
+        case: [run_one(case, label, scale, args) for label, scale in scales]
+        for case in cases
+        if case != "incremental"
+    }
+    incremental = (
+        [run_incremental(label, scale, args) for label, scale in scales] if "incremental" in cases else []
+    )
 
     for case, results in by_case.items():
         print_summary(case, results, args)
+    if incremental:
+        print_incremental(incremental)
     load_end = os.getloadavg()
     print(f"  load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     for note in notes:

@@ -852,6 +852,13 @@ def compare_values(expected: Any, got: Any, rel: float = 1e-9, abs_tol: float = 
     return None if expected == got else f"expected {expected!r}, got {got!r}"
 
 
+def assert_exercised(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """The data must exercise the features: no expected feature column is null on every row (so that
+    a comparison cannot pass vacuously)."""
+    empty = [c for c in columns if all(row.get(c) is None for row in rows)]
+    assert not empty, f"the test data leaves these columns null on every row: {empty}"
+
+
 def assert_rows_match(
     expected: Sequence[Mapping[str, Any]],
     got: Sequence[Mapping[str, Any]],

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import gnomon
+from conftest import use_engine
 from gnomon import (
     Accuracy,
     Aggregation,
@@ -119,10 +120,12 @@ def write_data(repo: Path) -> None:
 
 
 @pytest.fixture()
-def repo(tmp_path: Path) -> Path:
+def repo(tmp_path: Path, engine: str) -> Path:
+    """The chaining repo on ``engine`` (every test using it runs on each offline engine)."""
     root = tmp_path / "repo"
     (root / "features").mkdir(parents=True)
     (root / "gnomon.yaml").write_text("project: chaining\n")
+    use_engine(root, engine)
     (root / "features" / "__init__.py").write_text("")
     (root / "features" / "chain.py").write_text(textwrap.dedent(DEFINITIONS))
     write_data(root)

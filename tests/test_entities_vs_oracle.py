@@ -44,6 +44,7 @@ from oracle import (
     MINUTE_MS,
     Oracle,
     arrow_rows,
+    assert_exercised,
     assert_rows_match,
     ds_of,
     ds_range,
@@ -495,12 +496,6 @@ def group_by_context(world: World, group_by: GroupBy) -> Callable[[dict[str, Any
 
 def join_context(row: dict[str, Any]) -> str:
     return f"left ts={iso(row['ts'])} ({row['ts']}) ds={row.get('ds')} item={row.get('item_id')}"
-
-
-def assert_exercised(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """The data must exercise the features: no expected feature column is null on every row."""
-    empty = [c for c in columns if all(row.get(c) is None for row in rows)]
-    assert not empty, f"the test data leaves these columns null on every row: {empty}"
 
 
 def check_group_by_backfill(

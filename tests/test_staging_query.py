@@ -7,15 +7,17 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import use_engine
 from gnomon import DefinitionError, ExecutionError, Project, StagingQuery
 
 DAY = 86_400_000
 JAN1 = 1767225600000  # 2026-01-01 00:00 UTC
 
 
-def project_with(tmp_path: Path, query: str) -> Project:
+def project_with(tmp_path: Path, engine: str, query: str) -> Project:
     project = Project(
-        tmp_path, objects={"daily": StagingQuery(name="daily", query=query, start_partition="2026-01-01")}
+        use_engine(tmp_path, engine),
+        objects={"daily": StagingQuery(name="daily", query=query, start_partition="2026-01-01")},
     )
     for day in range(4):
         ds = f"2026-01-0{day + 1}"
@@ -32,12 +34,12 @@ def project_with(tmp_path: Path, query: str) -> Project:
     return project
 
 
-def test_template_variables_and_partitioning(tmp_path: Path) -> None:
+def test_template_variables_and_partitioning(tmp_path: Path, engine: str) -> None:
     query = """
         SELECT user_id, count(*) AS views, ds, '{{ latest_date }}' AS latest, '{{ max_date(table=act.views) }}' AS newest
         FROM act.views WHERE ds BETWEEN '{{ start_date }}' AND '{{ end_date }}' GROUP BY user_id, ds
     """
-    project = project_with(tmp_path, query)
+    project = project_with(tmp_path, engine, query)
     assert project.backfill("daily", "2026-01-02", "2026-01-03") == ["2026-01-02", "2026-01-03"]
     rows = project.read_table("daily").sort_by([("ds", "ascending"), ("user_id", "ascending")]).to_pylist()
     assert rows == [
@@ -52,15 +54,15 @@ def test_template_variables_and_partitioning(tmp_path: Path) -> None:
     assert project.backfill("daily", "2026-01-02", "2026-01-02", force=True) == ["2026-01-02"]
 
 
-def test_a_query_without_ds_is_rejected_and_writes_nothing(tmp_path: Path) -> None:
-    project = project_with(tmp_path, "SELECT user_id FROM act.views")
+def test_a_query_without_ds_is_rejected_and_writes_nothing(tmp_path: Path, engine: str) -> None:
+    project = project_with(tmp_path, engine, "SELECT user_id FROM act.views")
     with pytest.raises(DefinitionError, match="'ds' column"):
         project.backfill("daily", "2026-01-01", "2026-01-02")
     assert project.warehouse.partitions("features.daily") == []
 
 
-def test_a_failing_query_names_the_staging_query(tmp_path: Path) -> None:
-    project = project_with(tmp_path, "SELECT nope, ds FROM act.views")
+def test_a_failing_query_names_the_staging_query(tmp_path: Path, engine: str) -> None:
+    project = project_with(tmp_path, engine, "SELECT nope, ds FROM act.views")
     with pytest.raises(ExecutionError, match=r"StagingQuery\('daily'\).*nope"):
         project.backfill("daily", "2026-01-01", "2026-01-02")
     assert project.warehouse.partitions("features.daily") == []

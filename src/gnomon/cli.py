@@ -151,8 +151,57 @@ def upload(name: str, ds: str, repo: str) -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--until-caught-up", is_flag=True, help="Stop once the topic's current end is processed.")
-@click.option("--group", default=None, help="Consumer group (default gnomon.<GroupBy name>).")
+@click.option(
+    "--until-caught-up",
+    "--available-now",
+    "until_caught_up",
+    is_flag=True,
+    help="Stop once the topic's current end is processed (Spark: the availableNow trigger).",
+)
+@click.option(
+    "--group",
+    default=None,
+    help="Consumer group (default gnomon.<GroupBy name>@<definition hash>); Spark: the query's name.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["embedded", "spark"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: the worker's own threads; spark: a Spark Structured Streaming query per topic "
+    "(pip install 'gnomon[spark]'), the same micro-batch step in foreachBatch.",
+)
+@click.option(
+    "--source-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    default=None,
+    help="Spark: read the events from the JSON-lines files of DIR (one event per line; DIR/<topic> "
+    "for each topic when NAME streams several) instead of Kafka (stream: kafka://… in gnomon.yaml).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    default=None,
+    help="Spark: where each query keeps its checkpoint, in DIR/<query name> (default "
+    "<repo>/spark-checkpoints). Restart with the same one to resume.",
+)
+@click.option(
+    "--trigger-interval",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=1.0,
+    show_default=True,
+    help="Spark: seconds between micro-batches (0: one after another).",
+)
+@click.option(
+    "--max-per-trigger",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=None,
+    help="Spark: files (--source-dir; default 1000) or Kafka records (default 100000) per micro-batch.",
+)
 @click.option(
     "--metrics-port",
     type=int,
@@ -166,15 +215,44 @@ def stream(
     name: str,
     until_caught_up: bool,
     group: str | None,
+    engine: str,
+    source_dir: str | None,
+    checkpoint: str | None,
+    trigger_interval: float,
+    max_per_trigger: int | None,
     metrics_port: int | None,
     metrics_host: str,
     repo: str,
 ) -> None:
-    """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store."""
+    """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store.
+
+    With --engine spark, a Spark Structured Streaming query per topic runs the same micro-batch
+    step in foreachBatch, exactly once: the batch id is stored atomically with the rows, so a batch
+    Spark replays after a crash changes nothing."""
     from gnomon.metrics import StreamMetrics, serve_metrics
     from gnomon.project import Project
 
     options: dict[str, Any] = {"group": group} if group else {}
+    if engine == "spark":
+        options.update(
+            source_dir=source_dir,
+            checkpoint=checkpoint,
+            trigger_interval_s=trigger_interval,
+            max_per_trigger=max_per_trigger,
+        )
+    else:
+        given = [
+            flag
+            for flag, value in (
+                ("--source-dir", source_dir),
+                ("--checkpoint", checkpoint),
+                ("--max-per-trigger", max_per_trigger),
+                ("--trigger-interval", None if trigger_interval == 1.0 else trigger_interval),
+            )
+            if value is not None
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --engine spark")
     server = None
     if metrics_port is not None:
         options["metrics"] = metrics = StreamMetrics()
@@ -187,7 +265,7 @@ def stream(
             ) from None
         click.echo(f"metrics on http://{metrics_host}:{server.server_address[1]}/metrics", err=True)
     try:
-        stats = Project(repo).stream(name, until_caught_up=until_caught_up, **options)
+        stats = Project(repo).stream(name, until_caught_up=until_caught_up, engine=engine, **options)
     except KeyboardInterrupt:
         return
     finally:

@@ -134,7 +134,9 @@ class Project:
                 produced = engine.run_staging_query(
                     self._render_staging(node.query, days), days, f"StagingQuery({name!r})"
                 )
-            return self._write_all(node.output_table, produced)
+            written = self._write_all(node.output_table, produced)
+            engine.publish(node.output_table, written)
+            return written
         finally:
             engine.close()
 
@@ -397,18 +399,34 @@ class Project:
             return None
         return self.warehouse.latest_schema(self.plan.joins[source.upstream_join].left.table)  # type: ignore[index]
 
-    def stream(self, name: str, until_caught_up: bool = False, **options: Any) -> Any:
+    def stream(
+        self, name: str, until_caught_up: bool = False, engine: str = "embedded", **options: Any
+    ) -> Any:
         """Run the stream workers of a GroupBy (or of every streamed GroupBy of a Join), one thread per
         topic, until stopped (or caught up); returns each GroupBy's counters. ``options``: ``group``,
         ``name``, ``metrics`` (a `gnomon.metrics.StreamMetrics` the workers report to), and
-        `StreamWorker.run`'s ``max_records``, ``poll_timeout_s``, ``stop``."""
+        `StreamWorker.run`'s ``max_records``, ``poll_timeout_s``, ``stop``.
+
+        ``engine="spark"``: one Spark Structured Streaming query per topic instead, running the same
+        micro-batch step in ``foreachBatch``; ``options`` are those of
+        `gnomon.streaming.spark.stream_with_spark` (``source_dir``, ``checkpoint``, ``group``,
+        ``metrics``, ``stop``, ...)."""
         import threading
 
         from gnomon.streaming.worker import StreamWorker, WorkerStats, streamed_topics
 
-        store, broker = self.store(), self.broker()
         names = [g for g in self.online_group_bys(name) if streamed_topics(self.plan.group_bys[g])]
         jobs = [(g, topic) for g in names for topic in streamed_topics(self.plan.group_bys[g])]
+        if engine == "spark":
+            from gnomon.streaming.spark import stream_with_spark
+
+            totals: dict[str, Any] = {}
+            for group_by, result in stream_with_spark(self, jobs, until_caught_up, **options):
+                totals[group_by] = _add_stats(totals.get(group_by, WorkerStats()), result)
+            return totals
+        if engine != "embedded":
+            raise ConfigError(f"stream engine must be 'embedded' or 'spark', got {engine!r}")
+        store, broker = self.store(), self.broker()
         worker_options = {k: v for k, v in options.items() if k in ("group", "name", "metrics")}
         run_options = {k: v for k, v in options.items() if k not in ("group", "name", "metrics")}
         stats: dict[str, Any] = {}

@@ -127,6 +127,33 @@ def test_offsets_are_recorded_with_rows(store: OnlineStore) -> None:
     assert store.offsets("nobody") == {}
 
 
+def test_a_fenced_write_happens_only_beyond_its_offsets(store: OnlineStore) -> None:
+    """A Spark batch replayed under an id already recorded writes nothing, in the same atomic step."""
+    assert store.add_rows([(b"k", b"q:0-0", b"r0")], consumer="query", offsets={"spark:q": "0"}, fence=True)
+    assert not store.add_rows(
+        [(b"k", b"q:0-1", b"replayed")], consumer="query", offsets={"spark:q": "0"}, fence=True
+    )
+    assert store.get_rows([b"k"]) == [[b"r0"]]
+    assert store.add_rows([(b"k", b"q:9-0", b"r9")], consumer="query", offsets={"spark:q": "9"}, fence=True)
+    assert not store.add_rows([], consumer="query", offsets={"spark:q": "8", "other": "1"}, fence=True)
+    assert store.offsets("query") == {"spark:q": "9"}
+    assert sorted(store.get_rows([b"k"])[0]) == [b"r0", b"r9"]
+    # unfenced, the rows go in and the offsets only move forward, as ever
+    assert store.add_rows([(b"k", b"q:8-0", b"r8")], consumer="query", offsets={"spark:q": "8"})
+    assert store.offsets("query") == {"spark:q": "9"} and len(store.get_rows([b"k"])[0]) == 3
+
+
+def test_a_fenced_write_of_many_rows_is_skipped_whole(store: OnlineStore) -> None:
+    rows = [(b"k%d" % (n % 7), b"q:1-%d" % n, b"r") for n in range(12_001)]  # Redis: 3 script calls
+    assert store.add_rows(rows, consumer="query", offsets={"spark:q": "1"}, fence=True)
+    assert sum(len(found) for found in store.get_rows([b"k%d" % n for n in range(7)])) == len(rows)
+    again = [(key, event_id + b"'", row) for key, event_id, row in rows]
+    assert not store.add_rows(again, consumer="query", offsets={"spark:q": "1"}, fence=True)
+    assert sum(len(found) for found in store.get_rows([b"k%d" % n for n in range(7)])) == len(rows)
+    assert store.add_rows(again, consumer="query", offsets={"spark:q": "2"}, fence=True)
+    assert sum(len(found) for found in store.get_rows([b"k%d" % n for n in range(7)])) == 2 * len(rows)
+
+
 def test_offsets_need_a_consumer(store: OnlineStore) -> None:
     with pytest.raises(ValueError, match="consumer"):
         store.add_rows([(b"k", b"e", b"r")], offsets={"0": "1"})

@@ -12,11 +12,13 @@ its workers; `gnomon.project.Project` moves either into place atomically).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import pyarrow as pa
+
+from gnomon.errors import DefinitionError
 
 if TYPE_CHECKING:
     from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, SourcePlan
@@ -72,6 +74,10 @@ class OfflineEngine(Protocol):
         """
         ...
 
+    def publish(self, table: str, days: Sequence[str]) -> None:
+        """Called once partitions ``days`` of ``table`` are in place (a catalog registers them)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +93,26 @@ def open_engine(warehouse: Warehouse, plan: Plan, config: OfflineConfig) -> Offl
     from gnomon.offline.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine(warehouse, plan, config)
+
+
+def require_columns(owner: str, yielded: Iterable[str], wanted: Iterable[str]) -> None:
+    """A `DefinitionError` naming the first column in ``wanted`` that the sources do not yield.
+
+    >>> require_columns("GroupBy('g')", ["user", "ts"], ["user", "price"])
+    Traceback (most recent call last):
+    ...
+    gnomon.errors.DefinitionError: GroupBy('g').sources: the sources do not yield column 'price'; they yield user, ts Fix: select it in every source's Query
+    """
+    have = list(yielded)
+    for column in wanted:
+        if column not in have:
+            raise DefinitionError(
+                f"the sources do not yield column {column!r}; they yield "
+                f"{', '.join(c for c in have if not c.startswith('__'))}",
+                obj=owner,
+                field="sources",
+                fix="select it in every source's Query",
+            )
 
 
 def source_files(

@@ -61,13 +61,16 @@ class WorkerStats:
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A micro-batch ready for the store: (key, event id, value) items and the offsets it covers."""
+    """A micro-batch ready for the store: (key, event id, value) items and the offsets it covers.
+    ``fenced``: the offsets decide whether it is written at all (`OnlineStore.add_rows`), so that a
+    batch replayed under offsets already recorded changes nothing (Spark's batch ids)."""
 
     items: list[tuple[bytes, bytes, bytes]]
     consumer_group: str | None
     offsets: dict[str, str] | None
     rows: int = 0
     dead_letters: int = 0
+    fenced: bool = False
 
 
 class QueryEvaluator:
@@ -399,9 +402,12 @@ class RecordApplier:
         """Store the rows of one micro-batch, and the group's offsets, in one atomic write."""
         self.write(self.prepare(records, consumer_group))
 
-    def write(self, batch: PreparedBatch) -> None:
-        """The store write of a prepared micro-batch: rows, dead letters and offsets, atomically."""
-        self.store.add_rows(batch.items, consumer=batch.consumer_group, offsets=batch.offsets)
+    def write(self, batch: PreparedBatch) -> bool:
+        """The store write of a prepared micro-batch: rows, dead letters and offsets, atomically;
+        False when a fenced batch was skipped (its offsets were recorded before)."""
+        return self.store.add_rows(
+            batch.items, consumer=batch.consumer_group, offsets=batch.offsets, fence=batch.fenced
+        )
 
     def prepare(self, records: Sequence[Record], consumer_group: str | None = None) -> PreparedBatch:
         """Parse, evaluate and encode one micro-batch (everything but the store write)."""
@@ -603,12 +609,7 @@ class StreamWorker:
         self.broker = broker
         self.group = group or consumer_group(group_by, self.topic)
         self.consumer: Consumer = broker.consumer(self.topic, self.group, name)
-        # a key's rows are folded into hop tiles every ``fold_every`` rows (0: never; `gnomon.online.fold`)
-        self.folder = (
-            Folder(group_by, store, stream_id(group_by), fold_every, fold_delay_ms, clock)
-            if fold_every > 0 and can_fold(group_by)
-            else None
-        )
+        self.folder = folder_for(group_by, store, fold_every, fold_delay_ms, clock)
 
     @property
     def stats(self) -> WorkerStats:
@@ -667,16 +668,7 @@ class StreamWorker:
         return self.stats
 
     def _write_and_commit(self, batch: PreparedBatch, records: Sequence[Record]) -> None:
-        self.applier.write(batch)
-        if self.folder is not None:
-            prefix = self.folder.rows_prefix
-            self.folder.wrote([key for key, _, _ in batch.items if key.startswith(prefix)])
-        if self.metrics is not None:
-            name, now_ms = self.group_by.name, self.applier.clock() * 1000
-            self.metrics.freshness.observe_many(name, [(now_ms - r.published_at_ms) / 1000 for r in records])
-            self.metrics.records.inc(name, len(records))
-            self.metrics.rows.inc(name, batch.rows)
-            self.metrics.dead_letters.inc(name, batch.dead_letters)
+        write_batch(self.applier, batch, records, self.folder, self.metrics)
         self.consumer.commit(records)
 
     def process(self, records: Sequence[Record]) -> None:
@@ -691,6 +683,44 @@ class StreamWorker:
             self.consumer.close()
         except Exception as error:  # noqa: BLE001
             log.warning("closing the consumer of %s failed: %s", self.topic, error)
+
+
+def folder_for(
+    group_by: GroupByPlan,
+    store: OnlineStore,
+    fold_every: int,
+    fold_delay_ms: int,
+    clock: Callable[[], float] = time.time,
+) -> Folder | None:
+    """What folds a key's rows into hop tiles every ``fold_every`` rows a worker writes for it (None:
+    never, for ``fold_every`` 0 or a GroupBy that keeps rows; `gnomon.online.fold`)."""
+    if fold_every > 0 and can_fold(group_by):
+        return Folder(group_by, store, stream_id(group_by), fold_every, fold_delay_ms, clock)
+    return None
+
+
+def write_batch(
+    applier: RecordApplier,
+    batch: PreparedBatch,
+    records: Sequence[Record],
+    folder: Folder | None = None,
+    metrics: StreamMetrics | None = None,
+) -> bool:
+    """The write step of a micro-batch, whichever engine runs it: the atomic store write, then
+    folding the keys it wrote and the metrics. False (and nothing else done) when a fenced batch was
+    skipped."""
+    if not applier.write(batch):
+        return False
+    if folder is not None:
+        prefix = folder.rows_prefix
+        folder.wrote([key for key, _, _ in batch.items if key.startswith(prefix)])
+    if metrics is not None:
+        name, now_ms = applier.group_by.name, applier.clock() * 1000
+        metrics.freshness.observe_many(name, [(now_ms - r.published_at_ms) / 1000 for r in records])
+        metrics.records.inc(name, len(records))
+        metrics.rows.inc(name, batch.rows)
+        metrics.dead_letters.inc(name, batch.dead_letters)
+    return True
 
 
 _EVALUATORS: dict[tuple[str, int, int, str | None], QueryEvaluator] = {}

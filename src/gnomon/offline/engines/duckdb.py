@@ -30,7 +30,7 @@ from gnomon.compile.sql import quote, row_id_sql
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError, did_you_mean
-from gnomon.offline.engine import BatchRows, RowsKind
+from gnomon.offline.engine import BatchRows, RowsKind, require_columns, source_files
 from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
@@ -120,6 +120,7 @@ class DuckDBEngine:
         strict: Sequence[str] = (),
         entity: tuple[Sequence[str], Sequence[str]] | None = None,
         row_ids: bool = False,
+        shard: tuple[Sequence[str], int, int] | None = None,
     ) -> str | None:
         """SQL yielding the sources' rows: selected columns, ``ts``, ``__ds``, ``__kind``, ``__seq``.
 
@@ -128,13 +129,15 @@ class DuckDBEngine:
         exactly those partitions, and their rows are *versions* of the table's rows with ``__ds`` =
         the snapshot day and the validity ``__from < q <= __to`` (null: unbounded) that the
         mutations give them (`_versions_sql`); with ``row_ids``, also ``__row_id``, the identity of
-        the raw row (`row_id_sql`). Returns None when no partition is in range.
+        the raw row (`row_id_sql`). Returns None when no partition is in range. ``shard`` = (keys,
+        shards, shard): entity rows of other key-hash shards are left out before their versions are
+        computed, where the keys are plain columns of the table (the caller still filters every row).
         """
         reads = []
         file_rows: list[tuple[str, int, str]] = []
         for index, source in enumerate(sources):
             if source.kind == "entities" and entity is not None:
-                read = self._entity_read(owner, source, index, entity, file_rows, row_ids)
+                read = self._entity_read(owner, source, index, entity, file_rows, row_ids, shard)
                 if read is not None:
                     reads.append(read)
                 continue
@@ -200,6 +203,7 @@ class DuckDBEngine:
         entity: tuple[Sequence[str], Sequence[str]],
         file_rows: list[tuple[str, int, str]],
         row_ids: bool = False,
+        shard: tuple[Sequence[str], int, int] | None = None,
     ) -> str | None:
         """An entity source's versions for the given (snapshot days, mutation days)."""
         snapshot_days, mutation_days = entity
@@ -221,24 +225,20 @@ class DuckDBEngine:
             ]
             check_mutation_columns(owner, source, columns, self._table_columns(mutation_files))
         file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
-        versions = _versions_sql(source, columns, snapshot_files, mutation_files, row_ids)
+        versions = _versions_sql(
+            source,
+            columns,
+            snapshot_files,
+            mutation_files,
+            row_ids,
+            _raw_shard_filter(source, columns, shard),
+        )
         return self._query_sql(source, columns, None, versions, "__ds", versions=True, row_ids=row_ids)
 
     def _files(
         self, source: SourcePlan, start_ds: str | None, end_ds: str | None, strict: Sequence[str] = ()
     ) -> list[str]:
-        table = source.table
-        self.warehouse.require_table(table)
-        if strict:
-            self.warehouse.require_partitions(table, strict)
-        if source.start_partition and (start_ds is None or source.start_partition > start_ds):
-            start_ds = source.start_partition
-        if source.end_partition and (end_ds is None or source.end_partition < end_ds):
-            end_ds = source.end_partition
-        if source.cumulative:  # every partition holds the full history: read the latest only
-            partitions = [p for p in self.warehouse.partitions(table) if end_ds is None or p <= end_ds]
-            return self.warehouse.partition_files(table, partitions[-1], partitions[-1]) if partitions else []
-        return self.warehouse.partition_files(table, start_ds, end_ds)
+        return source_files(self.warehouse, source, start_ds, end_ds, strict)
 
     def _table_columns(self, files: list[str]) -> list[str]:
         import pyarrow.parquet as pq
@@ -264,26 +264,23 @@ class DuckDBEngine:
         types = self.column_types(events)
         if not group_by.features:
             return self._lookup_values(group_by, queries, events, types, owner)
-        for column in [*group_by.keys, *(f.input_column for f in group_by.features)]:
-            if column not in types:
-                raise DefinitionError(
-                    f"the sources do not yield column {column!r}; they yield "
-                    f"{', '.join(c for c in types if not c.startswith('__'))}",
-                    obj=owner,
-                    field="sources",
-                    fix="select it in every source's Query",
-                )
+        require_columns(owner, types, [*group_by.keys, *(f.input_column for f in group_by.features)])
         modes = {f.name: self._group_key(f, types[f.input_column], owner) for f in group_by.features}
         entities = any(s.kind == "entities" for s in group_by.sources)
+        coupons = self._coupon_tables(group_by.features, events, types, modes, owner)
         framed = [
             f
             for f in group_by.features
-            if not entities and f.operation in FRAMED and modes[f.name] == ("plain", None)
+            if not entities
+            and (f.operation in FRAMED or f.name in coupons)
+            and modes[f.name] == ("plain", None)
         ]
         joined_features = [f for f in group_by.features if f not in framed]
         pieces: list[tuple[str, list[FeaturePlan]]] = []
         if framed:
-            pieces.append((self._aggregate_frames(group_by, queries, events, framed, types, owner), framed))
+            pieces.append(
+                (self._aggregate_frames(group_by, queries, events, framed, types, owner, coupons), framed)
+            )
         joined_table = None
         if joined_features:
             joined_table = self._range_join(group_by, queries, events, joined_features, types, owner)
@@ -291,7 +288,7 @@ class DuckDBEngine:
             for feature in joined_features:
                 groups.setdefault(modes[feature.name], []).append(feature)
             pieces += [
-                (self._aggregate_group(mode, sub, features, joined_table, types, owner), features)
+                (self._aggregate_group(mode, sub, features, joined_table, types, owner, coupons), features)
                 for (mode, sub), features in groups.items()
             ]
         piece_types = {p: self.column_types(p) for p, _ in pieces}
@@ -303,9 +300,76 @@ class DuckDBEngine:
         )
         joins = " ".join(f"LEFT JOIN {p} USING (__qid)" for p, _ in pieces)
         result = self._materialize("values", f"SELECT q.__qid, {select} FROM {queries} AS q {joins}", owner)
-        for table in [*(p for p, _ in pieces), *([joined_table] if joined_table else [])]:
+        coupon_tables = {t for pair in coupons.values() for t in pair}
+        for table in [*(p for p, _ in pieces), *([joined_table] if joined_table else []), *coupon_tables]:
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         return result
+
+    def _coupon_tables(
+        self,
+        features: list[FeaturePlan],
+        events: str,
+        types: dict[str, str],
+        modes: dict[str, tuple[str, str | None]],
+        owner: str,
+    ) -> dict[str, tuple[str, str]]:
+        """APPROX_UNIQUE_COUNT features computed in SQL (`engines.cpc`): feature name -> (a table of each
+        distinct input value's CPC coupon ``(__v, __coupon)``, a table ``(__c, __estimate)`` of the IR's
+        finalized value for C distinct coupons). Features left out are folded by the IR."""
+        import numpy as np
+
+        from gnomon.aggregation import make_aggregator
+        from gnomon.offline.engines import cpc
+
+        found: dict[str, tuple[str, str]] = {}
+        built: dict[tuple[str, str, int], tuple[str, str] | None] = {}
+        for feature in features:
+            if feature.operation != "approx_unique_count":
+                continue
+            mode = modes[feature.name][0]
+            column_type = types[feature.input_column]
+            scalar_type = column_type if mode in ("plain", "bucket") else element_type(column_type)
+            if not cpc.supported(scalar_type):
+                continue
+            column = quote(feature.input_column)
+            if mode in ("list", "element_wise"):
+                value = f"UNNEST({column})"
+            elif mode == "map":
+                value = f"UNNEST(map_values({column}))"
+            else:
+                value = column
+            lg_k = int(feature.params["lg_k"])
+            signature = (value, scalar_type, lg_k)
+            if signature not in built:
+                values = self.con.sql(
+                    f"SELECT DISTINCT __v FROM (SELECT {value} AS __v FROM {events}) WHERE __v IS NOT NULL"
+                ).to_arrow_table()
+                distinct = values.column("__v").combine_chunks()
+                numbers = cpc.coupons(distinct, scalar_type, lg_k)
+                _, first = np.unique(numbers, return_index=True)
+                aggregator = make_aggregator("approx_unique_count", {"lg_k": lg_k}, python_type(scalar_type))
+                try:
+                    icon = cpc.IconTable(
+                        aggregator, distinct.take(pa.array(first)).to_pylist(), distinct.to_pylist()
+                    )
+                except cpc.HashMismatch as error:  # never expected: keep the IR fold, say why
+                    log.warning("%s: APPROX_UNIQUE_COUNT folded by the IR: %s", owner, error)
+                    built[signature] = None
+                    continue
+                mapping = self._name("coupons")
+                self.con.register(
+                    f"{mapping}_view", pa.table({"__v": distinct, "__coupon": numbers.astype(np.uint32)})
+                )
+                self.con.execute(f"CREATE TEMP TABLE {mapping} AS SELECT * FROM {mapping}_view")
+                self.con.unregister(f"{mapping}_view")
+                estimates = self._name("icon")
+                self.con.register(f"{estimates}_view", icon.arrow())
+                self.con.execute(f"CREATE TEMP TABLE {estimates} AS SELECT * FROM {estimates}_view")
+                self.con.unregister(f"{estimates}_view")
+                built[signature] = (mapping, estimates)
+            if built[signature] is not None:
+                found[feature.name] = built[signature]  # type: ignore[assignment]
+        return found
 
     def _range_join(
         self,
@@ -349,16 +413,26 @@ class DuckDBEngine:
         features: list[FeaturePlan],
         types: dict[str, str],
         owner: str,
+        coupons: dict[str, tuple[str, str]] | None = None,
     ) -> str:
         """Window aggregates over events and queries sorted together by (keys, ts): for a query row at q
         the frame ``RANGE BETWEEN q - window_start(q) PRECEDING AND 1 PRECEDING`` is exactly
-        ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built."""
+        ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built.
+
+        APPROX_UNIQUE_COUNT (``coupons``, from `_coupon_tables`) is ``count(DISTINCT coupon)`` over the
+        frame, then the IR's value for that many coupons."""
+        coupons = coupons or {}
         keys = [quote(k) for k in group_by.keys]
         columns = sorted({f.input_column for f in features})
         not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
+        mappings = {coupons[f.name][0]: f.input_column for f in features if f.name in coupons}
+        coupon_columns = "".join(f", {m}.__coupon AS __cpn{m}" for m in mappings)
+        coupon_joins = "".join(
+            f" LEFT JOIN {m} ON __e.{quote(column)} = {m}.__v" for m, column in mappings.items()
+        )
         union = (
-            f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}, NULL::BIGINT AS __qid "
-            f"FROM {events} WHERE {not_null} UNION ALL BY NAME "
+            f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}{coupon_columns}, "
+            f"NULL::BIGINT AS __qid FROM {events} AS __e{coupon_joins} WHERE {not_null} UNION ALL BY NAME "
             f"SELECT {', '.join(keys)}, __q AS ts, __qid FROM {queries} WHERE {not_null}"
         )
         windows: dict[tuple[int | None, int | None], str] = {}
@@ -379,13 +453,17 @@ class DuckDBEngine:
                 f" FILTER (WHERE {column} IS NOT NULL) OVER {windows[(feature.window_ms, feature.hop_ms)]}"
             )
             check_input_type(feature, owner, types[feature.input_column])
-            form = sql_form(feature, column, types[feature.input_column], suffix)
+            form = (
+                f"count(DISTINCT __cpn{coupons[feature.name][0]}){suffix}"
+                if feature.name in coupons
+                else sql_form(feature, column, types[feature.input_column], suffix)
+            )
             aggregates.append(f"{form} AS {quote(feature.name)}")
         sql = (
             f"SELECT * FROM (SELECT __qid, {', '.join(aggregates)} FROM ({union}) "
             f"WINDOW {', '.join(definitions)}) WHERE __qid IS NOT NULL"
         )
-        return self._materialize("framed", sql, owner)
+        return self._materialize("framed", _with_estimates(sql, features, coupons), owner)
 
     def _group_key(self, feature: FeaturePlan, input_type: str, owner: str) -> tuple[str, str | None]:
         """How rows are shaped before aggregating: plain, or unpacked / sub-grouped by a column."""
@@ -427,7 +505,13 @@ class DuckDBEngine:
         joined: str,
         types: dict[str, str],
         owner: str,
+        coupons: dict[str, tuple[str, str]] | None = None,
     ) -> str:
+        """The values of features sharing a row shape (`_group_key`) from the range join's pairs.
+
+        APPROX_UNIQUE_COUNT (``coupons``, from `_coupon_tables`) is ``count(DISTINCT coupon)`` per
+        query, then the IR's value for that many coupons; what has no SQL form is folded by the IR."""
+        coupons = {f.name: coupons[f.name] for f in features if coupons and f.name in coupons}
         base_columns = "__qid, __q, ts, __seq"
         sub_column: str | None = None
         if mode == "plain":
@@ -455,6 +539,13 @@ class DuckDBEngine:
                 f"UNNEST(generate_series(1, len({column}))) AS __sub FROM {joined})"
             )
             sub_column = "__sub"
+        mappings = {coupons[f.name][0]: f.input_column for f in features if f.name in coupons}
+        if mappings:
+            rows = (
+                f"(SELECT __r.*{''.join(f', {m}.__coupon AS __cpn{m}' for m in mappings)} FROM {rows} AS __r"
+                + "".join(f" LEFT JOIN {m} ON __r.{quote(c)} = {m}.__v" for m, c in mappings.items())
+                + ")"
+            )
         aggregates = []
         folded = []
         for feature in features:
@@ -469,7 +560,9 @@ class DuckDBEngine:
             if feature.window_ms is not None:
                 condition += f" AND ts >= {window_start_sql('__q', feature.window_ms, feature.hop_ms)}"  # type: ignore[arg-type]
             form = sql_form(feature, column, scalar_type, f" FILTER (WHERE {condition})")
-            if form is None:
+            if feature.name in coupons:
+                form = f"count(DISTINCT __cpn{coupons[feature.name][0]}) FILTER (WHERE {condition})"
+            elif form is None:
                 folded.append((feature, scalar_type))
                 if feature.operation == "approx_unique_count":
                     form = f"list(DISTINCT {column}) FILTER (WHERE {condition})"
@@ -481,7 +574,7 @@ class DuckDBEngine:
             aggregates.append(f"{form} AS {quote(feature.name)}")
         group_columns = "__qid" + (f", {sub_column}" if sub_column else "")
         inner_sql = f"SELECT {group_columns}, {', '.join(aggregates)} FROM {rows} GROUP BY {group_columns}"
-        inner = self._materialize("inner", inner_sql, owner)
+        inner = self._materialize("inner", _with_estimates(inner_sql, features, coupons), owner)
         if folded:
             inner = self._fold_with_ir(inner, folded)
         if sub_column is None:
@@ -546,14 +639,7 @@ class DuckDBEngine:
     ) -> str:
         """GroupBys without aggregations: the columns of the key's row with the greatest ``ts < q``
         (ties: the first in source order), nulls included; every column null when there is none."""
-        for column in [*group_by.keys, *group_by.value_columns]:
-            if column not in types:
-                raise DefinitionError(
-                    f"the sources do not yield column {column!r}",
-                    obj=owner,
-                    field="sources",
-                    fix="select it in every source's Query",
-                )
+        require_columns(owner, types, [*group_by.keys, *group_by.value_columns])
         joined = self._range_join(group_by, queries, events, [], types, owner)
         packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in group_by.value_columns)
         picked = self._materialize(
@@ -619,8 +705,20 @@ class DuckDBEngine:
                     "values", f"SELECT __qid{self._empty_columns(group_by)} FROM {queries}", owner
                 )
             else:
+                shard_sql: str | None = events_sql
+                if entity is not None and shards > 1:  # the versions of this shard's rows only
+                    shard_sql = self.source_sql(
+                        owner,
+                        group_by.sources,
+                        start_ds,
+                        end_ds,
+                        needed,
+                        strict,
+                        entity,
+                        shard=(keys, shards, shard),
+                    )
                 events = self._materialize(
-                    "events", f"SELECT * FROM ({events_sql}) WHERE {shard_filter} AND ts < {high}", owner
+                    "events", f"SELECT * FROM ({shard_sql}) WHERE {shard_filter} AND ts < {high}", owner
                 )
                 shard_queries = self._materialize(
                     "queries", f"SELECT * FROM {queries} WHERE {shard_filter}", owner
@@ -658,7 +756,15 @@ class DuckDBEngine:
     # ------------------------------------------------------------------ GroupBy backfill
 
     def backfill_group_by(self, group_by: GroupByPlan, days: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
-        """Snapshot partition D = values at D+1 00:00 for keys with input in any window."""
+        """Snapshot partition D = values at D+1 00:00 for keys with input in any window.
+
+        With ``offline: {incremental: true}``, from daily IR tables (`gnomon.offline.incremental`) where
+        the GroupBy's sources allow it."""
+        from gnomon.offline import incremental
+
+        if _truthy(self.config.options.get("incremental")) and incremental.supported(group_by):
+            yield from self._backfill_incremental(group_by, days)
+            return
         owner = f"GroupBy({group_by.name!r})"
         for day in progress(days, f"backfill {group_by.name}"):
             q = ds_to_ms(day) + DAY_MS
@@ -702,6 +808,78 @@ class DuckDBEngine:
             for name in (queries, values):
                 self.con.execute(f"DROP TABLE IF EXISTS {name}")
             self.con.execute(f"DROP VIEW IF EXISTS {joined}")
+
+    def _backfill_incremental(
+        self, group_by: GroupByPlan, days: Sequence[str]
+    ) -> Iterator[tuple[str, pa.Table]]:
+        """`backfill_group_by` from daily IR tables: each day's events are read once, into its table."""
+        from gnomon.offline import incremental
+
+        owner = f"GroupBy({group_by.name!r})"
+        keys = ", ".join(quote(k) for k in group_by.keys)
+        not_null = " AND ".join(f"{quote(k)} IS NOT NULL" for k in group_by.keys)
+        columns = sorted(
+            {f.input_column for f in group_by.features} | {f.bucket for f in group_by.features if f.bucket}
+        )
+        needed = [*group_by.keys, *columns]
+
+        def day_sql(day: str, strict: Sequence[str] = ()) -> str | None:
+            events = self.source_sql(owner, group_by.sources, day, day, needed, strict)
+            if events is None:
+                return None
+            selected = ", ".join(quote(c) for c in columns)
+            return (
+                f"SELECT {keys}, ts, __seq, {selected} FROM ({events}) WHERE {not_null} "
+                f"ORDER BY {keys}, ts, __seq"
+            )
+
+        def read_day(day: str) -> pa.Table:
+            sql = day_sql(day)
+            if sql is None:
+                return pa.table({})
+            try:
+                return self.con.sql(sql).to_arrow_table()
+            except duckdb.Error as error:
+                raise ExecutionError(f"{owner}: {type(error).__name__}: {error}") from error
+
+        store: incremental.DailyIRs | None = None
+        for day in progress(days, f"backfill {group_by.name} (incremental)"):
+            sql = day_sql(day, strict=[day])  # partition D of every source must exist, as in the SQL path
+            if sql is None:
+                raise WarehouseError(f"{owner}: no source partition ds={day}")
+            described = self.con.sql(sql)
+            types = {name: str(type_) for name, type_ in zip(described.columns, described.types, strict=True)}
+            schema = self.con.sql(f"SELECT * FROM ({sql}) LIMIT 0").to_arrow_table().schema
+            arrow_types = {field.name: field.type for field in schema}
+            require_columns(owner, types, [*group_by.keys, *(f.input_column for f in group_by.features)])
+            if store is None:
+                store = incremental.DailyIRs(
+                    self.warehouse,
+                    group_by,
+                    {c: aggregation_type(types[c]) for c in columns},
+                    read_day,
+                    lambda d: incremental.signature(self.warehouse, group_by, d),
+                    incremental.first_partition(self.warehouse, group_by),
+                )
+                store.drop_other_definitions()
+            found, values = store.values(day)
+            arrays = {
+                name: pa.array([key[i] for key in found], arrow_types[name])
+                for i, name in enumerate(group_by.keys)
+            }
+            for feature, online, finalized in zip(group_by.features, store.features, values, strict=True):
+                output = incremental.arrow_type(feature, online.aggregator, arrow_types[feature.input_column])
+                arrays[feature.name] = incremental.to_arrow(finalized, output)
+            raw = pa.table(arrays)
+            view = self._name("gb_ir")
+            self.con.register(view, raw)
+            sql_out, _ = self.with_derivations(group_by, view, list(group_by.keys), group_by.raw_columns)
+            table = self.con.sql(sql_out).to_arrow_table() if group_by.derivations else raw
+            self.con.unregister(view)
+            store.forget_before(day)
+            yield day, table.sort_by([(k, "ascending") for k in group_by.keys])
+        if store is not None and store.computed:
+            log.info("%s: computed %d daily IR table(s) from events", group_by.name, len(store.computed))
 
     # ------------------------------------------------------------------ Join backfill and training data
 
@@ -872,6 +1050,9 @@ class DuckDBEngine:
         for day in days:
             yield day, body.filter(pc.equal(ds_column, day))
 
+    def publish(self, table: str, days: Sequence[str]) -> None:
+        """`OfflineEngine.publish`: the embedded engine has no catalog; the folders are the tables."""
+
     # ------------------------------------------------------------------ an upload's batch rows
 
     def batch_rows(self, group_by: GroupByPlan, ds: str, columns: Sequence[str], kind: RowsKind) -> BatchRows:
@@ -945,6 +1126,24 @@ def aggregation_type(duck_type: str) -> str:
     return python_type(duck_type)
 
 
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"))
+
+
+def _with_estimates(sql: str, features: list[FeaturePlan], coupons: dict[str, tuple[str, str]]) -> str:
+    """``sql`` with each coupon count of an APPROX_UNIQUE_COUNT feature replaced by the IR's value for
+    that many coupons (none: null, an empty window)."""
+    counted = [f for f in features if f.name in coupons]
+    if not counted:
+        return sql
+    replaced = ", ".join(f"__i{n}.__estimate AS {quote(f.name)}" for n, f in enumerate(counted))
+    joins = "".join(
+        f" LEFT JOIN {coupons[f.name][1]} AS __i{n} ON __r.{quote(f.name)} = __i{n}.__c"
+        for n, f in enumerate(counted)
+    )
+    return f"SELECT __r.* REPLACE ({replaced}) FROM ({sql}) AS __r{joins}"
+
+
 def _file_ds(file: str) -> str:
     return file.split("/ds=")[-1].split("/")[0]
 
@@ -993,9 +1192,14 @@ def _versions_sql(
     snapshot_files: Sequence[str],
     mutation_files: Sequence[str],
     row_ids: bool = False,
+    key_filter: str | None = None,
 ) -> str:
     """The table's rows as *versions* valid for ``__from < q <= __to`` (null: unbounded) on the day
     after their snapshot ``__ds`` (SPEC §4, with exact deletes for every operation).
+
+    ``key_filter`` (over the raw columns, e.g. one key-hash shard) keeps only some rows before the
+    replay: every copy of a raw row value passes it or none does, so the versions of the rows kept are
+    the same (their ``__seq`` keeps its order).
 
     Snapshot ``d`` and the mutations of ``d + 1`` are replayed per distinct row value in the order
     (mutation time, before-rows first, source order): an insert adds a copy of the row, a delete
@@ -1030,6 +1234,8 @@ def _versions_sql(
             f"ON __r.filename = __files.__filename"
         )
     rows = " UNION ALL BY NAME ".join(f"({p})" for p in parts)
+    if key_filter:
+        rows = f"SELECT * FROM ({rows}) WHERE {key_filter}"
     row_id = f", {row_id_sql(columns)} AS __row_id" if row_ids else ""
     if not mutation_files:
         return f"(SELECT *, NULL::BIGINT AS __from, NULL::BIGINT AS __to{row_id} FROM ({rows}))"
@@ -1047,6 +1253,24 @@ def _versions_sql(
         f"(PARTITION BY __ds, __m IS NULL ORDER BY __m, __seq) END AS __seq, __m AS __from, "
         f"__ends[__copy] AS __to{row_id} FROM __c WHERE NOT __before)"
     )
+
+
+def _raw_shard_filter(
+    source: SourcePlan, columns: list[str], shard: tuple[Sequence[str], int, int] | None
+) -> str | None:
+    """``hash(keys) % shards = shard`` over an entity table's raw columns, when every key is selected
+    as a plain column of the table (None otherwise: the caller's filter after the Query does it)."""
+    if shard is None:
+        return None
+    keys, shards, index = shard
+    expressions = []
+    for key in keys:
+        expression = key if source.selects is None else source.selects.get(key, "")
+        column = expression.strip().strip('"')
+        if column not in columns:
+            return None
+        expressions.append(quote(column))
+    return f"hash({', '.join(expressions)}) % {shards} = {index}"
 
 
 def _to_arrow(values: list[Any]) -> pa.Array:

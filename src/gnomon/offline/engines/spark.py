@@ -31,7 +31,7 @@ from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError
 from gnomon.extras import require
-from gnomon.offline.engine import BatchRows, Partition, RowsKind, source_files
+from gnomon.offline.engine import BatchRows, Partition, RowsKind, require_columns, source_files
 from gnomon.offline.keyed import EVENT, QUERY, TILE, Layout, answer, tile_rows, tile_schema
 from gnomon.offline.warehouse import Warehouse
 from gnomon.timeline import DAY_MS, backfill_query_time, ds_to_ms, entity_partitions, ms_to_ds, read_range
@@ -131,6 +131,37 @@ class SparkEngine:
     def _scratch_root(self) -> str | None:
         root = self.config.options.get("scratch")
         return str(root) if root else None
+
+    # ------------------------------------------------------------------ a Hive catalog
+
+    @property
+    def hive(self) -> bool:
+        """Whether the session has a Hive catalog (``conf: {spark.sql.catalogImplementation: hive}``)."""
+        return bool(self.spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "hive")
+
+    def register(self, table: str) -> None:
+        """Make warehouse table ``ns.name`` a Hive-style table of the catalog: an external Parquet
+        table over its folder, partitioned by ``ds``, with every partition on disk registered."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        namespace, name = table.split(".")
+        path = self.warehouse.table_path(table)
+        schema = self.warehouse.latest_schema(table)
+        if schema is None:
+            return
+        fields = from_arrow_schema(pa.schema([f for f in schema if f.name != "ds"])).fields
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in fields)
+        self.spark.sql(f"CREATE DATABASE IF NOT EXISTS `{namespace}`")
+        self.spark.sql(
+            f"CREATE TABLE IF NOT EXISTS `{namespace}`.`{name}` ({columns}, ds STRING) USING parquet "
+            f"PARTITIONED BY (ds) LOCATION '{path.as_posix()}'"
+        )
+        self.spark.sql(f"MSCK REPAIR TABLE `{namespace}`.`{name}`")
+
+    def publish(self, table: str, days: Sequence[str]) -> None:
+        """`OfflineEngine.publish`: once partitions are in place, a Hive catalog lists them."""
+        if self.hive and days:
+            self.register(table)
 
     def close(self) -> None:
         for view in self._views:
@@ -279,15 +310,7 @@ class SparkEngine:
         if events is None:
             return queries.select("__qid", *[F.lit(None).alias(c) for c in group_by.raw_columns])
         types = {f.name: f.dataType for f in events.schema.fields}
-        for column in [*group_by.keys, *value_columns]:
-            if column not in types:
-                shown = ", ".join(c for c in types if not c.startswith("__"))
-                raise DefinitionError(
-                    f"the sources do not yield column {column!r}; they yield {shown}",
-                    obj=owner,
-                    field="sources",
-                    fix="select it in every source's Query",
-                )
+        require_columns(owner, types, [*group_by.keys, *value_columns])
         arrow_types = {c: _arrow_type(types[c]) for c in value_columns}
         layout = self._layout(group_by, value_columns, arrow_types, entities)
         keys = list(group_by.keys)
@@ -302,7 +325,7 @@ class SparkEngine:
             F.col("ts").alias("__t"),
             F.lit(EVENT).alias("__tag"),
             F.col("__seq"),
-            *[F.col(f"`{c}`") for c in value_columns],
+            *[F.col(f"`{c}`") for c in value_columns if c not in keys],  # a key may be an input too
             *[F.col(c) for c in meta],
         )
         query_rows = queries.filter(not_null).select(
@@ -641,7 +664,9 @@ class SparkEngine:
 
         tree = sqlglot.parse_one(sql, read="duckdb")
         for table in tree.find_all(exp.Table):
-            if table.db and f"{table.db}.{table.name}" in self.warehouse.tables():
+            if table.db and f"{table.db}.{table.name}" in self.warehouse.tables() and self.hive:
+                self.register(f"{table.db}.{table.name}")  # the query reads the catalog's table
+            elif table.db and f"{table.db}.{table.name}" in self.warehouse.tables():
                 view = f"__{table.db}__{table.name}"
                 name = f"{table.db}.{table.name}"
                 files = self.warehouse.partition_files(name)

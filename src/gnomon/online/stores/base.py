@@ -7,7 +7,9 @@ Two kinds of records live in a store, both under opaque byte keys built by the c
   row whose id the key already holds changes nothing, so replaying a stream is harmless.
 
 ``add_rows`` also records the consumer's offsets in the same atomic step, so that a crash between
-"state written" and "offset committed" cannot happen.
+"state written" and "offset committed" cannot happen. With ``fence``, those offsets also decide
+whether the write happens at all: a batch whose offsets were already recorded is skipped whole (a
+Spark micro-batch replayed after a crash, `gnomon.streaming.spark`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,15 @@ class OnlineStore(ABC):
         rows: Sequence[tuple[bytes, bytes, bytes]],
         consumer: str | None = None,
         offsets: Mapping[str, str] | None = None,
-    ) -> None:
+        *,
+        fence: bool = False,
+    ) -> bool:
         """Add (key, event_id, row) triples, ignoring ids a key already holds, and record ``offsets``
-        (partition -> last processed offset) for ``consumer`` — all in one atomic step."""
+        (partition -> last processed offset) for ``consumer`` — all in one atomic step.
+
+        With ``fence``, nothing at all is written unless every offset of ``offsets`` is beyond the
+        one recorded for its partition (checked in the same atomic step); returns whether the rows
+        and offsets were written (always True without ``fence``)."""
 
     @abstractmethod
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:

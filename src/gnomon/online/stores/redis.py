@@ -54,7 +54,9 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 # One script adds a micro-batch's rows and advances the consumer's offsets, atomically (a script
 # runs to completion with nothing interleaved). ARGV[1]: the rows-key prefix; ARGV[2]: the rows as
 # one MessagePack array of [key, event id, row] (one argument rather than 3 per row keeps the request
-# cheap to build); ARGV[3]: the value-key prefix; ARGV[4..]: partition, offset pairs. HSETNX: a
+# cheap to build); ARGV[3]: the value-key prefix; ARGV[4]: "1" to fence (write nothing, and return
+# -1, unless every offset given is beyond the one recorded); ARGV[5]: "1" to record the offsets (the
+# last chunk of a batch split over several calls); ARGV[6..]: partition, offset pairs. HSETNX: a
 # replayed event id changes nothing; a row the key's fold marks refuse (`gnomon.online.fold`: an
 # offset up to its partition's watermark and a ts before folded_until) is a replay of a folded event.
 # Offsets only move forward (a worker finishing an older batch after another worker of its group
@@ -70,6 +72,12 @@ local function greater(a, b)
     if u ~= v then return u > v end
   end
   return false
+end
+if ARGV[4] == '1' then
+  for i = 6, #ARGV, 2 do
+    local current = redis.call('HGET', KEYS[1], ARGV[i])
+    if current and not greater(ARGV[i + 1], current) then return -1 end
+  end
 end
 local marks = {}
 local added = 0
@@ -96,9 +104,11 @@ for i = 1, #rows do
   end
   if keep then added = added + redis.call('HSETNX', prefix .. key, row[2], row[3]) end
 end
-for i = 4, #ARGV, 2 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if (not current) or greater(ARGV[i + 1], current) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[5] == '1' then
+  for i = 6, #ARGV, 2 do
+    local current = redis.call('HGET', KEYS[1], ARGV[i])
+    if (not current) or greater(ARGV[i + 1], current) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  end
 end
 return added
 """
@@ -209,31 +219,44 @@ class RedisStore(OnlineStore):
         rows: Sequence[tuple[bytes, bytes, bytes]],
         consumer: str | None = None,
         offsets: Mapping[str, str] | None = None,
-    ) -> None:
+        *,
+        fence: bool = False,
+    ) -> bool:
         if offsets and consumer is None:
             raise ValueError("add_rows: offsets need a consumer name to be recorded under")
         if not rows and not offsets:
-            return
+            return True
         arguments = [item for pair in (offsets or {}).items() for item in pair]
         offsets_key = self._offsets_key(consumer or "")
         chunks = [
             rows[start : start + ROWS_PER_SCRIPT] for start in range(0, len(rows), ROWS_PER_SCRIPT)
         ] or [[]]
         blobs = [msgpack.packb(chunk, use_bin_type=False) for chunk in chunks]  # Redis Lua reads no bin type
+        fenced = b"1" if fence else b"0"
         if len(blobs) == 1:
-            self._add_rows(
-                keys=[offsets_key], args=[self._rows_prefix, blobs[0], self._value_prefix, *arguments]
+            added = self._add_rows(
+                keys=[offsets_key],
+                args=[self._rows_prefix, blobs[0], self._value_prefix, fenced, b"1", *arguments],
             )
-            return
-        with self._client.pipeline(transaction=True) as pipe:  # all chunks or none
+            return bool(added != -1)
+        # all chunks or none; the offsets are recorded by the last, so a fence reads the same
+        # offsets in every chunk (nothing runs between the scripts of a MULTI/EXEC)
+        with self._client.pipeline(transaction=True) as pipe:
             for position, blob in enumerate(blobs):
                 last = position == len(blobs) - 1
                 self._add_rows(
                     keys=[offsets_key],
-                    args=[self._rows_prefix, blob, self._value_prefix, *(arguments if last else [])],
+                    args=[
+                        self._rows_prefix,
+                        blob,
+                        self._value_prefix,
+                        fenced,
+                        b"1" if last else b"0",
+                        *(arguments if last or fence else []),
+                    ],
                     client=pipe,
                 )
-            pipe.execute()
+            return -1 not in pipe.execute()
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         if not keys:

@@ -235,6 +235,7 @@ class SQLiteStore(OnlineStore):
     >>> store.get([b"\\x00k", b"missing"])
     [b'v', None]
     >>> store.add_rows([(b"k", b"0:1", b"r"), (b"k", b"0:1", b"r")], consumer="w", offsets={"0": "1"})
+    True
     >>> store.get_rows([b"k"]), store.offsets("w")
     ([[b'r']], {'0': '1'})
     >>> store.close()
@@ -281,25 +282,29 @@ class SQLiteStore(OnlineStore):
         rows: Sequence[tuple[bytes, bytes, bytes]],
         consumer: str | None = None,
         offsets: Mapping[str, str] | None = None,
-    ) -> None:
+        *,
+        fence: bool = False,
+    ) -> bool:
         if offsets and consumer is None:
             raise ValueError("add_rows: offsets need a consumer name to be recorded under")
         if not rows and not offsets:
-            return
-        with write_transaction(self._connections.get()) as connection:
-            connection.executemany(_ADD_ROW, _unfolded(connection, rows))
-            if offsets:
-                # offsets only move forward: a worker finishing an older batch after another worker
-                # of its group went further must not move them back
-                from gnomon.offsets import offset_order
+            return True
+        from gnomon.offsets import offset_order
 
-                current = dict(connection.execute(_GET_OFFSETS, (consumer,)).fetchall())
-                advanced = [
-                    (consumer, partition, offset)
-                    for partition, offset in offsets.items()
-                    if partition not in current or offset_order(offset) > offset_order(current[partition])
-                ]
-                connection.executemany(_SET_OFFSET, advanced)
+        with write_transaction(self._connections.get()) as connection:
+            current = dict(connection.execute(_GET_OFFSETS, (consumer,)).fetchall()) if offsets else {}
+            # offsets only move forward: a worker finishing an older batch after another worker
+            # of its group went further must not move them back
+            advanced = [
+                (consumer, partition, offset)
+                for partition, offset in (offsets or {}).items()
+                if partition not in current or offset_order(offset) > offset_order(current[partition])
+            ]
+            if fence and len(advanced) < len(offsets or {}):
+                return False  # a batch applied before: nothing is written
+            connection.executemany(_ADD_ROW, _unfolded(connection, rows))
+            connection.executemany(_SET_OFFSET, advanced)
+        return True
 
     def get_rows(self, keys: Sequence[bytes]) -> list[list[bytes]]:
         connection = self._connections.get()
