@@ -206,24 +206,10 @@ class DuckDBEngine:
         shard: tuple[Sequence[str], int, int] | None = None,
     ) -> str | None:
         """An entity source's versions for the given (snapshot days, mutation days)."""
-        snapshot_days, mutation_days = entity
-        if not snapshot_days:
+        found = entity_files(self.warehouse, owner, source, entity)
+        if found is None:
             return None
-        self.warehouse.require_partitions(source.table, snapshot_days)
-        snapshot_files = [
-            f for day in snapshot_days for f in self.warehouse.partition_files(source.table, day, day)
-        ]
-        check_source(owner, source, self.warehouse, None)
-        columns = self._table_columns(snapshot_files)
-        mutation_files: list[str] = []
-        if source.mutation_table is not None and mutation_days:
-            self.warehouse.require_partitions(source.mutation_table, mutation_days)
-            mutation_files = [
-                f
-                for day in mutation_days
-                for f in self.warehouse.partition_files(source.mutation_table, day, day)
-            ]
-            check_mutation_columns(owner, source, columns, self._table_columns(mutation_files))
+        snapshot_files, columns, mutation_files = found
         file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
         versions = _versions_sql(
             source,
@@ -1154,6 +1140,35 @@ def _read_files_sql(files: Sequence[str]) -> str:
         f"read_parquet([{file_list}], hive_partitioning = true, hive_types = {{'ds': VARCHAR}}, "
         "filename = true, file_row_number = true, union_by_name = true)"
     )
+
+
+def entity_files(
+    warehouse: Warehouse, owner: str, source: SourcePlan, entity: tuple[Sequence[str], Sequence[str]]
+) -> tuple[list[str], list[str], list[str]] | None:
+    """(snapshot files, snapshot columns, mutation files) an entity source reads for the given
+    (snapshot days, mutation days), every partition required and the mutation columns checked;
+    None when no snapshot day is asked for."""
+    snapshot_days, mutation_days = entity
+    if not snapshot_days:
+        return None
+    warehouse.require_partitions(source.table, snapshot_days)
+    snapshot_files = [f for day in snapshot_days for f in warehouse.partition_files(source.table, day, day)]
+    check_source(owner, source, warehouse, None)
+    columns = _parquet_columns(snapshot_files)
+    mutation_files: list[str] = []
+    if source.mutation_table is not None and mutation_days:
+        warehouse.require_partitions(source.mutation_table, mutation_days)
+        mutation_files = [
+            f for day in mutation_days for f in warehouse.partition_files(source.mutation_table, day, day)
+        ]
+        check_mutation_columns(owner, source, columns, _parquet_columns(mutation_files))
+    return snapshot_files, columns, mutation_files
+
+
+def _parquet_columns(files: list[str]) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [c for c in pq.read_schema(files[-1]).names if c != "ds"]
 
 
 def check_mutation_columns(

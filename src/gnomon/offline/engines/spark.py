@@ -267,26 +267,12 @@ class SparkEngine:
         entity: tuple[Sequence[str], Sequence[str]],
         file_rows: list[tuple[str, int, str]],
     ) -> Any | None:
-        from gnomon.offline.engines.duckdb import check_mutation_columns
+        from gnomon.offline.engines.duckdb import entity_files
 
-        snapshot_days, mutation_days = entity
-        if not snapshot_days:
+        found = entity_files(self.warehouse, owner, source, entity)
+        if found is None:
             return None
-        self.warehouse.require_partitions(source.table, snapshot_days)
-        snapshot_files = [
-            f for day in snapshot_days for f in self.warehouse.partition_files(source.table, day, day)
-        ]
-        check_source(owner, source, self.warehouse, None)
-        columns = _columns(snapshot_files)
-        mutation_files: list[str] = []
-        if source.mutation_table is not None and mutation_days:
-            self.warehouse.require_partitions(source.mutation_table, mutation_days)
-            mutation_files = [
-                f
-                for day in mutation_days
-                for f in self.warehouse.partition_files(source.mutation_table, day, day)
-            ]
-            check_mutation_columns(owner, source, columns, _columns(mutation_files))
+        snapshot_files, columns, mutation_files = found
         file_rows.extend((_file_ds(f), index, f) for f in [*snapshot_files, *mutation_files])
         return _PendingVersions(self, source, columns, snapshot_files, mutation_files)
 
@@ -828,12 +814,6 @@ class _PendingVersions:
 
 def _file_ds(file: str) -> str:
     return file.split("/ds=")[-1].split("/")[0]
-
-
-def _columns(files: list[str]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return [c for c in pq.read_schema(files[-1]).names if c != "ds"]
 
 
 def _arrow_type(spark_type: Any) -> pa.DataType:
