@@ -33,9 +33,11 @@ RANKS = {
     "online": 5,
     "streaming": 6,
     "project": 7,
-    "serving": 8,
-    "cli": 9,
-    "__init__": 10,
+    "monitoring": 8,
+    "orchestration": 9,
+    "serving": 10,
+    "cli": 11,
+    "__init__": 12,
 }
 
 

@@ -1,0 +1,1 @@
+"""Watching what is served: the fetch log (``logs.<join>``) and the online–offline consistency job."""
