@@ -149,8 +149,178 @@ def upload(name: str, ds: str, repo: str) -> None:
         click.echo(f"{group_by}: uploaded {keys} key(s) as of {ds} + 1 day")
 
 
+@main.command(name="run")
+@click.argument("names", nargs=-1)
+@click.option("--ds", default=None, help="The day to run (YYYY-MM-DD; default: yesterday, UTC).")
+@click.option("--start-ds", default=None, help="First day of a range, run one day after another.")
+@click.option("--end-ds", default=None, help="Last day of the range (with --start-ds).")
+@click.option(
+    "--sensor-timeout",
+    type=click.FloatRange(min=0),
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a task waits for a missing input partition before the run fails naming it (0: no wait).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.01),
+    default=30,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often a missing partition is looked for again.",
+)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed task."
+)
+@click.option(
+    "--retry-delay",
+    type=click.FloatRange(min=0),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="Delay before the first retry; it doubles at each further one.",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks run at once."
+)
+@repo_option
+def run(
+    names: tuple[str, ...],
+    ds: str | None,
+    start_ds: str | None,
+    end_ds: str | None,
+    sensor_timeout: float,
+    poll_interval: float,
+    retries: int,
+    retry_delay: float,
+    concurrency: int,
+    repo: str,
+) -> None:
+    """Run everything due for a day in dependency order: StagingQueries, GroupBy backfills, uploads,
+    Join backfills, chained GroupBys, consistency checks (NAMES: only those and what they need).
+
+    Each task starts once its input partitions exist; finished work is skipped, so running again
+    (after a failure or a kill) does only what is left. The history is in <repo>/.gnomon/runs.db
+    (`gnomon status`)."""
+    import datetime as dt
+
+    from gnomon.orchestration.runner import DailyRunner, RunOptions
+    from gnomon.project import Project
+    from gnomon.timeline import ds_range
+
+    if ds is not None and (start_ds or end_ds):
+        raise click.UsageError("give --ds, or --start-ds with --end-ds, not both")
+    if (start_ds is None) != (end_ds is None):
+        raise click.UsageError("--start-ds and --end-ds go together")
+    if start_ds and end_ds:
+        days = ds_range(start_ds, end_ds)
+    else:
+        days = [ds or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()]
+
+    def report(day: str, task: str, status: str, detail: str) -> None:
+        color = {"success": "green", "failed": "red", "waiting": "yellow", "retrying": "yellow"}.get(status)
+        click.echo(f"{day}  {task}  " + click.style(status, fg=color) + (f"  {detail}" if detail else ""))
+
+    options = RunOptions(sensor_timeout, poll_interval, retries, retry_delay, concurrency)
+    runner = DailyRunner(Project(repo), names, options, report=report)
+    span = f"--ds {days[0]}" if len(days) == 1 else f"--start-ds {days[0]} --end-ds {days[-1]}"
+    try:
+        outcomes = runner.run(days, command=" ".join(["gnomon run", *names, span]))
+    finally:
+        runner.history.close()
+    done = sum(o.status == "success" for o in outcomes)
+    click.echo(f"done: {done} task(s) ran, {len(outcomes) - done} skipped as already done or not due")
+
+
 @main.command()
-@click.argument("name")
+@click.option("--ds", default=None, help="Show this day only (default: the most recent --days days run).")
+@click.option(
+    "--days", type=click.IntRange(min=1), default=3, show_default=True, help="Days shown without --ds."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per task and day) instead.")
+@repo_option
+def status(ds: str | None, days: int, as_json: bool, repo: str) -> None:
+    """Print the run history of `gnomon run`: the latest attempt of each task per day, what waits
+    for which partition, and what failed and why."""
+    from gnomon.orchestration.history import History, format_status
+
+    root = Path(repo)
+    if not (root / "gnomon.yaml").exists():
+        raise click.UsageError(f"{root.resolve()} has no gnomon.yaml; give the repo with --repo")
+    history = History.for_repo(root)
+    try:
+        attempts = history.latest(ds, days)
+    finally:
+        history.close()
+    if as_json:
+        click.echo(json.dumps([a.to_json() for a in attempts], indent=2))
+    else:
+        click.echo(format_status(attempts))
+
+
+@main.command()
+@click.argument("join")
+@click.option(
+    "--ds", required=True, help="The day of the logged fetches to check (the day of the time asked for)."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON on stdout instead of a table."
+)
+@click.option(
+    "--fail-on-mismatch",
+    is_flag=True,
+    help="Exit with status 2 when any value differs (default: exit 0 and print the mismatches).",
+)
+@repo_option
+def consistency(join: str, ds: str, as_json: bool, fail_on_mismatch: bool, repo: str) -> None:
+    """Recompute the fetches of JOIN logged on DS (serving: {log: {sample: ...}}) offline at their
+    exact keys and times, and compare value by value: per feature rows compared, mismatches, null
+    rates online and offline, SMAPE, largest difference and a sample of mismatching keys. The
+    figures are also written to the table consistency.<join>, partition DS. Exit status: 0 when the
+    check ran (mismatches or not), 2 with --fail-on-mismatch when a value differs, 1 on an error."""
+    from gnomon.monitoring.consistency import check_consistency
+    from gnomon.project import Project
+
+    report = check_consistency(Project(repo), join, ds)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(report.format())
+    if fail_on_mismatch and report.mismatches:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Instead of NAME: one supervised worker process per online streamed GroupBy, restarted "
+    "with backoff when it exits; --metrics-port serves /health and /metrics; SIGTERM stops all.",
+)
+@click.option(
+    "--backoff-initial",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=None,
+    help="--all: first delay before restarting an exited worker, doubling each time  [default: 1]",
+)
+@click.option(
+    "--backoff-max",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=None,
+    help="--all: longest restart delay; a worker that ran 60 s starts over at the first  [default: 60]",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=None,
+    help="--all: on SIGTERM, how long workers get to finish their batch before SIGKILL  [default: 10]",
+)
 @click.option(
     "--until-caught-up",
     "--available-now",
@@ -212,7 +382,11 @@ def upload(name: str, ds: str, repo: str) -> None:
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Interface for --metrics-port.")
 @repo_option
 def stream(
-    name: str,
+    name: str | None,
+    all_: bool,
+    backoff_initial: float | None,
+    backoff_max: float | None,
+    grace_period: float | None,
     until_caught_up: bool,
     group: str | None,
     engine: str,
@@ -225,6 +399,9 @@ def stream(
     repo: str,
 ) -> None:
     """Consume a GroupBy's topic (or every streamed GroupBy of a Join) into the online store.
+
+    With --all instead of NAME, run one worker process per online streamed GroupBy of the repo,
+    restart one that exits, and stop them all on SIGTERM or Ctrl-C (docs/online.md).
 
     With --engine spark, a Spark Structured Streaming query per topic runs the same micro-batch
     step in foreachBatch, exactly once: the batch id is stored atomically with the rows, so a batch
@@ -253,6 +430,16 @@ def stream(
         ]
         if given:
             raise click.UsageError(f"{', '.join(given)}: only with --engine spark")
+    supervision = {
+        "backoff_initial_s": backoff_initial,
+        "backoff_max_s": backoff_max,
+        "grace_period_s": grace_period,
+    }
+    if all_ or name is None:
+        _stream_all(name, all_, until_caught_up, group, engine, metrics_host, metrics_port, repo, supervision)
+        return
+    if any(value is not None for value in supervision.values()):
+        raise click.UsageError("--backoff-initial, --backoff-max, --grace-period: only with --all")
     server = None
     if metrics_port is not None:
         options["metrics"] = metrics = StreamMetrics()
@@ -276,6 +463,56 @@ def stream(
             f"{group_by}: {worker_stats.records} record(s), {worker_stats.rows} row(s) applied, "
             f"{worker_stats.filtered} filtered by the Query, {worker_stats.dead_letters} dead letter(s)"
         )
+
+
+def _stream_all(
+    name: str | None,
+    all_: bool,
+    until_caught_up: bool,
+    group: str | None,
+    engine: str,
+    metrics_host: str,
+    metrics_port: int | None,
+    repo: str,
+    supervision: dict[str, float | None],
+) -> None:
+    """`gnomon stream --all`: the stream supervisor (gnomon.orchestration.supervisor) until SIGTERM."""
+    from gnomon.orchestration.supervisor import Supervisor, serve_supervisor
+
+    if not all_ or name is not None:
+        raise click.UsageError(
+            "give NAME (a GroupBy or Join) or --all, not both" if all_ else "missing NAME, or --all"
+        )
+    refused = [
+        flag
+        for flag, given in (
+            ("--until-caught-up", until_caught_up),
+            ("--group", group is not None),
+            ("--engine spark", engine != "embedded"),
+        )
+        if given
+    ]
+    if refused:
+        raise click.UsageError(f"{', '.join(refused)}: not with --all (each worker runs until stopped)")
+    supervisor = Supervisor(repo, **{k: v for k, v in supervision.items() if v is not None})
+    server = None
+    if metrics_port is not None:
+        try:
+            server = serve_supervisor(supervisor, metrics_host, metrics_port)
+        except OSError as error:
+            raise click.BadParameter(
+                f"cannot listen on {metrics_host}:{metrics_port} ({error.strerror}); pick a free port",
+                param_hint="--metrics-port",
+            ) from None
+        url = f"http://{metrics_host}:{server.server_address[1]}"
+        click.echo(f"health on {url}/health, metrics on {url}/metrics", err=True)
+    click.echo(f"supervising {', '.join(w.group_by for w in supervisor.workers)}", err=True)
+    try:
+        supervisor.run_until_signalled()
+    finally:
+        if server is not None:
+            server.shutdown()
+    click.echo("stopped every stream worker", err=True)
 
 
 @main.command()
@@ -379,6 +616,72 @@ def serve(host: str, port: int, tls_cert: str | None, tls_key: str | None, repo:
                 err=True,
             )
     run(repo, host, port, tls_cert=tls_cert, tls_key=tls_key)
+
+
+@main.group()
+def airflow() -> None:
+    """Run the repo's daily work from Apache Airflow (docs/airflow.md)."""
+
+
+@airflow.command(name="export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--gnomon-bin",
+    default=None,
+    metavar="PATH",
+    help="The `gnomon` executable the Airflow workers run, written into the files "
+    "(default: this one, or the one on PATH).",
+)
+@click.option(
+    "--start-date",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Every DAG's start_date (default: the earliest backfill_start_date/start_partition of its "
+    "definitions, else the first partition of its input tables).",
+)
+@click.option(
+    "--sensor-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=6 * 3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a sensor waits for an input partition before the run fails.",
+)
+@click.option(
+    "--poke-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often a sensor looks for its partitions again.",
+)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed task."
+)
+@repo_option
+def airflow_export(
+    directory: str,
+    gnomon_bin: str | None,
+    start_date: str | None,
+    sensor_timeout: float,
+    poke_interval: float,
+    retries: int,
+    repo: str,
+) -> None:
+    """Write Airflow DAG files into DIRECTORY: one per Join, one for the StagingQueries, one for the
+    consistency checks (and one for GroupBys no Join uses). Each task runs the `gnomon` CLI with
+    Airflow's execution date ({{ ds }}) as the day."""
+    from gnomon.orchestration.airflow import ExportOptions, default_gnomon_bin, export_dags
+    from gnomon.project import Project
+
+    binary = str(Path(gnomon_bin).absolute()) if gnomon_bin else default_gnomon_bin()
+    options = ExportOptions(binary, start_date, sensor_timeout, poke_interval, retries)
+    written = export_dags(Project(repo), directory, options)
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(
+        f"{len(written)} DAG file(s); copy them into your Airflow dags folder (or point it at {directory})"
+    )
 
 
 @main.group()

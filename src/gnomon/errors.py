@@ -71,6 +71,23 @@ class MissingExtraError(GnomonError, ImportError):
     """An optional dependency is not installed; says which extra to install."""
 
 
+class AlreadySupervisedError(GnomonError, RuntimeError):
+    """Another `gnomon stream --all` already supervises the repo's stream workers (names its pid)."""
+
+
+class PartitionTimeoutError(GnomonError, TimeoutError):
+    """`gnomon run` waited ``--sensor-timeout`` seconds for a partition of a table the repo reads but
+    does not produce, and it never landed: names the table, the ds and the task that waited."""
+
+    def __init__(self, table: str, ds: str, task: str, waited_s: float) -> None:
+        self.table, self.ds, self.task, self.waited_s = table, ds, task, waited_s
+        super().__init__(
+            f"table {table!r} has no partition ds={ds}, which {task} reads; waited {waited_s:.0f} s. "
+            f"Fix: land {table}/ds={ds} in the warehouse, then run again (finished work is skipped), "
+            "or wait longer with --sensor-timeout"
+        )
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """A short suggestion sentence for an unknown `name`, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=3)

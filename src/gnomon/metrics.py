@@ -1,15 +1,21 @@
 """Prometheus metrics without a dependency: counters and fixed-bucket histograms, text format 0.0.4.
 
 `Metrics` is what the HTTP service's ``GET /metrics`` reports; `StreamMetrics` what a stream worker
-reports on ``gnomon stream --metrics-port`` (`serve_metrics`).
+reports on ``gnomon stream --metrics-port`` (`serve_metrics`). `FeatureNullCounts` counts the values
+and nulls served per feature (Chronon's fetcher does the same), `ConsistencyGauges` shows the latest
+figures of the consistency job (``consistency.<join>`` tables) on the server's ``/metrics``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +90,179 @@ class Counter:
         return lines
 
 
+def label(value: str) -> str:
+    """A label value escaped as the text format wants (backslash, double quote, newline).
+
+    >>> label('a"b')
+    'a\\\\"b'
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _is_null(value: Any) -> bool:
+    """Null as a client sees it: None, or a float JSON has no spelling for (served as null)."""
+    return value is None or (value.__class__ is float and not math.isfinite(value))
+
+
+class FeatureNullCounts:
+    """Per Join (or GroupBy) and feature: values served and how many of them were null.
+
+    Rendered as ``gnomon_feature_values_total{join=...,feature=...}`` and
+    ``gnomon_feature_nulls_total{...}`` (label ``groupby`` for GroupBy fetches); their ratio is the
+    null rate at fetch time. The hot path counts each answer's *shape* (its tuple of feature names,
+    which a definition fixes) and only the nulls per feature; the per-feature value counts are
+    summed from the shapes when scraped. Observing and rendering both run on the server's event
+    loop, so plain dicts need no lock.
+    """
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[str, str], dict[tuple[str, ...], int]] = {}
+        self._nulls: dict[tuple[str, str], dict[str, int]] = {}
+
+    def observe(self, kind: str, name: str, vectors: Iterable[Mapping[str, Any]]) -> None:
+        """Count the feature vectors of one fetch (``kind`` is ``join`` or ``groupby``); an empty
+        vector (a failed key) serves no values."""
+        shapes = self._shapes.get((kind, name))
+        if shapes is None:
+            shapes = self._shapes[kind, name] = {}
+            self._nulls[kind, name] = {}
+        nulls = self._nulls[kind, name]
+        for vector in vectors:
+            if not vector:
+                continue
+            shape = tuple(vector)
+            shapes[shape] = shapes.get(shape, 0) + 1
+            for feature, value in vector.items():
+                if _is_null(value):
+                    nulls[feature] = nulls.get(feature, 0) + 1
+
+    def counts(self, kind: str, name: str) -> dict[str, tuple[int, int]]:
+        """Feature -> (values served, nulls among them) of one Join or GroupBy."""
+        values: dict[str, int] = {}
+        for shape, count in list(self._shapes.get((kind, name), {}).items()):
+            for feature in shape:
+                values[feature] = values.get(feature, 0) + count
+        nulls = self._nulls.get((kind, name), {})
+        return {feature: (count, nulls.get(feature, 0)) for feature, count in sorted(values.items())}
+
+    def render(self) -> list[str]:
+        served = [
+            "# HELP gnomon_feature_values_total Feature values served (successful keys), by Join or "
+            "GroupBy and feature.",
+            "# TYPE gnomon_feature_values_total counter",
+        ]
+        nulls = [
+            "# HELP gnomon_feature_nulls_total Null feature values served (null, NaN or infinite), by "
+            "Join or GroupBy and feature.",
+            "# TYPE gnomon_feature_nulls_total counter",
+        ]
+        for kind, name in sorted(self._shapes):
+            for feature, (count, null_count) in self.counts(kind, name).items():
+                labels = f'{kind}="{label(name)}",feature="{label(feature)}"'
+                served.append(f"gnomon_feature_values_total{{{labels}}} {count}")
+                nulls.append(f"gnomon_feature_nulls_total{{{labels}}} {null_count}")
+        return served + nulls
+
+
+_CONSISTENCY_GAUGES = (
+    ("mismatch_rate", "Share of the logged fetches whose online value differs from the offline one"),
+    ("smape", "Symmetric mean absolute percentage error between online and offline values"),
+)
+
+
+class ConsistencyGauges:
+    """The latest figures of the online–offline consistency job, as gauges.
+
+    ``tables`` maps each online Join to the folder of its ``consistency.<join>`` table (columns
+    ``ds, feature, rows_compared, mismatches, mismatch_rate, online_null_rate, offline_null_rate,
+    smape, max_abs_diff, mismatching_keys``). The newest ``ds=`` partition of each is read at most
+    once per ``refresh_s`` (a scrape in between renders the cached figures) and rendered as
+    ``gnomon_consistency_mismatch_rate{join,feature}`` and ``gnomon_consistency_smape{join,feature}``,
+    plus ``gnomon_consistency_day{join}``: the day (epoch seconds of its midnight) they are about.
+    A table that cannot be read keeps its previous figures and is logged.
+    """
+
+    def __init__(
+        self, tables: Mapping[str, Path], refresh_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.tables, self.refresh_s, self.clock = dict(tables), refresh_s, clock
+        self._read_at: float | None = None
+        self._figures: dict[str, tuple[str, dict[str, dict[str, float]]]] = {}
+
+    def figures(self) -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
+        """Join -> (ds, feature -> {gauge: value}), re-read when older than ``refresh_s``."""
+        now = self.clock()
+        if self._read_at is None or now - self._read_at >= self.refresh_s:
+            self._read_at = now
+            for join, folder in self.tables.items():
+                try:
+                    latest = _latest_consistency(folder)
+                except Exception as error:  # noqa: BLE001 — a bad table must not break /metrics
+                    logging.getLogger(__name__).warning(
+                        "consistency table of %s at %s could not be read: %s", join, folder, error
+                    )
+                    continue
+                if latest is None:
+                    self._figures.pop(join, None)
+                else:
+                    self._figures[join] = latest
+        return self._figures
+
+    def render(self) -> list[str]:
+        figures = self.figures()
+        lines: list[str] = []
+        for gauge, help_text in _CONSISTENCY_GAUGES:
+            name = f"gnomon_consistency_{gauge}"
+            lines += [f"# HELP {name} {help_text}, latest day, by Join and feature.", f"# TYPE {name} gauge"]
+            for join, (_, features) in sorted(figures.items()):
+                for feature, values in sorted(features.items()):
+                    if gauge in values:
+                        lines.append(
+                            f'{name}{{join="{label(join)}",feature="{label(feature)}"}} {values[gauge]}'
+                        )
+        lines += [
+            "# HELP gnomon_consistency_day The day the consistency gauges are about (its midnight, UTC, "
+            "epoch seconds), by Join.",
+            "# TYPE gnomon_consistency_day gauge",
+        ]
+        for join, (ds, _) in sorted(figures.items()):
+            lines.append(f'gnomon_consistency_day{{join="{label(join)}"}} {_midnight_s(ds)}')
+        return lines
+
+
+def _midnight_s(ds: str) -> str:
+    """Epoch seconds of a ``YYYY-MM-DD`` day's midnight (UTC), or NaN for a partition named otherwise."""
+    import calendar
+
+    try:
+        return str(calendar.timegm(time.strptime(ds, "%Y-%m-%d")))
+    except ValueError:
+        return "NaN"
+
+
+def _latest_consistency(folder: Path) -> tuple[str, dict[str, dict[str, float]]] | None:
+    """(ds, feature -> gauges) of the newest ``ds=`` partition under ``folder`` (None: none yet).
+    A feature written twice in the partition (a rerun appending) keeps its last row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not folder.is_dir():
+        return None
+    days = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("ds="))
+    if not days:
+        return None
+    files = sorted((folder / days[-1]).glob("*.parquet"))
+    wanted = ["feature", *(gauge for gauge, _ in _CONSISTENCY_GAUGES)]
+    features: dict[str, dict[str, float]] = {}
+    for file in files:
+        table: pa.Table = pq.read_table(file, columns=wanted)
+        for row in table.to_pylist():
+            features[str(row["feature"])] = {
+                gauge: float(row[gauge]) for gauge, _ in _CONSISTENCY_GAUGES if row[gauge] is not None
+            }
+    return days[-1][3:], features
+
+
 class Metrics:
     """Everything `GET /metrics` reports."""
 
@@ -101,6 +280,29 @@ class Metrics:
         self.events = Counter(
             "gnomon_events_ingested_total", "Events accepted by POST /v1/events, by topic.", "topic"
         )
+        self.features = FeatureNullCounts()
+        self.fetch_log_records = Counter(
+            "gnomon_fetch_log_records_total",
+            "Fetched keys written to the fetch log logs.<join>, by Join.",
+            "join",
+        )
+        self.fetch_log_dropped = Counter(
+            "gnomon_fetch_log_dropped_total",
+            "Sampled fetched keys not logged: the fetch log's queue was full (or the server stopping), by Join.",
+            "join",
+        )
+        self.fetch_log_lost = Counter(
+            "gnomon_fetch_log_lost_total",
+            "Fetched keys an earlier server queued for the fetch log but never wrote (it crashed), "
+            "found at this server's start, by Join.",
+            "join",
+        )
+        self.fetch_log_errors = Counter(
+            "gnomon_fetch_log_write_errors_total",
+            "Failed writes of fetch log files (retried at the next flush), by Join.",
+            "join",
+        )
+        self.consistency: ConsistencyGauges | None = None
 
     def render(self) -> str:
         lines = [
@@ -108,6 +310,12 @@ class Metrics:
             *self.freshness.render(),
             *self.results.render(),
             *self.events.render(),
+            *self.features.render(),
+            *self.fetch_log_records.render(),
+            *self.fetch_log_dropped.render(),
+            *self.fetch_log_lost.render(),
+            *self.fetch_log_errors.render(),
+            *(self.consistency.render() if self.consistency is not None else []),
         ]
         return "\n".join(lines) + "\n"
 

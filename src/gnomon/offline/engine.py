@@ -44,6 +44,22 @@ class BatchRows:
         self.batches = batches
 
 
+class BatchScope:
+    """What an upload as of ``ds`` reads, for every engine: the batch end (``ds + 1 day``), the longest
+    window, the first event partition and the value columns (``columns`` less the mutation and source
+    markers, which each engine fills itself)."""
+
+    def __init__(self, group_by: GroupByPlan, ds: str, columns: Sequence[str]) -> None:
+        from gnomon.compile.features import MUTATION_COLUMNS, SOURCE_COLUMN
+        from gnomon.timeline import backfill_query_time, read_range
+
+        self.owner = f"GroupBy({group_by.name!r})"
+        self.batch_end = backfill_query_time(ds)
+        self.span = group_by.max_window_ms
+        self.start_ds = read_range(self.span, self.batch_end, self.batch_end)[0]
+        self.values = [c for c in columns if c not in MUTATION_COLUMNS and c != SOURCE_COLUMN]
+
+
 class OfflineEngine(Protocol):
     """GroupBy, Join and StagingQuery backfills, notebook training data and an upload's batch rows."""
 

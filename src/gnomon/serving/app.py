@@ -8,6 +8,11 @@ Routes:
 - ``POST /v1/events/{topic}`` (``?sync=true``: return once the events are servable).
 - ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``.
 
+``/metrics`` also counts, per Join or GroupBy and feature, the values served and the nulls among
+them (null rates at fetch time), and shows the latest figures of the consistency job. With
+``serving: {log: {sample: ...}}`` a key-hash sample of Join fetches is logged to ``logs.<join>``
+(`gnomon.monitoring.fetch_log`); the log is flushed when the server shuts down.
+
 Bad requests get a 4xx JSON ``{"error": ...}`` naming the field; a request over one of the limits of
 ``serving: {limits: ...}`` (body size, keys per fetch, events per push, JSON nesting depth) gets a 413
 or 400 naming the limit and its setting (``"limit": "serving.limits.keys"``). With ``serving: {auth:
@@ -22,14 +27,17 @@ never blocks on the network.
 # no `from __future__ import annotations`: FastAPI must see the real Request class in handler signatures
 import gc
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from gnomon import jsonio
-from gnomon.config import ServingLimits
+from gnomon.config import CONFIG_FILE, ServingLimits
 from gnomon.errors import MissingExtraError, UnknownObjectError
-from gnomon.metrics import Metrics
+from gnomon.metrics import ConsistencyGauges, Metrics
+from gnomon.monitoring.fetch_log import FetchLog, LogSettings, report_lost_records
 
 _KEYS_BODY = {
     "required": True,
@@ -265,6 +273,8 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
     store = project.store()
     fetcher = project.fetcher(store)
     metrics = Metrics()
+    fetch_log = _fetch_log(project, metrics)
+    metrics.consistency = _consistency_gauges(project)
     state: dict[str, Any] = {"broker": None}
     schemas: dict[tuple[str, str], Any] = {}
 
@@ -273,10 +283,17 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
             schemas[group_by, topic] = project.source_schema(group_by, topic)
         return schemas[group_by, topic]
 
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        if fetch_log is not None:  # a clean shutdown writes every logged fetch
+            fetch_log.close()
+
     app = FastAPI(
         title="Gnomon feature server",
         version="1",
         description="Chronon's fetch contract over a Gnomon feature repo.",
+        lifespan=lifespan,
     )
 
     def dumps(body: Any, status: int = 200) -> Response:
@@ -312,11 +329,16 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
                             f"{', '.join(keys_needed)})"
                         )
             at = _parse_at(at_param)
+            if fetch_log is not None and kind == "join" and at is None:
+                at = int(time.time() * 1000)  # the fetcher's q, fixed here so that the log records it
             results = await (fetcher.fetch_join_async if kind == "join" else fetcher.fetch_group_by_async)(
                 name, keys, at
             )
             for result in results:
                 metrics.results.inc(result.status)
+            metrics.features.observe(kind, name, [result.features for result in results])
+            if fetch_log is not None and kind == "join" and at is not None:
+                fetch_log.record(name, at, results)
             payload = _json_bytes({"results": [result.to_json() for result in results]})
         except UnknownObjectError as error:
             status, payload = 404, _json_bytes({"error": str(error)})
@@ -414,7 +436,31 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
         _document_auth(app, authenticator)
         app.state.auth = authenticator
     app.state.metrics = metrics
+    app.state.fetch_log = fetch_log
     return app
+
+
+def _fetch_log(project: Any, metrics: Metrics) -> FetchLog | None:
+    """The fetch log of ``serving.log`` (None when it samples nothing), after reporting what servers
+    that crashed queued but never wrote."""
+    settings = LogSettings.parse(project.config.serving.log, project.config.root / CONFIG_FILE)
+    report_lost_records(project.config.warehouse, metrics)
+    if settings.sample <= 0:
+        return None
+    return FetchLog(project.config.warehouse, project.plan, settings, metrics)
+
+
+def _consistency_gauges(project: Any) -> ConsistencyGauges:
+    """Gauges of the latest ``consistency.<join>`` partition of every online Join."""
+    from gnomon.compile.plan import output_table
+
+    return ConsistencyGauges(
+        {
+            name: project.warehouse.table_path(output_table(name, "consistency"))
+            for name, join in sorted(project.plan.joins.items())
+            if join.online
+        }
+    )
 
 
 def _document_auth(app: Any, authenticator: Any) -> None:

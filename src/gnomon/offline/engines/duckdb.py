@@ -30,11 +30,10 @@ from gnomon.compile.sql import quote, row_id_sql
 from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError, WarehouseError, did_you_mean
-from gnomon.offline.engine import BatchRows, RowsKind, require_columns, source_files
+from gnomon.offline.engine import BatchRows, BatchScope, RowsKind, require_columns, source_files
 from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
-from gnomon.timeline import backfill_query_time, read_range
 
 log = logging.getLogger("gnomon.offline")
 
@@ -1043,17 +1042,14 @@ class DuckDBEngine:
 
     def batch_rows(self, group_by: GroupByPlan, ds: str, columns: Sequence[str], kind: RowsKind) -> BatchRows:
         """`OfflineEngine.batch_rows`: the rows an upload as of ``ds + 1 day`` folds, sorted by key."""
-        from gnomon.compile.features import MUTATION_COLUMNS, SOURCE_COLUMN
+        from gnomon.compile.features import SOURCE_COLUMN
 
-        owner = f"GroupBy({group_by.name!r})"
-        batch_end = backfill_query_time(ds)
-        span = group_by.max_window_ms
-        start_ds, _ = read_range(span, batch_end, batch_end)
-        values = [c for c in columns if c not in MUTATION_COLUMNS and c != SOURCE_COLUMN]
+        scope = BatchScope(group_by, ds, columns)
+        batch_end, span, values = scope.batch_end, scope.span, scope.values
         events_sql = self.source_sql(
-            owner,
+            scope.owner,
             group_by.sources,
-            start_ds,
+            scope.start_ds,
             ds,
             [*group_by.keys, *values],
             strict=[] if kind == "entities" else [ds],

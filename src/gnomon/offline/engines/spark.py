@@ -31,7 +31,7 @@ from gnomon.compile.validate import check_source
 from gnomon.config import OfflineConfig
 from gnomon.errors import DefinitionError, ExecutionError
 from gnomon.extras import require
-from gnomon.offline.engine import BatchRows, Partition, RowsKind, require_columns, source_files
+from gnomon.offline.engine import BatchRows, BatchScope, Partition, RowsKind, require_columns, source_files
 from gnomon.offline.keyed import EVENT, QUERY, TILE, Layout, answer, tile_rows, tile_schema
 from gnomon.offline.warehouse import Warehouse
 from gnomon.timeline import DAY_MS, backfill_query_time, ds_to_ms, entity_partitions, ms_to_ds, read_range
@@ -686,15 +686,12 @@ class SparkEngine:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        owner = f"GroupBy({group_by.name!r})"
-        batch_end = backfill_query_time(ds)
-        span = group_by.max_window_ms
-        start_ds, _ = read_range(span, batch_end, batch_end)
-        values = [c for c in columns if c not in MUTATION_COLUMNS and c != SOURCE_COLUMN]
+        scope = BatchScope(group_by, ds, columns)
+        owner, batch_end, span, values = scope.owner, scope.batch_end, scope.span, scope.values
         events = self.sources(
             owner,
             group_by.sources,
-            start_ds,
+            scope.start_ds,
             ds,
             None,
             strict=[] if kind == "entities" else [ds],
