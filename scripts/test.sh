@@ -7,6 +7,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
 fi
+# the web UI's browser tests drive Debian's Chromium through Playwright (never `playwright install`)
+if [ ! -x /usr/bin/chromium ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null
+fi
 # the Spark engine's tests run Spark in local mode: it needs a Java runtime (17 or newer)
 if ! command -v java >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

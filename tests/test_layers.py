@@ -35,9 +35,10 @@ RANKS = {
     "project": 7,
     "monitoring": 8,
     "orchestration": 9,
-    "serving": 10,
-    "cli": 11,
-    "__init__": 12,
+    "ui": 10,
+    "serving": 11,
+    "cli": 12,
+    "__init__": 13,
 }
 
 

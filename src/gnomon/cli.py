@@ -291,6 +291,41 @@ def consistency(join: str, ds: str, as_json: bool, fail_on_mismatch: bool, repo:
         sys.exit(2)
 
 
+@main.command(name="stats")
+@click.argument("table")
+@click.option("--ds", required=True, help="The partition (YYYY-MM-DD).")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of a table.")
+@repo_option
+def stats_command(table: str, ds: str, as_json: bool, repo: str) -> None:
+    """Print the data-quality statistics of partition DS of TABLE (a warehouse table such as
+    features.user_item_training, else a GroupBy, Join or StagingQuery name): the row count and per
+    column nulls, NaNs, min, max, mean, approximate distinct count, histogram and drift against the
+    previous partition. Backfills store them for every partition they write; missing ones (with
+    offline: {stats: false}, or after a failure) are computed now and stored."""
+    from gnomon.errors import UnknownObjectError
+    from gnomon.offline.stats import read_stats, write_stats
+    from gnomon.project import Project
+
+    project = Project(repo)
+    warehouse = project.warehouse
+    if "." not in table or not warehouse.exists(table):
+        plan = project.plan
+        node = plan.group_bys.get(table) or plan.joins.get(table) or plan.staging_queries.get(table)
+        if node is None:
+            raise UnknownObjectError(
+                "table, GroupBy, Join or StagingQuery", table, [*plan.names(), *warehouse.tables()]
+            )
+        table = node.output_table
+    stored = read_stats(warehouse, table, ds, ds)
+    stats = stored[0] if stored else write_stats(warehouse, table, ds)
+    if not stored:
+        click.echo(f"no statistics were stored for {table} ds={ds}: computed and stored them now", err=True)
+    if as_json:
+        click.echo(json.dumps(stats.to_json(), indent=2))
+    else:
+        click.echo(stats.format())
+
+
 @main.command()
 @click.argument("name", required=False)
 @click.option(
@@ -616,6 +651,55 @@ def serve(host: str, port: int, tls_cert: str | None, tls_key: str | None, repo:
                 err=True,
             )
     run(repo, host, port, tls_cert=tls_cert, tls_key=tls_key)
+
+
+@main.command(name="ui")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    show_default=True,
+    help="Open the UI in the default web browser once the server answers.",
+)
+@repo_option
+@click.pass_context
+def ui(ctx: click.Context, host: str, port: int, open_browser: bool, repo: str) -> None:
+    """Serve the web UI at http://HOST:PORT/ui: the catalog, lineage, partitions, runs, freshness,
+    data quality and consistency of the repo, read from the JSON API under /v1 (listed at /docs).
+
+    The same server as `gnomon serve` (the fetch and push routes answer too); with
+    `serving: {auth: ...}` the page asks for a token, which the JSON API needs."""
+    if not (Path(repo) / "gnomon.yaml").exists():
+        raise click.UsageError(f"{Path(repo).resolve()} has no gnomon.yaml; give the repo with --repo")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/ui"
+    click.echo(f"web UI: {url}")
+    if open_browser:
+        _open_when_up(url, shown, port)
+    ctx.invoke(serve, host=host, port=port, tls_cert=None, tls_key=None, repo=repo)
+
+
+def _open_when_up(url: str, host: str, port: int, timeout_s: float = 30.0) -> None:
+    """Open ``url`` in the default browser (from a daemon thread) once ``host:port`` accepts
+    connections; give up quietly after ``timeout_s`` (the URL is printed anyway)."""
+    import socket
+    import threading
+    import time
+    import webbrowser
+
+    def wait_then_open() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    webbrowser.open(url)
+                    return
+            except OSError:
+                time.sleep(0.2)
+
+    threading.Thread(target=wait_then_open, name="gnomon-ui-open", daemon=True).start()
 
 
 @main.group()

@@ -22,6 +22,7 @@ class OfflineConfig:
     memory_limit: str | None = None  # DuckDB memory_limit, e.g. "4GB"; spills to temp beyond it
     threads: int | None = None
     shards: int = 1  # key-hash shards processed one after another, to bound memory
+    stats: bool = True  # data-quality statistics after every backfill partition (gnomon.offline.stats)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -231,15 +232,21 @@ class Config:
             offline_raw = {"engine": offline_raw}
         if not isinstance(offline_raw, dict):
             raise ConfigError(f"{path}: offline must be a mapping like {{engine: duckdb}}")
-        known_offline = ("engine", "memory_limit", "threads", "shards")
+        known_offline = ("engine", "memory_limit", "threads", "shards", "stats")
         options = {k: v for k, v in offline_raw.items() if k not in known_offline}
         offline = OfflineConfig(
             engine=offline_raw.get("engine", "duckdb"),
             memory_limit=offline_raw.get("memory_limit"),
             threads=offline_raw.get("threads"),
             shards=int(offline_raw.get("shards", 1)),
+            stats=offline_raw.get("stats", True),
             options=options,
         )
+        if not isinstance(offline.stats, bool):
+            raise ConfigError(
+                f"{path}: offline.stats must be true or false (data-quality statistics after every "
+                f"backfill partition), got {offline.stats!r}"
+            )
         if offline.engine not in ("duckdb", "spark"):
             raise ConfigError(f"{path}: offline.engine must be 'duckdb' or 'spark', got {offline.engine!r}")
         if offline.shards < 1:

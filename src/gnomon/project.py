@@ -136,6 +136,10 @@ class Project:
                 )
             written = self._write_all(node.output_table, produced)
             engine.publish(node.output_table, written)
+            if self.config.offline.stats:  # logs, never raises: the partitions are committed
+                from gnomon.offline.stats import update_stats
+
+                update_stats(self.warehouse, node.output_table, written)
             return written
         finally:
             engine.close()

@@ -60,7 +60,8 @@ def outputs(repo: Path) -> dict[str, list[str]]:
 
 
 def mtimes(repo: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in (repo / "warehouse" / "features").rglob("*.parquet")}
+    """Each output partition file's modification time (not the hidden statistics beside them)."""
+    return {str(p): p.stat().st_mtime_ns for p in (repo / "warehouse" / "features").glob("*/ds=*/*.parquet")}
 
 
 def latest(repo: Path, ds: str | None = None) -> dict[tuple[str, str], str]:

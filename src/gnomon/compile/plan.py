@@ -56,6 +56,35 @@ class FeaturePlan:
 
 
 @dataclass(frozen=True)
+class Meta:
+    """What a definition says about itself for people: its owner, tags, description and the module
+    that defines it. Shown by ``gnomon compile`` and the UI; never part of a fingerprint
+    (`without_meta`), so editing it recomputes and re-uploads nothing."""
+
+    owner: str | None = None
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    defined_in: str | None = None
+
+    @classmethod
+    def of(cls, definition: GroupBy | Join | StagingQuery) -> Meta:
+        return cls(
+            owner=definition.owner,
+            tags=list(definition.tags),
+            description=definition.description,
+            defined_in=definition.defined_in,
+        )
+
+
+def without_meta(node: GroupByPlan | JoinPlan | StagingQueryPlan) -> dict[str, Any]:
+    """``asdict(node)`` less its `Meta`: what a plan object's fingerprints hash (the runner's task
+    fingerprints, the fetch log's ``join_fingerprint``)."""
+    body = asdict(node)
+    body.pop("meta", None)
+    return body
+
+
+@dataclass(frozen=True)
 class GroupByPlan:
     name: str
     output_table: str
@@ -67,6 +96,7 @@ class GroupByPlan:
     online: bool
     derivations: list[list[str]]  # [name, expression]; ["*", "*"] keeps raw columns
     backfill_start_date: str | None = None
+    meta: Meta = field(default_factory=Meta)
 
     @property
     def max_window_ms(self) -> int | None:
@@ -123,6 +153,7 @@ class JoinPlan:
     parts: list[JoinPartPlan]
     derivations: list[list[str]]
     online: bool
+    meta: Meta = field(default_factory=Meta)
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,7 @@ class StagingQueryPlan:
     output_table: str
     query: str
     start_partition: str
+    meta: Meta = field(default_factory=Meta)
 
 
 @dataclass
@@ -163,12 +195,15 @@ class Plan:
         for name, gb in body["group_bys"].items():
             gb["sources"] = [SourcePlan(**s) for s in gb["sources"]]
             gb["features"] = [FeaturePlan(**f) for f in gb["features"]]
+            gb["meta"] = Meta(**gb.get("meta", {}))  # plans written before Meta have none
             plan.group_bys[name] = GroupByPlan(**gb)
         for name, join in body["joins"].items():
             join["left"] = SourcePlan(**join["left"])
             join["parts"] = [JoinPartPlan(**p) for p in join["parts"]]
+            join["meta"] = Meta(**join.get("meta", {}))
             plan.joins[name] = JoinPlan(**join)
         for name, sq in body["staging_queries"].items():
+            sq["meta"] = Meta(**sq.get("meta", {}))
             plan.staging_queries[name] = StagingQueryPlan(**sq)
         return plan
 
@@ -246,6 +281,7 @@ def group_by_plan(name: str, group_by: GroupBy, loaded: LoadedRepo, dialect: str
             [d.name, transpile(d.expression, dialect) if not d.is_star else "*"] for d in group_by.derivations
         ],
         backfill_start_date=group_by.backfill_start_date,
+        meta=Meta.of(group_by),
     )
 
 
@@ -270,6 +306,7 @@ def join_plan(name: str, join: Join, loaded: LoadedRepo, dialect: str) -> JoinPl
             [d.name, transpile(d.expression, dialect) if not d.is_star else "*"] for d in join.derivations
         ],
         online=join.online,
+        meta=Meta.of(join),
     )
 
 
@@ -287,6 +324,7 @@ def build_plan(loaded: LoadedRepo, dialect: str = "duckdb") -> Plan:
                 output_table=output_table(name, obj.output_namespace),
                 query=transpile_statement(obj.query, dialect),
                 start_partition=obj.start_partition,
+                meta=Meta.of(obj),
             )
     return plan
 
@@ -318,9 +356,11 @@ __all__ = [
     "GroupByPlan",
     "JoinPartPlan",
     "JoinPlan",
+    "Meta",
     "Plan",
     "SourcePlan",
     "StagingQueryPlan",
     "build_plan",
     "output_table",
+    "without_meta",
 ]

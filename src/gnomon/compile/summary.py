@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gnomon.compile.plan import Plan
+from gnomon.compile.plan import Meta, Plan
 from gnomon.compile.validate import group_by_output_columns, join_feature_columns
 
 
@@ -15,6 +15,19 @@ def _window(ms: int | None) -> str:
     return f"{ms}ms"
 
 
+def _meta_lines(meta: Meta) -> list[str]:
+    """``owner … · tags …`` and the description, when the definition sets them."""
+    about = []
+    if meta.owner:
+        about.append(f"owner {meta.owner}")
+    if meta.tags:
+        about.append(f"tags {', '.join(meta.tags)}")
+    lines = [f"  {' · '.join(about)}"] if about else []
+    if meta.description:
+        lines.append(f"  {meta.description}")
+    return lines
+
+
 def summarize(plan: Plan) -> str:
     """One block per GroupBy, Join and StagingQuery: what it reads, computes and writes."""
     lines = []
@@ -25,6 +38,7 @@ def summarize(plan: Plan) -> str:
             f"GroupBy {name}  ({group_by.accuracy}, keys: {', '.join(group_by.keys)}"
             f"{', online' if group_by.online else ''})"
         )
+        lines.extend(_meta_lines(group_by.meta))
         lines.append(f"  reads  {tables}" + (f"; streams {topics}" if topics else ""))
         lines.append(f"  writes {group_by.output_table}")
         for feature in group_by.features:
@@ -40,6 +54,7 @@ def summarize(plan: Plan) -> str:
                 lines.append(f"    {derived:<40} = {expression}")
     for name, join in plan.joins.items():
         lines.append(f"Join {name}  (left: {join.left.table}{', online' if join.online else ''})")
+        lines.extend(_meta_lines(join.meta))
         lines.append(f"  writes {join.output_table}")
         for part in join.parts:
             keys = ", ".join(
@@ -61,6 +76,7 @@ def summarize(plan: Plan) -> str:
         )
     for name, staging in plan.staging_queries.items():
         lines.append(f"StagingQuery {name}  (from {staging.start_partition})")
+        lines.extend(_meta_lines(staging.meta))
         lines.append(f"  writes {staging.output_table}")
     counts = (
         f"{len(plan.group_bys)} GroupBy, {len(plan.joins)} Join, {len(plan.staging_queries)} StagingQuery"

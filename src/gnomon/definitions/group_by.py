@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +163,50 @@ def _as_list(value: Any, obj: str, fld: str) -> tuple[Any, ...]:
     return (value,)
 
 
+def check_metadata(obj: str, owner: Any, tags: Any, description: Any) -> tuple[str, ...]:
+    """Check a definition's optional ``owner``, ``tags`` and ``description``; returns the tags as a
+    tuple. They describe a definition for people (``gnomon compile``, the UI) and never change what
+    it computes.
+
+    >>> check_metadata("GroupBy", "ranking-team", ["user", "ranking"], None)
+    ('user', 'ranking')
+    """
+    examples = {"owner": '"ranking-team"', "description": '"Views of an item by a user."'}
+    for fld, value in (("owner", owner), ("description", description)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise DefinitionError(
+                f"{fld} must be a non-empty string, got {value!r}",
+                obj=obj,
+                field=fld,
+                fix=f"write e.g. {fld}={examples[fld]}, or leave it out",
+            )
+    if isinstance(tags, (str, bytes)):
+        raise DefinitionError(
+            "tags must be a list of strings", obj=obj, field="tags", fix=f"write tags=[{tags!r}]"
+        )
+    if not isinstance(tags, (list, tuple)):
+        raise DefinitionError(
+            f"tags must be a list of strings, got {type(tags).__name__}",
+            obj=obj,
+            field="tags",
+            fix='write e.g. tags=["ranking", "user"]',
+        )
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise DefinitionError(
+                f"every tag must be a non-empty string, got {tag!r}",
+                obj=obj,
+                field="tags",
+                fix='write e.g. tags=["ranking", "user"]',
+            )
+    repeated = [tag for tag, count in Counter(tags).items() if count > 1]
+    if repeated:
+        raise DefinitionError(
+            f"tag {repeated[0]!r} is listed twice", obj=obj, field="tags", fix="list each tag once"
+        )
+    return tuple(tags)
+
+
 @dataclass(frozen=True)
 class GroupBy:
     """Aggregations of one or more sources by key: the unit of feature computation."""
@@ -175,11 +220,15 @@ class GroupBy:
     backfill_start_date: str | None = None
     output_namespace: str | None = None
     name: str | None = None
+    owner: str | None = None
+    tags: Sequence[str] = ()
+    description: str | None = None
     defined_in: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defined_in", self.defined_in or caller_module())
         obj = f"GroupBy({self.name!r})" if self.name else "GroupBy"
+        object.__setattr__(self, "tags", check_metadata(obj, self.owner, self.tags, self.description))
         sources = _as_list(self.sources, obj, "sources")
         if not sources:
             raise DefinitionError("needs at least one source", obj=obj, field="sources")

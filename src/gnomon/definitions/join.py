@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gnomon.definitions.group_by import Derivation, GroupBy, _as_list, caller_module
+from gnomon.definitions.group_by import Derivation, GroupBy, _as_list, caller_module, check_metadata
 from gnomon.definitions.query import _check_identifier
 from gnomon.definitions.sources import EntitySource, EventSource, JoinSource
 from gnomon.errors import DefinitionError
@@ -65,11 +65,15 @@ class Join:
     online: bool = False
     name: str | None = None
     output_namespace: str | None = None
+    owner: str | None = None
+    tags: Sequence[str] = ()
+    description: str | None = None
     defined_in: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defined_in", self.defined_in or caller_module())
         obj = f"Join({self.name!r})" if self.name else "Join"
+        object.__setattr__(self, "tags", check_metadata(obj, self.owner, self.tags, self.description))
         if not isinstance(self.left, (EventSource, EntitySource, JoinSource)):
             raise DefinitionError(
                 "left must be an EventSource, EntitySource or JoinSource", obj=obj, field="left"
@@ -115,6 +119,9 @@ class StagingQuery:
     query: str
     start_partition: str
     output_namespace: str | None = None
+    owner: str | None = None
+    tags: Sequence[str] = ()
+    description: str | None = None
     defined_in: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +135,8 @@ class StagingQuery:
                 "query must be a non-empty SQL string", obj=f"StagingQuery({self.name!r})", field="query"
             )
         _check_ds(self.start_partition, f"StagingQuery({self.name!r})", "start_partition")
+        obj = f"StagingQuery({self.name!r})"
+        object.__setattr__(self, "tags", check_metadata(obj, self.owner, self.tags, self.description))
 
 
 Definition = GroupBy | Join | StagingQuery

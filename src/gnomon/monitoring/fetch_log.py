@@ -48,7 +48,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnomon import jsonio
-from gnomon.compile.plan import JoinPlan, Plan, output_table
+from gnomon.compile.plan import JoinPlan, Plan, output_table, without_meta
 from gnomon.errors import ConfigError, did_you_mean
 from gnomon.metrics import Metrics
 from gnomon.offline.warehouse import Warehouse
@@ -124,8 +124,8 @@ def join_fingerprint(plan: Plan, join_name: str) -> str:
     whose fingerprint differs from the current one was served by another definition."""
     join = plan.joins[join_name]
     body = {
-        "join": asdict(join),
-        "group_bys": {part.group_by: asdict(plan.group_bys[part.group_by]) for part in join.parts},
+        "join": without_meta(join),  # an owner, tag or description is not another definition
+        "group_bys": {part.group_by: without_meta(plan.group_bys[part.group_by]) for part in join.parts},
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

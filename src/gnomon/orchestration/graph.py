@@ -15,9 +15,17 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
-from gnomon.compile.plan import GroupByPlan, JoinPlan, Plan, SourcePlan, StagingQueryPlan, _digest
+from gnomon.compile.plan import (
+    GroupByPlan,
+    JoinPlan,
+    Plan,
+    SourcePlan,
+    StagingQueryPlan,
+    _digest,
+    without_meta,
+)
 from gnomon.errors import ExecutionError, UnknownObjectError
 from gnomon.timeline import DAY_MS, ds_range, ds_to_ms, entity_partitions, ms_to_ds, shift_ds, window_start
 
@@ -224,8 +232,10 @@ def _is_chained(group_by: GroupByPlan) -> bool:
 
 
 def _join_fingerprint(join: JoinPlan, plan: Plan) -> str:
-    """A Join's values depend on its own plan and on its parts' GroupBy plans."""
-    return _digest({"join": asdict(join), "parts": [asdict(plan.group_bys[p.group_by]) for p in join.parts]})
+    """A Join's values depend on its own plan and on its parts' GroupBy plans (not on their `Meta`)."""
+    return _digest(
+        {"join": without_meta(join), "parts": [without_meta(plan.group_bys[p.group_by]) for p in join.parts]}
+    )
 
 
 def _drafts(plan: Plan, consistency: bool) -> list[_Draft]:
@@ -236,14 +246,14 @@ def _drafts(plan: Plan, consistency: bool) -> list[_Draft]:
             sq.name,
             sq.output_table,
             _staging_reads(sq),
-            _digest(asdict(sq)),
+            _digest(without_meta(sq)),
             sq.start_partition,
         )
         for sq in plan.staging_queries.values()
     ]
     for group_by in plan.group_bys.values():
         reads = _group_by_reads(group_by, _day_end_times())
-        fingerprint = _digest(asdict(group_by))
+        fingerprint = _digest(without_meta(group_by))
         kind = "chained" if _is_chained(group_by) else "group_by_backfill"
         drafts.append(
             _Draft(

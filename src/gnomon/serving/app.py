@@ -7,6 +7,8 @@ Routes:
   in request order. A key the store cannot answer gets a non-"Success" status and an ``error``.
 - ``POST /v1/events/{topic}`` (``?sync=true``: return once the events are servable).
 - ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /docs`` and ``/openapi.json``.
+- ``GET /ui`` (the web UI) and the JSON API it reads, ``GET /v1/catalog``, ``/v1/lineage``, ...
+  (`gnomon.ui.routes`).
 
 ``/metrics`` also counts, per Join or GroupBy and feature, the values served and the nulls among
 them (null rates at fetch time), and shows the latest figures of the consistency job. With
@@ -409,7 +411,8 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
         if error.status_code == 404:
             message = (
                 f"no route {request.method} {request.url.path}: the routes are POST /v1/features/join/NAME, "
-                "POST /v1/features/groupby/NAME, POST /v1/events/TOPIC, GET /health and GET /metrics "
+                "POST /v1/features/groupby/NAME, POST /v1/events/TOPIC, GET /health, GET /metrics, the web UI "
+                "at GET /ui and its JSON API (GET /v1/catalog, ...; every route is listed at /docs) "
                 "(a name is one path segment)"
             )
         return dumps({"error": message}, error.status_code)
@@ -427,6 +430,10 @@ def create_app(repo: str | Path = ".") -> Any:  # noqa: C901 — the routes are 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    from gnomon.ui.routes import add_ui_routes
+
+    add_ui_routes(app, project, store)  # the web UI (/ui) and the JSON API it reads (GET /v1/...)
 
     if serving.tokens_file is not None:  # outermost: in front of the fetch fast path too
         from gnomon.serving.auth import Authenticator, AuthMiddleware

@@ -3,8 +3,9 @@
 Off unless ``gnomon.yaml`` has ``serving: {auth: {tokens_file: tokens.yaml}}``. The tokens file holds,
 per token, its name, scopes and creation time and the SHA-256 of the token — never the token itself,
 which ``gnomon token create`` prints once. Scopes: ``fetch`` (the two fetch routes) and ``push``
-(``POST /v1/events/{topic}``); ``/health`` and the OpenAPI docs are open; ``/metrics`` and any other
-route need a token of any scope (``serving: {metrics: open}`` opens ``/metrics``).
+(``POST /v1/events/{topic}``); ``/health``, the OpenAPI docs and the web UI's static pages (``/ui``,
+``/ui/static/*``) are open; ``/metrics``, the UI's JSON API and any other route need a token of any
+scope (``serving: {metrics: open}`` opens ``/metrics``).
 
 The check is an ASGI middleware in front of everything, the fetch fast path included. Per request it
 reads the ``Authorization`` header and looks it up in a dict of the header values seen since the last
@@ -259,6 +260,8 @@ class Authenticator:
         if path.startswith("/v1/events/"):
             return "push"
         if path in OPEN_PATHS or (self.metrics_open and path == "/metrics"):
+            return None
+        if path == "/ui" or path.startswith("/ui/"):  # the UI's pages and scripts: its data needs a token
             return None
         return _ANY
 
