@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gnomon import jsonio
 from gnomon.errors import WarehouseError
 from gnomon.offline.warehouse import Warehouse
 
@@ -591,7 +592,7 @@ def _read_one(warehouse: Warehouse, table: str, ds: str) -> PartitionStats | Non
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else jsonio.loads(text.encode())
 
 
 # ------------------------------------------------------------------ terminal cells
