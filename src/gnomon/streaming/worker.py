@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import duckdb
@@ -132,6 +133,12 @@ class QueryEvaluator:
         self.source = source
         self._relation: duckdb.DuckDBPyRelation | None = None
         self._json_parse = _json_parse_options(self.schema)
+        # the mutation columns as JSON object keys: a batch whose first payload lacks them is not rows
+        self._mutation_names = (
+            [orjson.dumps(source.mutation_time_column), orjson.dumps(source.reversal_column)]
+            if self.mutations
+            else []
+        )
 
     def json_table(self, records: Sequence[Record]) -> pa.Table | None:
         """The records' JSON payloads read by Arrow's JSON reader straight into the warehouse
@@ -140,12 +147,19 @@ class QueryEvaluator:
         the reader rejects. The caller then parses event by event, which finds the dead letters."""
         if self._json_parse is None or self.schema is None or not records:
             return None
-        payloads = [record.payload for record in records]
-        if not all(p[:1] == b"{" and p[-1:] == b"}" for p in payloads):
-            return None
+        partitions, offsets, payloads, published = _record_columns(records)
         data = b"\n".join(payloads)
-        if data.count(b"\n") != len(payloads) - 1:
+        separators = len(payloads) - 1
+        # one single-line object per payload: every newline is a separator, between a "}" and a "{"
+        if (
+            data[:1] != b"{"
+            or data[-1:] != b"}"
+            or data.count(b"\n") != separators
+            or data.count(b"}\n{") != separators
+        ):
             return None
+        if self.mutations and not all(name in payloads[0] for name in self._mutation_names):
+            return None  # not mutation rows (e.g. Debezium events), without reading them all first
         try:
             table = pa_json.read_json(
                 io.BytesIO(data), read_options=_JSON_READ, parse_options=self._json_parse
@@ -163,7 +177,9 @@ class QueryEvaluator:
             for name in (self.source.mutation_time_column, self.source.reversal_column)
         ):
             return None  # not mutation rows (e.g. Debezium events): converted event by event
-        return self._with_origins(pa.Table.from_arrays(columns, schema=self.schema), records)
+        return self._with_origins(
+            pa.Table.from_arrays(columns, schema=self.schema), (partitions, offsets, published)
+        )
 
     def table(
         self,
@@ -177,39 +193,39 @@ class QueryEvaluator:
         Column by column, with the conversions of ``pa.Table.from_pylist`` (a missing field is null,
         a value of the wrong type raises), without its per-row overhead."""
         if self.schema is None:
-            return self._with_origins(pa.Table.from_pylist(events), origins, len(events), suffixes)
-        arrays = [
-            pa.array(_typed([event.get(f.name) for event in events], f.type), type=f.type)
-            for f in self.schema
-        ]
-        return self._with_origins(
-            pa.Table.from_arrays(arrays, schema=self.schema), origins, len(events), suffixes
-        )
+            table = pa.Table.from_pylist(events)
+        else:
+            arrays = [
+                pa.array(_typed(list(map(dict.get, events, repeat(f.name))), f.type), type=f.type)
+                for f in self.schema
+            ]
+            table = pa.Table.from_arrays(arrays, schema=self.schema)
+        if origins is None:
+            n = len(events)
+            return self._with_origins(table, (["0"] * n, ["0"] * n, [0] * n), suffixes)
+        partitions, offsets, _, published = _record_columns(origins)
+        return self._with_origins(table, (partitions, offsets, published), suffixes)
 
     @staticmethod
     def _with_origins(
         table: pa.Table,
-        origins: Sequence[Record] | None,
-        count: int | None = None,
+        origins: tuple[Sequence[str], Sequence[str], Sequence[int]],
         suffixes: Sequence[str] | None = None,
     ) -> pa.Table:
-        """``suffixes``: appended to each row's offset in its event id (a record that converts to
+        """``origins``: each row's record's partition, offset and publication time (`_record_columns`).
+        ``suffixes``: appended to each row's offset in its event id (a record that converts to
         several mutation rows gives each its own id; the order ``__seq`` is the record's)."""
-        n = len(origins) if origins is not None else count or 0
-        table = table.append_column("__index", pa.array(range(n), pa.int64()))
-        table = table.append_column(
-            "__partition",
-            pa.array(["0"] * n if origins is None else [r.partition for r in origins], pa.string()),
-        )
-        offsets = pa.array(["0"] * n if origins is None else [r.offset for r in origins], pa.string())
+        partitions, offset_strings, published = origins
+        table = table.append_column("__index", pa.array(range(len(partitions)), pa.int64()))
+        table = table.append_column("__partition", pa.array(partitions, pa.string()))
+        offsets = pa.array(offset_strings, pa.string())
         seqs = _seqs(offsets)
         if suffixes is not None:
             offsets = pc.binary_join_element_wise(offsets, pa.array(suffixes, pa.string()), "")
-        published = pa.array([0] * n if origins is None else [r.published_at_ms for r in origins], pa.int64())
         return (
             table.append_column("__offset", offsets)
             .append_column("__seq", seqs)
-            .append_column("__published", published)
+            .append_column("__published", pa.array(published, pa.int64()))
         )
 
     def evaluate_table(
@@ -447,9 +463,11 @@ class RecordApplier:
         origins: list[Record] = []
         suffixes: list[str] = []
         dead = list(enrichment_dead)
+        # exact integers (orjson reads huge ones as floats): checked for the whole batch at once
+        checked = not jsonio.has_long_digits(b"\n".join([record.payload for record in records]))
         for record in records:
             try:
-                event = jsonio.loads(record.payload)  # exact integers (orjson reads huge ones as floats)
+                event = jsonio.loads(record.payload, checked=checked)
             except (ValueError, UnicodeDecodeError, RecursionError) as error:
                 dead.append((record, f"not valid JSON: {type(error).__name__}: {str(error)[:200]}"))
                 continue
@@ -790,6 +808,17 @@ def _entity_keys(columns: list[list[Any]]) -> list[bytes]:
         except TypeError:
             return [entity_key([value]) for value in columns[0]]
     return [entity_key(list(values)) for values in zip(*columns, strict=True)]
+
+
+def _record_columns(
+    records: Sequence[Record],
+) -> tuple[Sequence[str], Sequence[str], Sequence[bytes], Sequence[int]]:
+    """The records' partitions, offsets, payloads and publication times, one sequence each (the
+    records transposed in one pass)."""
+    if not records:
+        return [], [], [], []
+    _, partitions, offsets, payloads, published = zip(*records, strict=True)
+    return partitions, offsets, payloads, published
 
 
 def _seqs(offsets: pa.Array) -> pa.Array:

@@ -7,7 +7,7 @@ Beside this module: `gnomon.ui.columns` (an object's features and output columns
 `gnomon.ui.sql` (the SQL an object's page shows), `gnomon.ui.lineage` (the graph) and
 `gnomon.ui.streams` (upload key counts and stream positions, per store and broker).
 
-Notes for the pages (where the answers differ from the brief, or it left a choice open):
+Notes on the shapes of the answers:
 
 - Consistency figures keep the column names of the ``consistency.<join>`` table
   (`gnomon.monitoring.consistency.CONSISTENCY_SCHEMA`): ``rows_compared`` (not ``compared``),
