@@ -31,7 +31,6 @@ import json
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,34 +73,7 @@ def set_logging(repo: Path, base_config: str, log: str | None) -> None:
 
 def load(port: int, bodies: Path, rate: float, seconds: float, seed: int) -> dict[str, Any]:
     """``bench/online.py``'s load generator, in its own process, against ``PATH``."""
-    command = [
-        sys.executable,
-        str(Path(http_bench.__file__).resolve()),
-        "--child",
-        "loadgen",
-        "--port",
-        str(port),
-        "--bodies",
-        str(bodies),
-        "--rate",
-        str(rate),
-        "--duration",
-        str(seconds),
-        "--conns",
-        "32",
-        "--seed",
-        str(seed),
-        "--path",
-        PATH,
-        "--expect",
-        '"status":"Success"',
-    ]
-    done = subprocess.run(
-        command, env=bench.child_env(), capture_output=True, text=True, timeout=seconds + 120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"load generator failed: {done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return http_bench.run_loadgen(port, bodies, rate, seconds, '"status":"Success"', seed=seed, path=PATH)
 
 
 def logged(repo: Path) -> tuple[int, int]:

@@ -226,7 +226,14 @@ def random_keys(keys: int, count: int, seed: int) -> list[dict[str, str]]:
 
 
 def run_loadgen(
-    port: int, bodies: Path, rate: float, duration: float, expect: str | None, conns: int = 32, seed: int = 0
+    port: int,
+    bodies: Path,
+    rate: float,
+    duration: float,
+    expect: str | None,
+    conns: int = 32,
+    seed: int = 0,
+    path: str = JOIN_PATH,
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -246,7 +253,7 @@ def run_loadgen(
         "--seed",
         str(seed),
         "--path",
-        JOIN_PATH,
+        path,
     ]
     if expect:
         command += ["--expect", expect]
