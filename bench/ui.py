@@ -218,7 +218,7 @@ def generate(root: Path) -> None:
     from gnomon.compile.features import row_columns
     from gnomon.monitoring.consistency import CONSISTENCY_SCHEMA, consistency_table
     from gnomon.offline.stats import write_stats
-    from gnomon.online.records import UploadMeta, meta_key
+    from gnomon.online.upload import meta_record
     from gnomon.orchestration.graph import build_graph
     from gnomon.orchestration.history import History
     from gnomon.streaming.worker import consumer_group, streamed_topics
@@ -339,21 +339,7 @@ def generate(root: Path) -> None:
         if not group_by.online:
             continue
         types = {c: "float" if c in ("price", "qty") else "str" for c in row_columns(group_by)}
-        metas.append(
-            (
-                meta_key(group_by.name),
-                UploadMeta(
-                    batch_end,
-                    uploaded_at,
-                    group_by.accuracy,
-                    types,
-                    group_by.fingerprint,
-                    tuple(group_by.feature_ids()),
-                    tuple(row_columns(group_by)),
-                    json.dumps(group_by.semantics(), sort_keys=True),
-                ).encode(),
-            )
-        )
+        metas.append(meta_record(group_by, batch_end, uploaded_at, types))
         for topic in streamed_topics(group_by):
             ids = broker.publish(
                 topic, [b'{"user_id": "u001", "item_id": "i001", "price": 1.0, "qty": 1, "ts": 1}'] * 3

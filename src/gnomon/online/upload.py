@@ -61,23 +61,7 @@ def upload_group_by(engine: OfflineEngine, group_by: GroupByPlan, ds: str, store
     else:
         written, types = _upload_temporal(engine, group_by, ds, batch_end, store)
     # the meta record goes last: until it is written, fetchers keep reading the previous upload
-    store.put(
-        [
-            (
-                meta_key(group_by.name),
-                UploadMeta(
-                    batch_end,
-                    uploaded_at,
-                    group_by.accuracy,
-                    types,
-                    group_by.fingerprint,
-                    tuple(group_by.feature_ids()),
-                    tuple(row_columns(group_by)),
-                    json.dumps(group_by.semantics(), sort_keys=True),
-                ).encode(),
-            )
-        ]
-    )
+    store.put([meta_record(group_by, batch_end, uploaded_at, types)])
     store.delete([pending_key(group_by.name)])
     if group_by.accuracy == "temporal":
         time.sleep(_META_GRACE_S)  # fetchers still holding the previous meta may read these rows
@@ -223,3 +207,21 @@ def _key_state(
         suffixes.reverse()
         state.append((list[int | None](starts), suffixes))
     return state
+
+
+def meta_record(
+    group_by: GroupByPlan, batch_end: int, uploaded_at: int, types: dict[str, str]
+) -> tuple[bytes, bytes]:
+    """The store record that makes an upload of ``group_by`` as of ``batch_end`` servable: what the
+    fetcher checks a definition against (fingerprint, feature ids, row columns, semantics)."""
+    meta = UploadMeta(
+        batch_end,
+        uploaded_at,
+        group_by.accuracy,
+        types,
+        group_by.fingerprint,
+        tuple(group_by.feature_ids()),
+        tuple(row_columns(group_by)),
+        json.dumps(group_by.semantics(), sort_keys=True),
+    )
+    return meta_key(group_by.name), meta.encode()
