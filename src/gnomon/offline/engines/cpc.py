@@ -60,6 +60,16 @@ def _mix_k2(k2: np.ndarray) -> np.ndarray:
     return _rotl(k2 * _C2, 33) * _C1
 
 
+def _finalize(h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MurmurHash3_x64_128's last steps, once the length is mixed in (call under np.errstate)."""
+    h1 = h1 + h2
+    h2 = h2 + h1
+    h1, h2 = _fmix(h1), _fmix(h2)
+    h1 = h1 + h2
+    h2 = h2 + h1
+    return h1, h2
+
+
 def murmur3_x64_128(data: np.ndarray, offsets: np.ndarray, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """MurmurHash3_x64_128 of each byte string ``data[offsets[i]:offsets[i + 1]]``: ``(h1, h2)`` as uint64.
 
@@ -102,12 +112,7 @@ def murmur3_x64_128(data: np.ndarray, offsets: np.ndarray, seed: int = SEED) -> 
         h1 = np.where(tail > 0, h1 ^ _mix_k1(k1), h1)
         h1 ^= lengths.astype(np.uint64)
         h2 ^= lengths.astype(np.uint64)
-        h1 = h1 + h2
-        h2 = h2 + h1
-        h1, h2 = _fmix(h1), _fmix(h2)
-        h1 = h1 + h2
-        h2 = h2 + h1
-    return h1, h2
+        return _finalize(h1, h2)
 
 
 def _word(padded: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -216,12 +221,7 @@ def murmur3_words(words: np.ndarray, seed: int = SEED) -> tuple[np.ndarray, np.n
     with np.errstate(over="ignore"):
         h1 = np.full(len(words), seed, dtype=np.uint64) ^ _mix_k1(words) ^ length
         h2 = np.full(len(words), seed, dtype=np.uint64) ^ length
-        h1 = h1 + h2
-        h2 = h2 + h1
-        h1, h2 = _fmix(h1), _fmix(h2)
-        h1 = h1 + h2
-        h2 = h2 + h1
-    return h1, h2
+        return _finalize(h1, h2)
 
 
 class HashMismatch(RuntimeError):
