@@ -36,13 +36,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import textwrap
 import time
@@ -55,6 +52,8 @@ sys.path.insert(0, str(BENCH_DIR.parent / "src"))
 import httpx  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+
+import online as http_bench  # noqa: E402 — bench/online.py: starting and stopping `gnomon serve`
 
 REPO = BENCH_DIR / ".data" / "ui"
 TARGET_MS = 300.0
@@ -355,12 +354,6 @@ def generate(root: Path) -> None:
 # ------------------------------------------------------------------ measuring
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def routes() -> list[tuple[str, str, dict[str, Any]]]:
     first, last = days()[0], days()[-1]
     return [
@@ -384,32 +377,9 @@ def routes() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def measure(root: Path, repeat: int) -> None:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(BENCH_DIR.parent / "src")}
-    command = [
-        sys.executable,
-        "-c",
-        "from gnomon.cli import main; main()",
-        "serve",
-        "--repo",
-        str(root),
-        "--port",
-        str(port),
-    ]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server, port = http_bench.start_server("gnomon", root)  # exactly `gnomon serve`, once it answers
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/health")
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"gnomon serve did not start: {server.stderr.read().decode() if server.stderr else ''}"
-                    ) from None
-                time.sleep(0.2)
         print(
             f"\n{'route':<24} {'bytes':>9} {'cold ms':>8} {'p50 ms':>8} {'max ms':>8}  target {TARGET_MS:.0f} ms"
         )
@@ -435,8 +405,7 @@ def measure(root: Path, repeat: int) -> None:
             f"\nslowest warm request: {worst:.1f} ms ({'within' if worst <= TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target)"
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        http_bench.stop_server(server)
 
 
 def main() -> None:
