@@ -5,6 +5,8 @@
   finalized sketch; the engine's outputs must be identical with and without the SQL form.
 - Key-hash shards filter entity rows before their versions are computed: any shard count gives the
   same partitions as one shard.
+- Window frames of short windows sort only the events they can read (`_frame_groups`): any grouping
+  gives the values of one sort over every event.
 """
 
 from __future__ import annotations
@@ -216,3 +218,53 @@ def close(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+def test_frame_groups_equal_one_frame(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gnomon.offline.engines import duckdb as engine
+    from test_offline_vs_oracle import LEFT, WINDOWS, event_source
+
+    aggregations = [
+        Aggregation(column, operation, windows=WINDOWS)
+        for column, operation in [
+            ("x", Operation.COUNT),
+            ("x", Operation.SUM),
+            ("x", Operation.MAX),
+            ("x", Operation.AVERAGE),
+            ("i", Operation.LAST_K(3)),
+            ("s_wide", Operation.APPROX_UNIQUE_COUNT),
+        ]
+    ]
+    aggregations.append(Aggregation("x", Operation.SUM))  # unbounded: every event
+    group_by = GroupBy(
+        name="frames.users", sources=[event_source()], keys=["user"], aggregations=aggregations
+    )
+    join = Join(
+        name="frames.train", left=LEFT, right_parts=[JoinPart(group_by, key_mapping={"user_id": "user"})]
+    )
+    objects = {group_by.name: group_by, join.name: join}
+    names = [group_by.name, join.name]
+    groups: list[int] = []
+    original = engine.DuckDBEngine._frame_groups
+
+    def counted(self: Any, *args: Any) -> Any:
+        found = original(self, *args)
+        groups.append(len(found))
+        return found
+
+    monkeypatch.setattr(engine.DuckDBEngine, "_frame_groups", counted)
+    monkeypatch.setattr(engine, "_REGROUP", 0.0)  # one group: every event in one sort
+    one = outputs(repo, objects, names, "2026-01-02", "2026-01-20")
+    assert set(groups) == {1}
+    groups.clear()
+    monkeypatch.setattr(engine, "_REGROUP", 1.01)  # a sort per distinct read start
+    many = outputs(repo, objects, names, "2026-01-02", "2026-01-20")
+    assert max(groups) > 5
+    for one_table, many_table in zip(one, many, strict=True):
+        assert one_table.num_rows > 0 and one_table.schema == many_table.schema
+        identity = [(c, "ascending") for c in ("ds", "user", "row_id") if c in one_table.column_names]
+        rows = zip(
+            one_table.sort_by(identity).to_pylist(), many_table.sort_by(identity).to_pylist(), strict=True
+        )
+        for one_row, many_row in rows:  # a window's float sum is exact up to DuckDB's summation order
+            assert close(one_row, many_row), (one_row, many_row)

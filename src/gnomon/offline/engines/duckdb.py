@@ -34,11 +34,13 @@ from gnomon.offline.engine import BatchRows, BatchScope, RowsKind, require_colum
 from gnomon.offline.engines.sql_forms import FRAMED, check_input_type, null_non_finite, sql_form
 from gnomon.offline.progress import progress
 from gnomon.offline.warehouse import DAY_MS, Warehouse, ds_to_ms, entity_partitions, ms_to_ds, shift_ds
+from gnomon.timeline import window_start
 
 log = logging.getLogger("gnomon.offline")
 
 _FOLD_CHUNK = 65_536  # rows per chunk when folding windows with the IR code
 _ORDER_FREE = frozenset({"first", "last", "first_k", "last_k"})  # a list input is one value for these
+_REGROUP = 0.6  # a framed feature reading under this share of its group's rows gets a sort of its own
 
 
 def window_start_sql(q: str, window_ms: int, hop_ms: int) -> str:
@@ -262,10 +264,11 @@ class DuckDBEngine:
         ]
         joined_features = [f for f in group_by.features if f not in framed]
         pieces: list[tuple[str, list[FeaturePlan]]] = []
-        if framed:
-            pieces.append(
-                (self._aggregate_frames(group_by, queries, events, framed, types, owner, coupons), framed)
+        for features, since in self._frame_groups(framed, queries, events):
+            framed_table = self._aggregate_frames(
+                group_by, queries, events, features, types, owner, coupons, since
             )
+            pieces.append((framed_table, features))
         joined_table = None
         if joined_features:
             joined_table = self._range_join(group_by, queries, events, joined_features, types, owner)
@@ -390,6 +393,34 @@ class DuckDBEngine:
             owner,
         )
 
+    def _frame_groups(
+        self, features: list[FeaturePlan], queries: str, events: str
+    ) -> list[tuple[list[FeaturePlan], int | None]]:
+        """Framed features in groups, each with the earliest ``ts`` its windows read from the shard's
+        first query time on (None: every event).
+
+        A window frame's cost grows with every row its sort holds, so a 5-hour window should not be
+        computed over 90 days of events: features are taken from the longest read range to the
+        shortest, and a feature starts a new group (one more sort, of fewer rows) when the rows it
+        reads are under `_REGROUP` of the rows of its group's first feature."""
+        if not features:
+            return []
+        low, query_rows = self.con.execute(f"SELECT min(__q), count(*) FROM {queries}").fetchone()  # type: ignore[misc]
+        if low is None:
+            return [(features, None)]
+        reads = {f.name: window_start(low, f.window_ms) for f in features}
+        starts = sorted(set(reads.values()), key=lambda start: -math.inf if start is None else start)
+        counted = ", ".join("count(*)" if s is None else f"count(*) FILTER (WHERE ts >= {s})" for s in starts)
+        counts = self.con.execute(f"SELECT {counted} FROM {events}").fetchone()
+        rows = dict(zip(starts, counts or (), strict=True))
+        groups: list[tuple[int | None, set[int | None]]] = []
+        for start in starts:
+            if groups and rows[start] + query_rows >= _REGROUP * (rows[groups[-1][0]] + query_rows):
+                groups[-1][1].add(start)
+            else:
+                groups.append((start, {start}))
+        return [([f for f in features if reads[f.name] in members], since) for since, members in groups]
+
     def _aggregate_frames(
         self,
         group_by: GroupByPlan,
@@ -399,10 +430,12 @@ class DuckDBEngine:
         types: dict[str, str],
         owner: str,
         coupons: dict[str, tuple[str, str]] | None = None,
+        since: int | None = None,
     ) -> str:
         """Window aggregates over events and queries sorted together by (keys, ts): for a query row at q
         the frame ``RANGE BETWEEN q - window_start(q) PRECEDING AND 1 PRECEDING`` is exactly
-        ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built.
+        ``window_start(q, W) <= ts < q`` (ts are integers), so no query × event pairs are built. Only
+        events with ``ts >= since`` are read (`_frame_groups`).
 
         APPROX_UNIQUE_COUNT (``coupons``, from `_coupon_tables`) is ``count(DISTINCT coupon)`` over the
         frame, then the IR's value for that many coupons."""
@@ -412,12 +445,13 @@ class DuckDBEngine:
         not_null = " AND ".join(f"{k} IS NOT NULL" for k in keys)
         mappings = {coupons[f.name][0]: f.input_column for f in features if f.name in coupons}
         coupon_columns = "".join(f", {m}.__coupon AS __cpn{m}" for m in mappings)
+        later = "" if since is None else f" AND ts >= {since}"
         coupon_joins = "".join(
             f" LEFT JOIN {m} ON __e.{quote(column)} = {m}.__v" for m, column in mappings.items()
         )
         union = (
             f"SELECT {', '.join(keys)}, ts, __seq, {', '.join(quote(c) for c in columns)}{coupon_columns}, "
-            f"NULL::BIGINT AS __qid FROM {events} AS __e{coupon_joins} WHERE {not_null} UNION ALL BY NAME "
+            f"NULL::BIGINT AS __qid FROM {events} AS __e{coupon_joins} WHERE {not_null}{later} UNION ALL BY NAME "
             f"SELECT {', '.join(keys)}, __q AS ts, __qid FROM {queries} WHERE {not_null}"
         )
         windows: dict[tuple[int | None, int | None], str] = {}
