@@ -6,11 +6,12 @@ import json
 import math
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnomon.streaming.cdc import MutationFormatError, is_debezium, mutation_rows
+from gnomon.streaming.cdc import MutationFormatError, debezium_rows_table, is_debezium, mutation_rows
 
 TS = 1_700_000_000_000
 OLD = {"user": "u1", "balance": 7}
@@ -377,6 +378,49 @@ def test_valid_events_with_a_row_op_give_rows(event: dict[str, Any]) -> None:
         check_rows(rows)
         if "op" in envelope and "mutation_ts" not in envelope:
             assert all(row["mutation_ts"] == int(envelope["ts_ms"]) for row in rows)
+
+
+IMAGE = pa.struct([("user", pa.string()), ("balance", pa.int64())])
+ENVELOPE = pa.schema([("before", IMAGE), ("after", IMAGE), ("op", pa.string()), ("ts_ms", pa.int64())])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            debezium,
+            st.sampled_from(["c", "r", "u", "d", "t", "m"]),
+            st.one_of(
+                st.none(), st.fixed_dictionaries({"user": st.text(max_size=3), "balance": st.integers(0, 9)})
+            ),
+            st.one_of(st.none(), st.fixed_dictionaries({"user": st.none(), "balance": st.integers(0, 9)})),
+            st.integers(0, 2**40),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_batch_converts_column_wise_as_event_by_event(events: list[dict[str, Any]]) -> None:
+    """`debezium_rows_table` gives `mutation_rows`' rows, event ids and order, or declines a batch
+    where `mutation_rows` refuses an event."""
+    CASES["count"] += 1
+    envelopes = pa.Table.from_pylist(events, schema=ENVELOPE)
+    expected: list[tuple[int, str, dict[str, Any]]] = []
+    for index, event in enumerate(events):
+        try:
+            rows = mutation_rows(event)
+        except MutationFormatError:
+            assert debezium_rows_table(envelopes) is None
+            return
+        suffixes = [""] if len(rows) == 1 else [":0", ":1"]
+        expected += [(index, suffix, row) for suffix, row in zip(suffixes, rows, strict=True)]
+    converted = debezium_rows_table(envelopes)
+    assert converted is not None
+    rows_table, positions, suffixes = converted
+    assert (
+        list(zip(positions.to_pylist(), suffixes.to_pylist(), rows_table.to_pylist(), strict=True))
+        == expected
+    )
 
 
 def test_report_hypothesis_cases() -> None:

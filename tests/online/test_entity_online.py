@@ -29,7 +29,9 @@ import pytest
 import gnomon
 from gnomon import Project
 from gnomon.online.records import dead_letter_key
+from gnomon.streaming import worker
 from gnomon.streaming.brokers.base import Record
+from gnomon.streaming.cdc import debezium_rows_table
 from gnomon.streaming.worker import StreamWorker, consumer_group
 
 from .helpers import (
@@ -310,8 +312,9 @@ def write_entity_tables(
             )
 
 
-def debezium(op: Op, rng: random.Random) -> dict[str, Any]:
-    """The change event a Debezium connector publishes for ``op`` (with the payload wrapper or not)."""
+def debezium(op: Op, rng: random.Random, wrap: bool | None = None) -> dict[str, Any]:
+    """The change event a Debezium connector publishes for ``op`` (with the payload wrapper or not;
+    ``wrap`` None: either, at random)."""
     envelope: dict[str, Any]
     if op.kind in ("update", "move"):
         envelope = {"before": op.images[0][0], "after": op.images[1][0], "op": "u"}
@@ -324,7 +327,7 @@ def debezium(op: Op, rng: random.Random) -> dict[str, Any]:
         source={"connector": "postgresql", "table": "accounts", "ts_ms": op.mutation_ts - 3},
         transaction=None,
     )
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 if wrap is None else wrap:
         return {
             "schema": {"type": "struct", "name": "crm.accounts.Envelope", "optional": False},
             "payload": envelope,
@@ -465,6 +468,30 @@ def test_entity_online_equals_offline(tmp_path: Path, store_url: str) -> None:
     # the next day's upload replaces the snapshot; the streamed changes after its batch end still count
     project.upload(JOIN, LATER_DAYS[0])
     assert_parity(project, [q for q in queries if q >= BATCH_END + DAY])
+
+
+def test_debezium_batches_online_equal_offline(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unwrapped change events only: every micro-batch is converted column-wise
+    (`debezium_rows_table`), not event by event."""
+    converted: list[int] = []
+
+    def counted(envelopes: pa.Table, *columns: str) -> Any:
+        converted.append(envelopes.num_rows)
+        return debezium_rows_table(envelopes, *columns)
+
+    monkeypatch.setattr(worker, "debezium_rows_table", counted)
+    project, history = uploaded_repo(tmp_path / "repo", store_url, seed=21)
+    rng = random.Random(22)
+    events = [debezium(op, rng, wrap=False) for op in history.streamed_ops()]
+    publish(project, events, batch=9, topic=TOPIC)
+    stats = project.stream(JOIN, until_caught_up=True, max_records=40)
+    for name in STREAMED:
+        assert stats[name].dead_letters == 0, stats[name].dead_letter_reasons
+        assert stats[name].rows == sum(len(op.images) for op in history.streamed_ops())
+    assert sum(converted) == len(events) * len(STREAMED)
+    assert_parity(project, query_times(rng, history, count=8))
 
 
 # ------------------------------------------------------------------ 2. replays, duplicates, crashes

@@ -339,3 +339,79 @@ def test_columnar_stream_rows_decode_like_python_ones(rows: list[tuple[Any, ...]
         )
         is None
     )  # lists: Python encodes them
+
+
+@pytest.fixture(scope="module")
+def entity_project(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from .test_entity_online import WAREHOUSE_DAYS, History, make_repo, write_entity_tables
+
+    project = make_repo(tmp_path_factory.mktemp("entity"), "sqlite:///online.db")
+    history = History(random.Random(31))
+    snapshots, mutations = history.tables()
+    write_entity_tables(project, snapshots, mutations, WAREHOUSE_DAYS)
+    return project, history
+
+
+def _debezium_batch(rng: random.Random, history: Any) -> list[bytes]:
+    """Unwrapped change events, some of them malformed (or not change events at all)."""
+    from .test_entity_online import debezium
+
+    row = {"id": 1, "user_id": "u1", "price": 2.5, "item": "a", "ts": 1_767_300_000_000}
+    malformed: list[dict[str, Any]] = [
+        {"before": None, "after": row, "ts_ms": 5},  # no op
+        {"before": None, "after": row, "op": "t", "ts_ms": 5},
+        {"before": None, "after": row, "op": "x", "ts_ms": 5},
+        {"before": None, "after": row, "op": 3, "ts_ms": 5},
+        {"before": None, "after": row, "op": "u", "ts_ms": 5},  # no before image
+        {"before": row, "after": None, "op": "c", "ts_ms": 5},
+        {"before": None, "after": row, "op": "c"},  # no time
+        {"before": None, "after": row, "op": "c", "ts_ms": "5"},
+        {"before": None, "after": row, "op": "c", "ts_ms": 5.0},  # an integral float: a good event
+        {"before": None, "after": row, "op": "c", "ts_ms": 2**63},
+        {"before": None, "after": [row], "op": "c", "ts_ms": 5},
+        {"before": None, "after": {**row, "mutation_ts": 5}, "op": "c", "ts_ms": 5},
+        {"before": {**row, "is_before": None}, "after": row, "op": "u", "ts_ms": 5},
+        {"before": None, "after": {**row, "user_id": None}, "op": "c", "ts_ms": 5},  # no key
+        {"before": {**row, "ts": None}, "after": row, "op": "u", "ts_ms": 5},  # the before row: no time
+        {"before": None, "after": {**row, "price": "cheap"}, "op": "c", "ts_ms": 5},
+        {"before": None, "after": {**row, "color": "red"}, "op": "r", "ts_ms": 5},  # an extra column
+        {"before": None, "after": {**row, "price": -0.0}, "op": "c", "ts_ms": 5},
+        {"payload": {"before": None, "after": row, "op": "c", "ts_ms": 5}},
+        {**row, "mutation_ts": 5, "is_before": False},
+    ]
+    events = [debezium(op, rng, wrap=False) for op in history.streamed_ops()[: rng.randrange(1, 40)]]
+    for _ in range(rng.randrange(0, 3)):
+        events.insert(rng.randrange(len(events) + 1), rng.choice(malformed))
+    payloads = [json.dumps(event).encode() for event in events]
+    if rng.random() < 0.2:  # column names spelled with escapes: a reserved one, another one
+        reserved = {"before": None, "after": {**row, "mutation_ts": None}, "op": "c", "ts_ms": 5}
+        escaped = json.dumps(reserved).encode().replace(b'"mutation_ts"', b'"mutation\\u005fts"')
+        payloads.append(rng.choice([escaped, payloads[0].replace(b'"user_id"', b'"\\u0075ser_id"')]))
+    return payloads
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_debezium_batches_equal_event_by_event(entity_project: Any, tmp_path: Path, seed: int) -> None:
+    from .test_entity_online import STATS
+
+    project, history = entity_project
+    rng = random.Random(seed)
+    records = _records(_debezium_batch(rng, history), redis_ids=seed % 2 == 0)
+    applier = _applier(project, tmp_path, STATS)
+    fast, slow = applier.prepare(records, "group"), _slow(applier, records)
+    assert _decoded(fast.items) == _decoded(slow.items)
+    assert (fast.rows, fast.dead_letters, fast.offsets) == (slow.rows, slow.dead_letters, slow.offsets)
+
+
+def test_clean_debezium_batches_are_converted_column_wise(entity_project: Any, tmp_path: Path) -> None:
+    from .test_entity_online import STATS, debezium
+
+    project, history = entity_project
+    rng = random.Random(1)
+    ops = history.streamed_ops()[:30]
+    records = _records([json.dumps(debezium(op, rng, wrap=False)).encode() for op in ops])
+    applier = _applier(project, tmp_path, STATS)
+    table = applier.evaluator.json_table(records)
+    assert table is not None and table.num_rows == sum(len(op.images) for op in ops)
+    prepared = applier.prepare(records, "group")
+    assert prepared.rows == table.num_rows and prepared.dead_letters == 0

@@ -65,6 +65,9 @@ def row_id_sql(columns: Sequence[str]) -> str:
     True
     """
     packed = ", ".join(f"{quote(c)} := {quote(c)}" for c in columns)
-    # -0.0 equals 0.0 as a value (offline groups them together): one spelling in the JSON
-    text = f"regexp_replace(CAST(to_json(struct_pack({packed})) AS VARCHAR), '([:\\[,])-0\\.0([,\\]}}])', '\\10.0\\2', 'g')"
+    # -0.0 equals 0.0 as a value (offline groups them together): one spelling in the JSON; the
+    # pattern can only match a text containing "-0.0", so the regex runs only there
+    json = f"CAST(to_json(struct_pack({packed})) AS VARCHAR)"
+    spelled = f"regexp_replace({json}, '([:\\[,])-0\\.0([,\\]}}])', '\\10.0\\2', 'g')"
+    text = f"CASE WHEN contains({json}, '-0.0') THEN {spelled} ELSE {json} END"
     return f"(md5_number_lower({text}) & 9223372036854775807)::BIGINT"

@@ -36,7 +36,11 @@ or ``after``. Otherwise an object with ``op``, ``before`` or ``after`` (at its t
 
 Anything else raises :class:`MutationFormatError`, whose message is the dead-letter reason: one
 line, beginning with a short kind and a colon (the worker counts dead letters by that kind), then
-the field at fault and the fix. The module uses the standard library only.
+the field at fault and the fix.
+
+:func:`debezium_rows_table` does the Debezium conversion for a whole micro-batch at once, column-wise
+(the change events read by Arrow's JSON reader), and declines any batch holding an event that
+:func:`mutation_rows` would refuse, for the event-by-event path to name the reason.
 """
 
 from __future__ import annotations
@@ -45,12 +49,18 @@ import math
 from itertools import repeat
 from typing import Any
 
-__all__ = ["MutationFormatError", "is_debezium", "mutation_rows"]
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["MutationFormatError", "debezium_rows_table", "is_debezium", "mutation_rows"]
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
 _ROW_OPS = {"c": "create", "r": "snapshot read", "u": "update", "d": "delete"}
+_BEFORE_OPS = ("u", "d")  # the ops that take the before image back
+_AFTER_OPS = ("c", "r", "u")  # the ops that add the after image
 _NON_ROW_OPS = {"t": "truncate", "m": "logical message"}
 _DEBEZIUM_FIELDS = "(before, after, op, ts_ms)"
 
@@ -237,22 +247,83 @@ def _debezium_rows(
             _check_columns(image, f"{name!r} row", mutation_time_column, reversal_column)
         images[name] = image
     before, after = images["before"], images["after"]
-    if op in ("u", "d") and before is None:
+    if op in _BEFORE_OPS and before is None:
         raise MutationFormatError(
             f"missing before image: a Debezium {_ROW_OPS[op]} (op {op!r}) without a 'before' row cannot "
             "take the old row back; the source table must publish full before-images "
             "(Postgres: ALTER TABLE ... REPLICA IDENTITY FULL; MySQL: binlog_row_image=FULL)"
         )
-    if op in ("c", "r", "u") and after is None:
+    if op in _AFTER_OPS and after is None:
         raise MutationFormatError(
             f"bad Debezium event: a Debezium {_ROW_OPS[op]} (op {op!r}) needs an 'after' row, got none; "
             "send the connector's change events unmodified"
         )
     rows: list[dict[str, Any]] = []
-    if op in ("u", "d"):
+    if op in _BEFORE_OPS:
         assert before is not None
         rows.append({**before, mutation_time_column: ts, reversal_column: True})
-    if op in ("c", "r", "u"):
+    if op in _AFTER_OPS:
         assert after is not None
         rows.append({**after, mutation_time_column: ts, reversal_column: False})
     return rows
+
+
+def debezium_rows_table(
+    envelopes: pa.Table, mutation_time_column: str = "mutation_ts", reversal_column: str = "is_before"
+) -> tuple[pa.Table, pa.Array, pa.Array] | None:
+    """`mutation_rows` of a batch of Debezium change events, column-wise.
+
+    ``envelopes``: one row per event, its columns ``before`` and ``after`` (structs of the row's
+    columns), ``op`` (string) and ``ts_ms`` (int64), as Arrow's JSON reader gives them from the
+    events' envelopes. Returns the mutation rows (the image's columns, then ``mutation_time_column``
+    and ``reversal_column``), in the order `mutation_rows` gives them event after event; each row's
+    event (its position in ``envelopes``); and each row's event-id suffix (``":0"``, ``":1"`` for
+    the two rows of an update, ``""`` for the one row of another op). None when an event is not
+    one `mutation_rows` converts (no op, a non-row op, no time, a missing image): the caller then
+    converts event by event, which gives the reason.
+
+    What the reader has checked already (or the caller must): a value of the wrong type, and
+    image columns named as the two mutation columns.
+
+    >>> images = pa.struct([("id", pa.int64())])
+    >>> envelopes = pa.table({"before": pa.array([None, {"id": 1}], images),
+    ...     "after": pa.array([{"id": 1}, {"id": 2}], images), "op": ["c", "u"], "ts_ms": [5, 6]})
+    >>> rows, events, suffixes = debezium_rows_table(envelopes)
+    >>> rows.to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+    [{'id': 1, 'mutation_ts': 5, 'is_before': False}, {'id': 1, 'mutation_ts': 6, 'is_before': True},
+     {'id': 2, 'mutation_ts': 6, 'is_before': False}]
+    >>> events.to_pylist(), suffixes.to_pylist()
+    ([0, 1, 1], ['', ':0', ':1'])
+    """
+    op, ts_ms = envelopes.column("op"), envelopes.column("ts_ms")
+    before = envelopes.column("before").combine_chunks()
+    after = envelopes.column("after").combine_chunks()
+    if op.null_count or ts_ms.null_count:
+        return None
+    takes_back, adds = pc.is_in(op, pa.array(_BEFORE_OPS)), pc.is_in(op, pa.array(_AFTER_OPS))
+    if not pc.all(pc.or_(takes_back, adds)).as_py():  # truncate, message or unknown ops
+        return None
+    if (
+        pc.any(pc.and_(takes_back, pc.is_null(before))).as_py()
+        or pc.any(pc.and_(adds, pc.is_null(after))).as_py()
+    ):
+        return None
+    n = envelopes.num_rows
+    back, add = _flags(takes_back), _flags(adds)
+    # row r of the images [before..., after...] is of event r % n; event by event, its before row first
+    positions = np.stack([np.arange(n), np.arange(n, 2 * n)], axis=1)[np.stack([back, add], axis=1)]
+    events = pa.array(positions % n)
+    reversed_ = pa.array(positions < n)
+    images = pa.concat_arrays([before, after]).take(pa.array(positions))
+    names = [images.type.field(i).name for i in range(images.type.num_fields)]
+    rows = pa.Table.from_arrays(
+        [*images.flatten(), ts_ms.take(events), reversed_],
+        names=[*names, mutation_time_column, reversal_column],
+    )
+    pairs = pa.array((back & add)[positions % n])  # the rows of an update
+    suffixes = pc.if_else(pairs, pc.if_else(reversed_, ":0", ":1"), "")
+    return rows, events, suffixes
+
+
+def _flags(mask: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)

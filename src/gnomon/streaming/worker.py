@@ -23,6 +23,7 @@ from itertools import repeat
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,7 +44,7 @@ from gnomon.online.records import (
 )
 from gnomon.online.stores.base import OnlineStore
 from gnomon.streaming.brokers.base import Broker, Consumer, Record
-from gnomon.streaming.cdc import MutationFormatError, mutation_rows
+from gnomon.streaming.cdc import MutationFormatError, debezium_rows_table, mutation_rows
 
 log = logging.getLogger("gnomon.stream")
 
@@ -133,6 +134,7 @@ class QueryEvaluator:
         self.source = source
         self._relation: duckdb.DuckDBPyRelation | None = None
         self._json_parse = _json_parse_options(self.schema)
+        self._debezium_parse = _debezium_parse_options(self._json_parse, source) if self.mutations else None
         # the mutation columns as JSON object keys: a batch whose first payload lacks them is not rows
         self._mutation_names = (
             [orjson.dumps(source.mutation_time_column), orjson.dumps(source.reversal_column)]
@@ -144,34 +146,23 @@ class QueryEvaluator:
         """The records' JSON payloads read by Arrow's JSON reader straight into the warehouse
         schema (with ``__index``, ``__partition``, ``__offset``), or None when this fast path does
         not apply: no schema known, a payload that is not one single-line JSON object, or any value
-        the reader rejects. The caller then parses event by event, which finds the dead letters."""
+        the reader rejects. The caller then parses event by event, which finds the dead letters.
+
+        On a mutation topic, a batch of Debezium change events is read as their envelopes and
+        converted column-wise (`debezium_rows_table`): the table holds their mutation rows, one or
+        two per record, ``__index`` being each row's record."""
         if self._json_parse is None or self.schema is None or not records:
             return None
         partitions, offsets, payloads, published = _record_columns(records)
-        data = b"\n".join(payloads)
-        separators = len(payloads) - 1
-        # one single-line object per payload: every newline is a separator, between a "}" and a "{"
-        if (
-            data[:1] != b"{"
-            or data[-1:] != b"}"
-            or data.count(b"\n") != separators
-            or data.count(b"}\n{") != separators
-        ):
+        data = _json_lines(payloads)
+        if data is None:
             return None
         if self.mutations and not all(name in payloads[0] for name in self._mutation_names):
-            return None  # not mutation rows (e.g. Debezium events), without reading them all first
-        try:
-            table = pa_json.read_json(
-                io.BytesIO(data), read_options=_JSON_READ, parse_options=self._json_parse
-            )
-        except (pa.ArrowException, ValueError):
+            return self._debezium_table(data, len(payloads), (partitions, offsets, published))
+        table = _read_json(data, self._json_parse, len(payloads))
+        if table is None:
             return None
-        if table.num_rows != len(payloads):
-            return None
-        columns = [
-            column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
-            for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)
-        ]
+        columns = self._typed_columns(table)
         if self.mutations and any(
             columns[self.schema.get_field_index(name)].null_count
             for name in (self.source.mutation_time_column, self.source.reversal_column)
@@ -180,6 +171,38 @@ class QueryEvaluator:
         return self._with_origins(
             pa.Table.from_arrays(columns, schema=self.schema), (partitions, offsets, published)
         )
+
+    def _debezium_table(
+        self, data: bytes, count: int, origins: tuple[Sequence[str], Sequence[str], Sequence[int]]
+    ) -> pa.Table | None:
+        """`json_table` of ``count`` Debezium change events (``data``: their lines)."""
+        if self._debezium_parse is None or b"\\u" in data or any(n in data for n in self._mutation_names):
+            # an image with a column named as a mutation column (the reader would drop it, maybe
+            # spelled with escapes) is refused event by event
+            return None
+        envelopes = _read_json(data, self._debezium_parse, count)
+        converted = (
+            None
+            if envelopes is None
+            else debezium_rows_table(envelopes, self.source.mutation_time_column, self.source.reversal_column)
+        )
+        if converted is None:
+            return None
+        rows, events, suffixes = converted
+        partitions, offsets, published = (
+            pa.array(values, type_).take(events)
+            for values, type_ in zip(origins, (pa.string(), pa.string(), pa.int64()), strict=True)
+        )
+        table = pa.Table.from_arrays(self._typed_columns(rows), schema=self.schema)
+        return self._with_origins(table, (partitions, offsets, published), suffixes, events)
+
+    def _typed_columns(self, table: pa.Table) -> list[pa.ChunkedArray]:
+        """The columns of a table the JSON reader read with `_json_parse_options`, as the schema's."""
+        assert self.schema is not None
+        return [
+            column if column.type == wanted.type else column.cast(wanted.type)  # integers to times
+            for column, wanted in zip(table.select(self.schema.names).columns, self.schema, strict=True)
+        ]
 
     def table(
         self,
@@ -209,23 +232,27 @@ class QueryEvaluator:
     @staticmethod
     def _with_origins(
         table: pa.Table,
-        origins: tuple[Sequence[str], Sequence[str], Sequence[int]],
-        suffixes: Sequence[str] | None = None,
+        origins: tuple[Sequence[str] | pa.Array, Sequence[str] | pa.Array, Sequence[int] | pa.Array],
+        suffixes: Sequence[str] | pa.Array | None = None,
+        index: pa.Array | None = None,
     ) -> pa.Table:
         """``origins``: each row's record's partition, offset and publication time (`_record_columns`).
         ``suffixes``: appended to each row's offset in its event id (a record that converts to
-        several mutation rows gives each its own id; the order ``__seq`` is the record's)."""
+        several mutation rows gives each its own id; the order ``__seq`` is the record's).
+        ``index``: each row's ``__index`` (default: its position)."""
         partitions, offset_strings, published = origins
-        table = table.append_column("__index", pa.array(range(len(partitions)), pa.int64()))
-        table = table.append_column("__partition", pa.array(partitions, pa.string()))
-        offsets = pa.array(offset_strings, pa.string())
+        if index is None:
+            index = pa.array(np.arange(len(partitions), dtype=np.int64))
+        table = table.append_column("__index", index)
+        table = table.append_column("__partition", _array(partitions, pa.string()))
+        offsets = _array(offset_strings, pa.string())
         seqs = _seqs(offsets)
         if suffixes is not None:
-            offsets = pc.binary_join_element_wise(offsets, pa.array(suffixes, pa.string()), "")
+            offsets = pc.binary_join_element_wise(offsets, _array(suffixes, pa.string()), "")
         return (
             table.append_column("__offset", offsets)
             .append_column("__seq", seqs)
-            .append_column("__published", pa.array(published, pa.int64()))
+            .append_column("__published", _array(published, pa.int64()))
         )
 
     def evaluate_table(
@@ -333,6 +360,49 @@ def _json_parse_options(schema: pa.Schema | None) -> pa_json.ParseOptions | None
         else:
             fields.append(column)
     return pa_json.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+
+
+def _debezium_parse_options(
+    rows: pa_json.ParseOptions | None, source: SourcePlan
+) -> pa_json.ParseOptions | None:
+    """How Arrow's JSON reader reads Debezium change events of a mutation table whose rows it reads
+    with ``rows``: the envelope's ``before`` and ``after`` as rows (without the two mutation
+    columns), ``op`` and ``ts_ms``; anything else in the envelope (``source``, ...) is ignored."""
+    if rows is None:
+        return None
+    reserved = (source.mutation_time_column, source.reversal_column)
+    image = pa.struct([f for f in rows.explicit_schema if f.name not in reserved])
+    envelope = [("before", image), ("after", image), ("op", pa.string()), ("ts_ms", pa.int64())]
+    return pa_json.ParseOptions(explicit_schema=pa.schema(envelope), unexpected_field_behavior="ignore")
+
+
+def _json_lines(payloads: Sequence[bytes]) -> bytes | None:
+    """The payloads as JSON lines, or None unless each is one single-line object: every newline is
+    then a separator, between a "}" and a "{"."""
+    data = b"\n".join(payloads)
+    separators = len(payloads) - 1
+    if (
+        data[:1] != b"{"
+        or data[-1:] != b"}"
+        or data.count(b"\n") != separators
+        or data.count(b"}\n{") != separators
+    ):
+        return None
+    return data
+
+
+def _read_json(data: bytes, options: pa_json.ParseOptions, count: int) -> pa.Table | None:
+    """JSON lines read by Arrow's JSON reader, or None when it rejects a value or finds other than
+    ``count`` objects."""
+    try:
+        table = pa_json.read_json(io.BytesIO(data), read_options=_JSON_READ, parse_options=options)
+    except (pa.ArrowException, ValueError):
+        return None
+    return table if table.num_rows == count else None
+
+
+def _array(values: Sequence[Any] | pa.Array, type_: pa.DataType) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values, type_)
 
 
 def _has_temporal(type_: pa.DataType) -> bool:
@@ -450,12 +520,14 @@ class RecordApplier:
             except (pa.ArrowException, duckdb.Error, TypeError, ValueError, OverflowError):
                 pass  # e.g. a cast in the Query that fails for one event: find it event by event
             else:
+                if self.evaluator.mutations and dead:
+                    rows, dead = _whole_records(rows, records, dead)
                 return self._prepared(
                     consumed,
                     records,
                     rows,
                     enrichment_dead + dead,
-                    len(records) - len(dead),
+                    table.num_rows - len(dead),
                     consumer_group,
                     arrived_at,
                 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain
 from types import ModuleType
 from typing import Any
 
@@ -53,14 +54,16 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 # One script adds a micro-batch's rows and advances the consumer's offsets, atomically (a script
 # runs to completion with nothing interleaved). ARGV[1]: the rows-key prefix; ARGV[2]: the rows as
-# one MessagePack array of [key, event id, row] (one argument rather than 3 per row keeps the request
-# cheap to build); ARGV[3]: the value-key prefix; ARGV[4]: "1" to fence (write nothing, and return
-# -1, unless every offset given is beyond the one recorded); ARGV[5]: "1" to record the offsets (the
-# last chunk of a batch split over several calls); ARGV[6..]: partition, offset pairs. HSETNX: a
-# replayed event id changes nothing; a row the key's fold marks refuse (`gnomon.online.fold`: an
-# offset up to its partition's watermark and a ts before folded_until) is a replay of a folded event.
-# Offsets only move forward (a worker finishing an older batch after another worker of its group
-# went further must not move them back). Offsets are "123" or "1700000000000-3": compare numerically.
+# one flat MessagePack array key, event id, row, key, event id, row, ... (one argument rather than 3
+# per row keeps the request cheap to build; one flat array rather than one per row spares the script
+# a table per row, a fifth of its time); ARGV[3]: the value-key prefix; ARGV[4]: "1" to fence (write
+# nothing, and return -1, unless every offset given is beyond the one recorded); ARGV[5]: "1" to
+# record the offsets (the last chunk of a batch split over several calls); ARGV[6..]: partition,
+# offset pairs. HSETNX: a replayed event id changes nothing; a row the key's fold marks refuse
+# (`gnomon.online.fold`: an offset up to its partition's watermark and a ts before folded_until) is a
+# replay of a folded event. Offsets only move forward (a worker finishing an older batch after another
+# worker of its group went further must not move them back). Offsets are "123" or "1700000000000-3":
+# compare numerically.
 _ADD_ROWS = """
 local prefix, values = ARGV[1], ARGV[3]
 local rows = cmsgpack.unpack(ARGV[2])
@@ -81,9 +84,8 @@ if ARGV[4] == '1' then
 end
 local marks = {}
 local added = 0
-for i = 1, #rows do
-  local row = rows[i]
-  local key = row[1]
+for i = 1, #rows, 3 do
+  local key = rows[i]
   local m = marks[key]
   if m == nil then
     m = false
@@ -95,14 +97,15 @@ for i = 1, #rows do
   end
   local keep = true
   if m then
-    local ts = cmsgpack.unpack(string.sub(row[3], 2))[1]
+    local ts = cmsgpack.unpack(string.sub(rows[i + 2], 2))[1]
     if ts < m[1] then
-      local cut = string.find(row[2], ":[^:]*$")
-      local watermark = m[2][string.sub(row[2], 1, cut - 1)]
-      if watermark and not greater(string.sub(row[2], cut + 1), watermark) then keep = false end
+      local id = rows[i + 1]
+      local cut = string.find(id, ":[^:]*$")
+      local watermark = m[2][string.sub(id, 1, cut - 1)]
+      if watermark and not greater(string.sub(id, cut + 1), watermark) then keep = false end
     end
   end
-  if keep then added = added + redis.call('HSETNX', prefix .. key, row[2], row[3]) end
+  if keep then added = added + redis.call('HSETNX', prefix .. key, rows[i + 1], rows[i + 2]) end
 end
 if ARGV[5] == '1' then
   for i = 6, #ARGV, 2 do
@@ -231,7 +234,9 @@ class RedisStore(OnlineStore):
         chunks = [
             rows[start : start + ROWS_PER_SCRIPT] for start in range(0, len(rows), ROWS_PER_SCRIPT)
         ] or [[]]
-        blobs = [msgpack.packb(chunk, use_bin_type=False) for chunk in chunks]  # Redis Lua reads no bin type
+        blobs = [  # Redis Lua reads no bin type
+            msgpack.packb(list(chain.from_iterable(chunk)), use_bin_type=False) for chunk in chunks
+        ]
         fenced = b"1" if fence else b"0"
         if len(blobs) == 1:
             added = self._add_rows(
