@@ -13,7 +13,8 @@ the process tree (the Python driver and its JVM), sampled every 0.2 s.
     python bench/spark.py                 # scale 1 (slow: minutes)
     python bench/spark.py --scale 0.1     # 100,000 left rows over 1,000,000 events
 
-Run from the repo root with the venv active. A benchmark, not a test: it reports, never fails.
+Run from the repo root with the venv active. A benchmark, not a test: it reports, never fails. The load
+average is printed before and after each run: on a shared machine the ratio means little when it is high.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ def repo(base: Path, name: str, warehouse: Path, engine: str, master: str = "") 
     return root
 
 
+def load() -> str:
+    """The 1, 5 and 15 minute load averages: how much other work shared the cores."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,6 +149,7 @@ def main() -> None:
     print(
         f"events case, scale {args.scale:g}: {n['left']:,} left rows over {n['events']:,} events", flush=True
     )
+    print(f"  load average before (2 cores: above 2, other work slows every run): {load()}", flush=True)
     base = data_root / "engines"
     warehouse = data_root / "warehouse"
     runs = [("duckdb", repo(base, "duckdb", warehouse, "duckdb"))]
@@ -156,7 +163,7 @@ def main() -> None:
         state = f"{result['seconds']:.1f} s backfill" if result["ok"] else "FAILED"
         print(
             f"  {label:<15} {state}, {result['wall']:.1f} s with start-up, peak {result['peak_gb']:.2f} GB "
-            f"(process tree), {result.get('rows', 0):,} rows",
+            f"(process tree), {result.get('rows', 0):,} rows; load average after: {load()}",
             flush=True,
         )
     duck = results["duckdb"]
