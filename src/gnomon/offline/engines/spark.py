@@ -324,7 +324,7 @@ class SparkEngine:
         )
         tagged = event_rows.unionByName(query_rows, allowMissingColumns=True)
         if layout.features and not entities:
-            tagged = self._split_hot_keys(layout, event_rows, query_rows)
+            tagged = self._split_hot_keys(layout, event_rows, query_rows) or tagged
         partitions = (
             int(self.config.options.get("partitions", 0)) or self.spark.sparkContext.defaultParallelism * 2
         )
@@ -340,22 +340,23 @@ class SparkEngine:
         values = ordered.mapInArrow(task, from_arrow_schema(schema))
         return queries.select("__qid").join(values, "__qid", "left")
 
-    def _split_hot_keys(self, layout: Layout, event_rows: Any, query_rows: Any) -> Any:
+    def _split_hot_keys(self, layout: Layout, event_rows: Any, query_rows: Any) -> Any | None:
         """Tagged rows in which a hot key (more than ``offline.hot_key_events`` events) is split: its
         tiles are folded where its events are, partitioned by (key, day) (`tile_rows`), and its queries
         are answered per (key, day of q) (``__part``) from the tiles they read plus the head events of
-        that day; other keys keep one part (``__part = -1``) and fold their own events."""
+        that day; other keys keep one part (``__part = -1``) and fold their own events. None when no
+        key is hot: the hot keys are counted first (a handful of rows reach the driver, at most one
+        per ``hot_key_events`` events), so a job without one runs no tile stage and no extra joins."""
         from pyspark.sql import functions as F
         from pyspark.sql.pandas.types import from_arrow_schema
 
         threshold = int(self.config.options.get("hot_key_events", 1_000_000))
         keys = [f"`{k}`" for k in layout.keys]
-        hot = (
-            event_rows.groupBy(*keys)
-            .count()
-            .filter(F.col("count") > threshold)
-            .select(*keys, F.lit(True).alias("__hot"))
-        )
+        counted = event_rows.groupBy(*keys).count().filter(F.col("count") > threshold).select(*keys)
+        found = counted.collect()
+        if not found:
+            return None
+        hot = self.spark.createDataFrame(found, counted.schema).withColumn("__hot", F.lit(True))
         events = event_rows.join(F.broadcast(hot), list(layout.keys), "left")
         queries = query_rows.join(F.broadcast(hot), list(layout.keys), "left")
         day = F.floor(F.col("__t") / F.lit(DAY_MS)).cast("long")
