@@ -44,4 +44,8 @@ export GNOMON_TEST_KAFKA="${GNOMON_TEST_KAFKA:-mock}"
 ruff check src tests bench
 ruff format --check src tests bench
 mypy
-python -m pytest tests --doctest-modules src/gnomon "$@"
+# one pytest-xdist worker per core, at most 4 (each may start a JVM, a redis-server and Chromium);
+# --dist loadfile keeps each module on one worker, so a module-scoped fixture is built once
+workers=$(nproc)
+[ "$workers" -le 4 ] || workers=4
+python -m pytest -n "$workers" --dist loadfile tests --doctest-modules src/gnomon "$@"

@@ -8,6 +8,11 @@ test may narrow the engines of some parameters by parametrizing ``engine`` itsel
 
 A known gap of one engine is a strict xfail, never a skip: mark the test (or a ``pytest.param``) with
 ``@pytest.mark.engine_gap("spark", reason="...")`` and only that engine's run is expected to fail.
+
+scripts/test.sh runs the suite in parallel (pytest-xdist, ``--dist loadfile``): each worker runs whole
+modules, so a module-scoped fixture (a ``world``) is still built once, and each worker is a process of
+its own with its own session fixtures (Redis server, Kafka mock cluster, Spark session, UI sample repo).
+Nothing here may use a fixed port or a fixed path outside ``tmp_path``.
 """
 
 from __future__ import annotations
