@@ -40,7 +40,7 @@ from gnomon.aggregation.moments import Variance
 from gnomon.aggregation.ordering import First, FirstK, Last, LastK, Max, Min
 from gnomon.aggregation.sketches import ApproxUniqueCount
 from gnomon.compile.features import OnlineFeature
-from gnomon.definitions.windows import DAY_MS, hop_millis, window_start
+from gnomon.definitions.windows import DAY_MS, window_start
 from gnomon.offline.engines import cpc
 
 QUERY, EVENT, TILE = 0, 1, 2
@@ -641,7 +641,9 @@ def _window_lows(
     if window is None:
         out: np.ndarray = np.searchsorted(rank, query_rank, side="left").astype(np.int64)
         return out
-    return _first_at(rank, ts, query_rank, (q - window) - (q - window) % hop_millis(window))
+    # SPEC §2's rule itself over int64 arrays: numpy's integer % floors as Python's does
+    starts: np.ndarray = window_start(q, window)  # type: ignore[arg-type, assignment]
+    return _first_at(rank, ts, query_rank, starts)
 
 
 def _first_at(
